@@ -1,0 +1,510 @@
+"""A fault-injecting UDP proxy: drop, burst-drop, duplicate, reorder, delay, corrupt, truncate, blackhole.
+
+Sits between any UDP client and server and treats datagrams as opaque bytes.
+Each client address gets its own upstream socket, so replies go back to the
+right client. Every decision is a pure function of (seed, direction, flow,
+per-flow index): the same seed and the same traffic give the same decisions,
+and one client's traffic never shifts another's.
+
+    python fault_proxy.py --listen 127.0.0.1:9000 --upstream 127.0.0.1:9999 --drop 0.3 --seed 7
+
+In-process (tests, your own harness):
+
+    async with FaultProxy(FaultPlan(up=Faults(drop=0.3)), upstream=("127.0.0.1", 9999)) as proxy:
+        ...send to proxy.address...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from typing import IO, Any
+
+Address = tuple[str, int]
+MAX_DATAGRAM = 65535
+
+
+class Direction(str, Enum):
+    UP = "up"  # client -> server
+    DOWN = "down"  # server -> client
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults for one direction. Probabilities are per datagram, in [0, 1]; times in seconds."""
+
+    drop: float = 0.0
+    """Independent (Bernoulli) loss."""
+    burst_loss: float = 0.0
+    """Long-run loss rate of a Gilbert-Elliott channel (every datagram lost while in the bad state)."""
+    burst_len: float = 1.0
+    """Mean length of a loss burst, in datagrams, for burst_loss."""
+    duplicate: float = 0.0
+    """Deliver a second copy."""
+    reorder: float = 0.0
+    """Hold the datagram for reorder_delay_s so later ones overtake it (late delivery)."""
+    reorder_delay_s: float = 0.1
+    delay_s: float = 0.0
+    """Fixed delay added to every delivered datagram."""
+    jitter_s: float = 0.0
+    """Extra delay drawn uniformly from [0, jitter_s]."""
+    corrupt: float = 0.0
+    """Flip 1 to 3 random bits."""
+    truncate: float = 0.0
+    """Cut the datagram to a random shorter length."""
+    blackhole: tuple[tuple[float, float | None], ...] = ()
+    """Windows (start, end) in seconds since the proxy started where everything is lost; end None = forever."""
+    drop_indices: frozenset[int] = frozenset()
+    """Scripted drops: 0-based datagram indices within each flow."""
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "burst_loss", "duplicate", "reorder", "corrupt", "truncate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} is not a probability in [0, 1]")
+        if self.burst_loss >= 1.0:
+            raise ValueError("burst_loss must be below 1")
+        if self.burst_len < 1.0:
+            raise ValueError("burst_len is a mean number of datagrams, at least 1")
+        if min(self.delay_s, self.jitter_s, self.reorder_delay_s) < 0:
+            raise ValueError("delays must be >= 0")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """What the proxy does to each direction, and the seed every decision derives from."""
+
+    up: Faults = field(default_factory=Faults)
+    down: Faults = field(default_factory=Faults)
+    seed: int = 0
+
+    @classmethod
+    def both(cls, seed: int = 0, **faults: Any) -> FaultPlan:
+        """The same faults in both directions: ``FaultPlan.both(drop=0.3)``."""
+        f = Faults(**faults)
+        return cls(up=f, down=f, seed=seed)
+
+    def faults(self, direction: Direction) -> Faults:
+        return self.up if direction is Direction.UP else self.down
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one datagram. ``action`` is 'drop:<why>' or 'deliver'."""
+
+    action: str
+    copies: int = 1
+    delay_s: float = 0.0
+    payload: bytes = b""
+    tags: tuple[str, ...] = ()
+
+
+def _rng_for(seed: int, direction: Direction, flow: int, index: int) -> random.Random:
+    key = f"{seed}/{direction.value}/{flow}/{index}".encode()
+    return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+
+
+def gilbert_step(bad: bool, u: float, loss: float, burst_len: float) -> bool:
+    """Next state of a two-state Gilbert-Elliott channel whose stationary P(bad) is ``loss``."""
+    if loss <= 0:
+        return False
+    leave_bad = 1.0 / burst_len
+    enter_bad = min(1.0, loss * leave_bad / (1.0 - loss))
+    return u >= leave_bad if bad else u < enter_bad
+
+
+def decide(
+    plan: FaultPlan, direction: Direction, flow: int, index: int, data: bytes, elapsed_s: float, bad: bool
+) -> tuple[Decision, bool]:
+    """The fate of one datagram, and the flow's next Gilbert-Elliott state. Pure and reproducible.
+
+    Every random number is drawn, in a fixed order, whether or not its fault is enabled,
+    so turning one fault on does not reshuffle the decisions of the others.
+    """
+    f = plan.faults(direction)
+    rng = _rng_for(plan.seed, direction, flow, index)
+    u_state, u_drop, u_dup, u_reorder, u_jitter, u_corrupt, u_trunc = (rng.random() for _ in range(7))
+    bad = gilbert_step(bad, u_state, f.burst_loss, f.burst_len)
+    if any(start <= elapsed_s and (end is None or elapsed_s < end) for start, end in f.blackhole):
+        return Decision("drop:blackhole"), bad
+    if index in f.drop_indices:
+        return Decision("drop:scripted"), bad
+    if bad:
+        return Decision("drop:burst"), bad
+    if u_drop < f.drop:
+        return Decision("drop:random"), bad
+    tags: list[str] = []
+    payload = data
+    if u_corrupt < f.corrupt and payload:
+        payload = _flip_bits(payload, rng)
+        tags.append("corrupt")
+    if u_trunc < f.truncate and payload:
+        payload = payload[: rng.randrange(len(payload))]
+        tags.append("truncate")
+    delay = f.delay_s + u_jitter * f.jitter_s
+    if u_reorder < f.reorder:
+        delay += f.reorder_delay_s
+        tags.append("reorder")
+    copies = 2 if u_dup < f.duplicate else 1
+    if copies == 2:
+        tags.append("duplicate")
+    return Decision("deliver", copies, delay, payload, tuple(tags)), bad
+
+
+def _flip_bits(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        bit = rng.randrange(len(out) * 8)
+        out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- asyncio relay
+
+
+@dataclass
+class _Flow:
+    ident: int
+    client: Address
+    sock: socket.socket
+    index: dict[Direction, int] = field(default_factory=lambda: {Direction.UP: 0, Direction.DOWN: 0})
+    bad: dict[Direction, bool] = field(default_factory=lambda: {Direction.UP: False, Direction.DOWN: False})
+
+
+class FaultProxy:
+    """The relay. ``plan`` may be replaced while running (e.g. to start a blackhole now)."""
+
+    def __init__(
+        self,
+        plan: FaultPlan,
+        upstream: Address,
+        listen: Address = ("127.0.0.1", 0),
+        log: IO[str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.upstream = upstream
+        self.listen = listen
+        self.log = log
+        self.stats: Counter[str] = Counter()
+        self._flows: dict[Address, _Flow] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0.0
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    @property
+    def address(self) -> Address:
+        """Where clients should send: the proxy's bound (host, port)."""
+        assert self._sock is not None, "proxy not started"
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    async def start(self) -> FaultProxy:
+        self._loop = asyncio.get_running_loop()
+        self._sock = _udp_socket(self.listen[0])
+        self._sock.bind(self.listen)
+        self._loop.add_reader(self._sock, self._on_client_readable)
+        self._started = time.monotonic()
+        return self
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._loop is None or self._sock is None:
+            return
+        for flow in self._flows.values():
+            self._loop.remove_reader(flow.sock)
+            flow.sock.close()
+        self._flows.clear()
+        self._loop.remove_reader(self._sock)
+        self._sock.close()
+        self._sock = None
+
+    async def __aenter__(self) -> FaultProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def delivered(self, direction: Direction) -> int:
+        """Datagrams actually sent on in that direction, duplicates included."""
+        return self.stats[f"{direction.value}.sent"]
+
+    def _flow_for(self, client: Address) -> _Flow:
+        flow = self._flows.get(client)
+        if flow is None:
+            assert self._loop is not None
+            sock = _udp_socket(self.upstream[0])
+            sock.connect(self.upstream)
+            flow = _Flow(len(self._flows), client, sock)
+            self._flows[client] = flow
+            self._loop.add_reader(sock, self._on_upstream_readable, flow)
+        return flow
+
+    def _on_client_readable(self) -> None:
+        assert self._sock is not None
+        for _ in range(64):
+            try:
+                data, addr = self._sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats["listen_errors"] += 1
+                continue
+            self._relay(Direction.UP, self._flow_for(addr[:2]), data)
+
+    def _on_upstream_readable(self, flow: _Flow) -> None:
+        for _ in range(64):
+            try:
+                data = flow.sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP port unreachable from a server that is down: it is a loss
+                self.stats["upstream_errors"] += 1
+                continue
+            self._relay(Direction.DOWN, flow, data)
+
+    def _relay(self, direction: Direction, flow: _Flow, data: bytes) -> None:
+        index = flow.index[direction]
+        flow.index[direction] += 1
+        elapsed = time.monotonic() - self._started
+        decision, flow.bad[direction] = decide(
+            self.plan, direction, flow.ident, index, data, elapsed, flow.bad[direction]
+        )
+        d = direction.value
+        self.stats[f"{d}.received"] += 1
+        self.stats[f"{d}.{decision.action}"] += 1
+        for tag in decision.tags:
+            self.stats[f"{d}.{tag}"] += 1
+        self._log(elapsed, direction, flow, index, len(data), decision)
+        for _ in range(decision.copies):
+            if decision.delay_s > 0:
+                self._later(decision.delay_s, direction, flow, decision.payload)
+            else:
+                self._send(direction, flow, decision.payload)
+
+    def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes) -> None:
+        assert self._loop is not None
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if self._sock is not None:
+                self._send(direction, flow, payload)
+
+        handle = self._loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _send(self, direction: Direction, flow: _Flow, payload: bytes) -> None:
+        assert self._sock is not None
+        try:
+            if direction is Direction.UP:
+                flow.sock.send(payload)
+            else:
+                self._sock.sendto(payload, flow.client)
+        except OSError:
+            self.stats[f"{direction.value}.send_errors"] += 1
+            return
+        self.stats[f"{direction.value}.sent"] += 1
+
+    def _log(self, elapsed: float, direction: Direction, flow: _Flow, index: int, size: int, dec: Decision) -> None:
+        if self.log is None:
+            return
+        record: dict[str, Any] = {
+            "t": round(elapsed, 6),
+            "dir": direction.value,
+            "flow": flow.ident,
+            "client": f"{flow.client[0]}:{flow.client[1]}",
+            "index": index,
+            "size": size,
+            "action": dec.action,
+        }
+        if dec.action == "deliver":
+            record.update(copies=dec.copies, delay_ms=round(dec.delay_s * 1000, 3), tags=list(dec.tags))
+        self.log.write(json.dumps(record) + "\n")
+
+    def summary(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
+
+
+def _udp_socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
+
+
+# ---------------------------------------------------------------- CLI
+
+EXAMPLES = """\
+examples:
+  # 30% loss each way in front of a server on 9999; clients talk to 9000
+  python fault_proxy.py --listen 127.0.0.1:9000 --upstream 127.0.0.1:9999 --drop 0.3 --seed 7
+  # bursty loss up, duplicates down, every decision logged
+  python fault_proxy.py --upstream 127.0.0.1:9999 --burst-loss-up 0.3 --burst-len 3 --duplicate-down 0.2 \\
+      --log decisions.jsonl
+  # lose the first two datagrams of every flow, and everything from 5 s to 7 s after start
+  python fault_proxy.py --upstream 127.0.0.1:9999 --drop-index-up 0,1 --blackhole 5:7
+
+Each fault flag X also exists as X-up (client -> server) and X-down (server -> client).
+Stop with Ctrl-C or SIGTERM: the counters are printed on exit.
+"""
+
+_FLAG_HELP = {
+    "drop": "probability of independent loss",
+    "burst_loss": "long-run loss rate of Gilbert-Elliott burst loss",
+    "burst_len": "mean burst length in datagrams (with --burst-loss)",
+    "duplicate": "probability of delivering a second copy",
+    "reorder": "probability of holding a datagram back so later ones overtake it",
+    "reorder_delay_s": "seconds a reordered datagram is held (default 0.1)",
+    "delay_s": "seconds of delay added to every datagram",
+    "jitter_s": "extra random delay, uniform in [0, S] seconds",
+    "corrupt": "probability of flipping 1-3 bits",
+    "truncate": "probability of cutting the datagram short",
+}
+_FLAG_NAME = {"reorder_delay_s": "reorder-delay", "delay_s": "delay", "jitter_s": "jitter"}
+
+
+def parse_address(text: str) -> Address:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9000 or [::1]:9000)")
+    return host.strip("[]"), int(port)
+
+
+def parse_windows(text: str) -> tuple[tuple[float, float | None], ...]:
+    """'2:4,10:' -> ((2.0, 4.0), (10.0, None)); ':' alone or '0:' means forever from the start."""
+    windows: list[tuple[float, float | None]] = []
+    for part in text.split(","):
+        start, sep, end = part.partition(":")
+        try:
+            s = float(start or 0)
+            e = float(end) if end else None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END seconds") from None
+        if not sep or s < 0 or (e is not None and e <= s):
+            raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END with END > START >= 0")
+        windows.append((s, e))
+    return tuple(windows)
+
+
+def parse_indices(text: str) -> frozenset[int]:
+    try:
+        values = frozenset(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of indices") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("indices are 0-based and >= 0")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fault_proxy.py",
+        description="UDP proxy that drops, duplicates, reorders, delays and corrupts datagrams, reproducibly.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--listen", type=parse_address, default=("127.0.0.1", 9000), help="address for clients")
+    p.add_argument("--upstream", type=parse_address, required=True, help="the real server HOST:PORT")
+    p.add_argument("--seed", type=int, default=None, help="seed for every decision (default: random, printed)")
+    p.add_argument("--log", help="write one JSON line per datagram to this file ('-' for stdout)")
+    p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    for name, text in _FLAG_HELP.items():
+        flag = _FLAG_NAME.get(name, name.replace("_", "-"))
+        p.add_argument(f"--{flag}", type=float, dest=name, metavar="X", help=f"{text}, both directions")
+        for d in ("up", "down"):
+            p.add_argument(f"--{flag}-{d}", type=float, dest=f"{name}_{d}", metavar="X", help=argparse.SUPPRESS)
+    for d in ("", "-up", "-down"):
+        p.add_argument(
+            f"--blackhole{d}",
+            type=parse_windows,
+            dest=f"blackhole{d.replace('-', '_')}",
+            metavar="S:E",
+            help="lose everything in these windows, seconds since start" if not d else argparse.SUPPRESS,
+        )
+        p.add_argument(
+            f"--drop-index{d}",
+            type=parse_indices,
+            dest=f"drop_indices{d.replace('-', '_')}",
+            metavar="I,J",
+            help="drop these 0-based datagram indices of every flow" if not d else argparse.SUPPRESS,
+        )
+    return p
+
+
+def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
+    def faults(direction: str) -> Faults:
+        values: dict[str, Any] = {}
+        for f in fields(Faults):
+            specific = getattr(args, f"{f.name}_{direction}", None)
+            both = getattr(args, f.name, None)
+            chosen = specific if specific is not None else both
+            if chosen is not None:
+                values[f.name] = chosen
+        return Faults(**values)
+
+    return FaultPlan(up=faults("up"), down=faults("down"), seed=seed)
+
+
+async def _run(proxy: FaultProxy, duration: float | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with proxy:
+        print(f"fault_proxy: {_fmt(proxy.address)} -> {_fmt(proxy.upstream)}, seed {proxy.plan.seed}", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+
+
+def _fmt(addr: Address) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        plan = plan_from_args(args, seed)
+    except ValueError as e:
+        parser.error(str(e))
+    log: IO[str] | None = None
+    try:
+        log = sys.stdout if args.log == "-" else open(args.log, "w", encoding="utf-8") if args.log else None
+    except OSError as e:
+        print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
+        return 2
+    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
+    try:
+        asyncio.run(_run(proxy, args.duration))
+    except OSError as e:
+        print(f"fault_proxy: cannot listen on {_fmt(args.listen)}: {e.strerror or e}", file=sys.stderr)
+        return 5
+    finally:
+        if log is not None and log is not sys.stdout:
+            log.close()
+    print(f"fault_proxy: stopped; seed={seed} {proxy.summary()}", flush=True)
+    return 0
+
+
+def with_faults(plan: FaultPlan, direction: Direction, **changes: Any) -> FaultPlan:
+    """A copy of ``plan`` with some faults of one direction changed, e.g. to start a blackhole now."""
+    if direction is Direction.UP:
+        return replace(plan, up=replace(plan.up, **changes))
+    return replace(plan, down=replace(plan.down, **changes))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real server on a loopback port, and prices read independently of catalog.py."""
+
+from __future__ import annotations
+
+import csv
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from catalog import load_catalog  # noqa: E402
+from udp_server import QuoteServer, Stopper, bind_socket, serve  # noqa: E402
+
+CATALOG = ROOT / "catalog.csv"
+
+
+def expected_prices() -> dict[str, int]:
+    """Unit prices in cents straight from catalog.csv, without catalog.py: an independent oracle."""
+    with CATALOG.open(encoding="utf-8", newline="") as f:
+        return {row["item"]: int(Decimal(row["price"]) * 100) for row in csv.DictReader(f)}
+
+
+@dataclass
+class RunningServer:
+    core: QuoteServer
+    address: tuple[str, int]
+    sock: socket.socket
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""
+    core = QuoteServer(load_catalog(CATALOG))
+    sock = bind_socket("127.0.0.1", 0)
+    stopper = Stopper()
+    thread = threading.Thread(target=serve, args=(sock, core, stopper), daemon=True)
+    thread.start()
+    try:
+        yield RunningServer(core, sock.getsockname()[:2], sock)
+    finally:
+        stopper.stop()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "server thread did not stop"
+        sock.close()
+        stopper.close()

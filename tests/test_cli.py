@@ -1,0 +1,157 @@
+"""The command lines as a user runs them: subprocesses, stdout, stderr, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PY = sys.executable
+FAST = ["--timeout", "0.05", "--deadline", "1"]
+
+
+def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [PY, "udp_server.py", "--port", "0", *extra],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on 127.0.0.1:" in line, line + proc.stderr.read() if proc.stderr else line
+    port = line.split("listening on 127.0.0.1:")[1].split()[0]
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server_addr() -> Iterator[str]:
+    proc, addr = start_server()
+    try:
+        yield addr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_quote_prints_the_total(server_addr: str) -> None:
+    r = run("udp_client.py", "--server", server_addr, "quote", "café crème", "2")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "2 x café crème @ 3.80 = 7.60\n", "")
+
+
+def test_quote_json(server_addr: str) -> None:
+    r = run("udp_client.py", "--server", server_addr, "--json", "quote", "apple", "3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {k: out[k] for k in ("item", "quantity", "unit_price", "total", "status", "attempts")} == {
+        "item": "apple",
+        "quantity": 3,
+        "unit_price": "0.50",
+        "total": "1.50",
+        "status": "OK",
+        "attempts": 1,
+    }
+    assert len(out["request_id"]) == 16 and out["latency_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("item", "qty", "message"),
+    [
+        ("kiwi", "1", "udp_client: unknown item 'kiwi'\n"),
+        ("apple", "0", "udp_client: bad quantity 0: must be 1 to 1000000000\n"),
+        ("apple", "1000000001", "udp_client: bad quantity 1000000001: must be 1 to 1000000000\n"),
+    ],
+)
+def test_server_error_status_exits_1(server_addr: str, item: str, qty: str, message: str) -> None:
+    r = run("udp_client.py", "--server", server_addr, "quote", item, qty)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", message)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["quote", "apple", "-3"],
+        ["quote", "apple", "1.5"],
+        ["quote", "apple"],
+        ["--server", "nohost", "quote", "a", "1"],
+        ["--timeout", "0", "quote", "a", "1"],
+        ["--retries", "-1", "quote", "a", "1"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    r = run("udp_client.py", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "error:" in r.stderr
+
+
+def test_item_too_long_exits_2() -> None:
+    r = run("udp_client.py", "quote", "x" * 40, "1")
+    assert r.returncode == 2 and "the wire allows 32" in r.stderr
+
+
+def test_server_down_exits_3() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run("udp_client.py", "--server", f"127.0.0.1:{port}", *FAST, "quote", "apple", "1")
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith(f"udp_client: no answer from 127.0.0.1:{port} after ")
+    assert r.stderr.count("\n") == 1
+
+
+def test_help_documents_examples_and_exit_codes() -> None:
+    r = run("udp_client.py", "--help")
+    assert r.returncode == 0
+    assert "examples:" in r.stdout and "exit codes:" in r.stdout and "no valid answer" in r.stdout
+    assert "exit codes:" in run("udp_server.py", "--help").stdout
+
+
+def test_bad_catalog_stops_server_with_line_numbers(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item,price\napple,0.5\napple,1\npear,-2\n", encoding="utf-8")
+    r = run("udp_server.py", "--port", "0", "--catalog", str(bad))
+    assert r.returncode == 4 and r.stdout == ""
+    assert "line 3: duplicate item 'apple' (first on line 2)" in r.stderr
+    assert "line 4: item 'pear': price '-2' is negative" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_port_in_use_exits_5(server_addr: str) -> None:
+    r = run("udp_server.py", "--port", server_addr.split(":")[1])
+    assert r.returncode == 5 and "cannot bind" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_server_stops_cleanly_with_counters(sig: signal.Signals) -> None:
+    proc, addr = start_server()
+    assert run("udp_client.py", "--server", addr, "quote", "apple", "1").returncode == 0
+    assert run("udp_client.py", "--server", addr, "quote", "kiwi", "1").returncode == 1
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "udp_server: stopped; " in out
+    assert "requests=2" in out and "status.OK=1" in out and "status.UNKNOWN_ITEM=1" in out
+    assert "Traceback" not in err

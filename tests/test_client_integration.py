@@ -1,0 +1,161 @@
+"""Real client against a real server on loopback, and against fake servers that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from conftest import RunningServer, expected_prices
+
+from catalog import Catalog
+from retry import RetryPolicy
+from udp_client import NoAnswer, QuoteClient, QuoteResult, quote_once
+from udp_server import QuoteServer
+from wire_format import QuoteReply, Status, decode_reply, decode_request, encode_reply
+
+FAST = RetryPolicy(initial_timeout_s=0.05, max_attempts=4, deadline_s=2.0, min_timeout_s=0.02, max_timeout_s=0.2)
+CORE = QuoteServer(Catalog.from_prices(expected_prices()))
+Handler = Callable[[bytes, tuple[str, int], socket.socket, int], object]
+
+
+@contextmanager
+def fake_server(handler: Handler) -> Iterator[tuple[str, int]]:
+    """A UDP socket on loopback whose behaviour is ``handler(data, addr, sock, n)`` for the n-th datagram."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            n += 1
+            handler(data, addr, sock, n)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def real_reply(data: bytes) -> bytes:
+    out = CORE.handle_datagram(data, ("127.0.0.1", 1), 0.0)
+    assert out is not None
+    return out
+
+
+async def quote_with_stats(addr: tuple[str, int], item: str, qty: int) -> tuple[QuoteResult | NoAnswer, dict[str, int]]:
+    async with QuoteClient(addr, FAST) as client:
+        try:
+            result: QuoteResult | NoAnswer = await client.quote(item, qty)
+        except NoAnswer as e:
+            result = e
+        return result, dict(client.stats)
+
+
+def test_quotes_against_real_server(server: RunningServer) -> None:
+    prices = expected_prices()
+
+    async def run() -> list[QuoteResult]:
+        async with QuoteClient(server.address, FAST) as client:
+            return await asyncio.gather(*(client.quote(item, 3) for item in prices))
+
+    results = asyncio.run(run())
+    assert [(r.item, r.status, r.total) for r in results] == [(i, Status.OK, 3 * p) for i, p in prices.items()]
+    assert len({r.request_id for r in results}) == len(results), "every request gets its own id"
+    assert server.core.stats["status.OK"] == len(prices)
+
+
+def test_unknown_item_is_a_status_not_an_exception(server: RunningServer) -> None:
+    result = quote_once(server.address, "kiwi", 1, FAST)
+    assert result.status is Status.UNKNOWN_ITEM and not result.ok
+
+
+def test_silent_server_gives_no_answer_after_all_attempts() -> None:
+    seen: list[int] = []
+    with fake_server(lambda data, addr, sock, n: seen.append(decode_request(data).request_id)) as addr:
+        result, stats = asyncio.run(quote_with_stats(addr, "apple", 1))
+    assert isinstance(result, NoAnswer)
+    assert result.attempts == FAST.max_attempts == len(seen)
+    assert len(set(seen)) == 1, "every retransmission carries the same request id"
+    assert stats["retransmissions"] == FAST.max_attempts - 1
+
+
+def test_reply_with_wrong_id_is_ignored() -> None:
+    def handler(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        good = decode_reply(real_reply(data))
+        forged = QuoteReply(good.request_id ^ 1, Status.OK, good.item, good.quantity, 1, 1, 0)
+        sock.sendto(encode_reply(forged), addr)
+        if n >= 2:
+            sock.sendto(real_reply(data), addr)
+
+    with fake_server(handler) as addr:
+        result, stats = asyncio.run(quote_with_stats(addr, "apple", 4))
+    assert isinstance(result, QuoteResult)
+    assert (result.total, result.attempts) == (200, 2)
+    assert stats["ignored.unknown_id"] == 2
+
+
+def test_reply_from_wrong_port_is_never_accepted() -> None:
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    with other, fake_server(lambda data, addr, sock, n: other.sendto(real_reply(data), addr)) as addr:
+        result, stats = asyncio.run(quote_with_stats(addr, "apple", 1))
+    assert isinstance(result, NoAnswer), "a perfect reply from the wrong port must not be accepted"
+    assert stats.get("accepted", 0) == 0
+
+
+def test_corrupted_and_mismatched_replies_are_ignored() -> None:
+    def handler(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        good = real_reply(data)
+        corrupted = bytearray(good)
+        corrupted[50] ^= 0x10
+        sock.sendto(bytes(corrupted), addr)
+        g = decode_reply(good)
+        wrong_qty = QuoteReply(g.request_id, Status.OK, g.item, g.quantity + 1, g.unit_price, g.total + 50, 0)
+        sock.sendto(encode_reply(wrong_qty), addr)
+        if n == 3:
+            sock.sendto(good, addr)
+
+    with fake_server(handler) as addr:
+        result, stats = asyncio.run(quote_with_stats(addr, "apple", 2))
+    assert isinstance(result, QuoteResult)
+    assert (result.total, result.attempts) == (100, 3)
+    assert stats["ignored.malformed.bad_checksum"] == 3
+    assert stats["ignored.mismatch"] == 3
+
+
+def test_duplicated_replies_are_used_once() -> None:
+    def handler(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        for _ in range(3):
+            sock.sendto(real_reply(data), addr)
+
+    async def run(addr: tuple[str, int]) -> tuple[list[QuoteResult], dict[str, int]]:
+        async with QuoteClient(addr, FAST) as client:
+            results = [await client.quote("pear", q) for q in (1, 2, 3)]
+            await asyncio.sleep(0.05)  # let the last duplicates arrive
+            return results, dict(client.stats)
+
+    with fake_server(handler) as addr:
+        results, stats = asyncio.run(run(addr))
+    assert [r.total for r in results] == [55, 110, 165]
+    assert stats["accepted"] == 3
+    assert stats["ignored.duplicate"] == 6
+
+
+def test_item_too_long_is_refused_before_sending(server: RunningServer) -> None:
+    with pytest.raises(ValueError, match="wire allows"):
+        quote_once(server.address, "x" * 40, 1, FAST)
+    assert server.core.stats["requests"] == 0

@@ -1,0 +1,93 @@
+"""The pure server core: bytes in, bytes out, no sockets."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from conftest import expected_prices
+
+from catalog import Catalog
+from udp_server import QuoteServer
+from wire_format import (
+    MAX_QUANTITY,
+    MESSAGE_SIZE,
+    QuoteRequest,
+    Status,
+    decode_reply,
+    encode_request,
+)
+
+ADDR = ("127.0.0.1", 40000)
+
+
+@pytest.fixture
+def core() -> QuoteServer:
+    return QuoteServer(Catalog.from_prices(expected_prices() | {"yacht": 10**15}))
+
+
+def ask(core: QuoteServer, item: str, quantity: int, rid: int = 42) -> tuple[Status, int, int]:
+    out = core.handle_datagram(encode_request(QuoteRequest(rid, item, quantity)), ADDR, 0.0)
+    assert out is not None
+    reply = decode_reply(out)
+    assert reply.request_id == rid and reply.item == item and reply.quantity == quantity
+    assert reply.catalog_version == core.catalog.version
+    return reply.status, reply.unit_price, reply.total
+
+
+def test_every_catalog_item_is_priced_exactly(core: QuoteServer) -> None:
+    for item, cents in expected_prices().items():
+        assert ask(core, item, 7) == (Status.OK, cents, 7 * cents)
+
+
+def test_error_statuses(core: QuoteServer) -> None:
+    assert ask(core, "kiwi", 1)[0] is Status.UNKNOWN_ITEM
+    assert ask(core, "apple", 0)[0] is Status.BAD_QUANTITY
+    assert ask(core, "apple", MAX_QUANTITY + 1)[0] is Status.BAD_QUANTITY
+    assert ask(core, "apple", MAX_QUANTITY) == (Status.OK, 50, 50 * MAX_QUANTITY)
+    assert ask(core, "yacht", MAX_QUANTITY)[0] is Status.OVERFLOW
+    assert core.stats["status.UNKNOWN_ITEM"] == 1 and core.stats["status.BAD_QUANTITY"] == 2
+
+
+def test_garbage_is_counted_and_dropped(core: QuoteServer) -> None:
+    for junk in (b"", b"\x00", b"hello world", bytes(MESSAGE_SIZE), bytes(5000)):
+        assert core.handle_datagram(junk, ADDR, 0.0) is None
+    good = bytearray(encode_request(QuoteRequest(1, "apple", 1)))
+    good[30] ^= 0x40
+    assert core.handle_datagram(bytes(good), ADDR, 0.0) is None
+    assert core.stats["malformed.bad_length"] == 4
+    assert core.stats["malformed.bad_checksum"] == 2
+    assert core.stats["replies"] == 0 and core.stats["dropped"] == 6
+
+
+def reseal(body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_intact_header_with_bad_body_gets_malformed_status(core: QuoteServer) -> None:
+    body = encode_request(QuoteRequest(99, "apple", 1))[:-4]
+    out = core.handle_datagram(reseal(body[:16] + b"\xff" + body[17:]), ADDR, 0.0)
+    assert out is not None
+    reply = decode_reply(out)
+    assert (reply.status, reply.request_id) == (Status.MALFORMED, 99)
+    assert core.stats["malformed.bad_utf8"] == 1
+
+
+def test_other_version_is_told_so(core: QuoteServer) -> None:
+    body = encode_request(QuoteRequest(77, "apple", 1))[:-4]
+    same_length = reseal(body[:2] + b"\x09" + body[3:])
+    longer = body[:2] + b"\x02" + body[3:] + bytes(40)  # a future layout we cannot check
+    for data in (same_length, longer):
+        out = core.handle_datagram(data, ADDR, 0.0)
+        assert out is not None and len(out) <= len(data)
+        reply = decode_reply(out)
+        assert (reply.status, reply.request_id) == (Status.UNSUPPORTED_VERSION, 77)
+    assert core.handle_datagram(body[:2] + b"\x02" + body[3:20], ADDR, 0.0) is None, "short: would amplify"
+
+
+def test_no_reply_is_larger_than_its_request(core: QuoteServer) -> None:
+    good = encode_request(QuoteRequest(5, "apple", 1))
+    for data in (good, good[:13], good + b"x", b"QP\x05\x01" + bytes(8)):
+        out = core.handle_datagram(data, ADDR, 0.0)
+        assert out is None or len(out) <= len(data)

@@ -1,0 +1,211 @@
+"""Codec: golden bytes, round trips, and untrusted input that must decode or raise MalformedDatagram."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wire_format import (
+    ITEM_SIZE,
+    MESSAGE_SIZE,
+    MalformedDatagram,
+    QuoteReply,
+    QuoteRequest,
+    Status,
+    UnsupportedVersion,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
+
+RID = 0x0123456789ABCDEF
+GOLDEN_REQUEST = bytes.fromhex("515001010123456789abcdef00000003" + "6170706c65" + "00" * 27 + "00" * 24 + "425ae53c")
+GOLDEN_REPLY = bytes.fromhex(
+    "515001020123456789abcdef"
+    "00"
+    "00"
+    "0000"
+    "00000003" + "6170706c65" + "00" * 27 + "0000000000000032"
+    "0000000000000096"
+    "00000007"
+    "e60a15f6"
+)
+
+
+def sealed(body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_request_golden_bytes() -> None:
+    assert encode_request(QuoteRequest(RID, "apple", 3)) == GOLDEN_REQUEST
+    # The same layout written by hand with struct, as the README's table describes it.
+    body = struct.pack(">2sBBQI32s24s", b"QP", 1, 1, RID, 3, b"apple", b"")
+    assert sealed(body) == GOLDEN_REQUEST
+
+
+def test_reply_golden_bytes() -> None:
+    assert encode_reply(QuoteReply(RID, Status.OK, "apple", 3, 50, 150, 7)) == GOLDEN_REPLY
+    body = struct.pack(">2sBBQBBHI32sQQI", b"QP", 1, 2, RID, 0, 0, 0, 3, b"apple", 50, 150, 7)
+    assert sealed(body) == GOLDEN_REPLY
+
+
+def test_reply_is_never_larger_than_request() -> None:
+    assert len(GOLDEN_REPLY) <= len(GOLDEN_REQUEST) == MESSAGE_SIZE
+
+
+def test_non_ascii_item_round_trips() -> None:
+    req = QuoteRequest(1, "café crème", 2)
+    assert decode_request(encode_request(req)) == req
+
+
+def test_decomposed_unicode_is_normalised_to_nfc() -> None:
+    decomposed = "cafe\u0301 cre\u0300me"
+    assert decode_request(encode_request(QuoteRequest(1, decomposed, 2))).item == "café crème"
+
+
+@pytest.mark.parametrize(
+    ("item", "quantity", "message"),
+    [
+        ("x" * (ITEM_SIZE + 1), 1, "the wire allows 32"),
+        ("é" * 17, 1, "34 bytes"),
+        ("", 1, "empty"),
+        ("a\0b", 1, "NUL"),
+        ("apple", 2**32, "quantity"),
+        ("apple", -1, "quantity"),
+    ],
+)
+def test_encoding_bad_values_is_a_caller_error(item: str, quantity: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode_request(QuoteRequest(1, item, quantity))
+
+
+def test_request_id_must_fit_64_bits() -> None:
+    with pytest.raises(ValueError, match="request_id"):
+        encode_request(QuoteRequest(2**64, "apple", 1))
+
+
+def reason_of(data: bytes) -> str:
+    with pytest.raises(MalformedDatagram) as info:
+        decode_request(data)
+    return info.value.reason
+
+
+def test_defects_are_reported_by_reason() -> None:
+    good = GOLDEN_REQUEST
+    assert reason_of(good[:-1]) == "bad_length"
+    assert reason_of(good + b"\0") == "bad_length"
+    assert reason_of(b"") == "bad_length"
+    flipped = bytearray(good)
+    flipped[20] ^= 0x01
+    assert reason_of(bytes(flipped)) == "bad_checksum"
+    body = good[:-4]
+    assert reason_of(sealed(b"XX" + body[2:])) == "bad_magic"
+    assert reason_of(sealed(body[:3] + b"\x02" + body[4:])) == "unexpected_kind"
+    assert reason_of(sealed(body[:16] + b"a\0b" + body[19:])) == "nul_in_item"
+    assert reason_of(sealed(body[:16] + b"\xff\xfe" + body[18:])) == "bad_utf8"
+    assert reason_of(sealed(body[:16] + b"\0" * 32 + body[48:])) == "empty_item"
+    assert reason_of(sealed(body[:-1] + b"\x01")) == "reserved_not_zero"
+    assert reason_of(sealed(body[:16] + b" apple" + body[22:])) == "item_not_canonical"
+    assert reason_of(sealed(body[:16] + "cafe\u0301".encode() + body[22:])) == "item_not_canonical"
+
+
+def test_wrong_version_keeps_the_request_id_so_the_server_can_answer() -> None:
+    body = GOLDEN_REQUEST[:-4]
+    with pytest.raises(UnsupportedVersion) as info:
+        decode_request(sealed(body[:2] + b"\x07" + body[3:]))
+    assert info.value.request_id == RID
+
+
+def test_checksum_failure_does_not_trust_the_header() -> None:
+    damaged = bytearray(GOLDEN_REQUEST)
+    damaged[-1] ^= 0xFF
+    with pytest.raises(MalformedDatagram) as info:
+        decode_request(bytes(damaged))
+    assert info.value.request_id is None
+
+
+def test_reply_with_unknown_status_is_malformed() -> None:
+    body = bytearray(GOLDEN_REPLY[:-4])
+    body[12] = 200
+    with pytest.raises(MalformedDatagram, match="unknown_status"):
+        decode_reply(sealed(bytes(body)))
+
+
+def test_request_bytes_are_not_a_reply() -> None:
+    with pytest.raises(MalformedDatagram, match="unexpected_kind"):
+        decode_reply(GOLDEN_REQUEST)
+
+
+items = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), min_size=1, max_size=10
+).filter(lambda s: s.strip() != "" and s == s.strip())
+u64 = st.integers(0, 2**64 - 1)
+u32 = st.integers(0, 2**32 - 1)
+
+
+@given(rid=u64, item=items, quantity=u32)
+def test_request_round_trip(rid: int, item: str, quantity: int) -> None:
+    req = QuoteRequest(rid, item, quantity)
+    try:
+        data = encode_request(req)
+    except ValueError:
+        return  # e.g. an item that is longer than 32 bytes in UTF-8 or changes under NFC
+    decoded = decode_request(data)
+    assert decoded.request_id == rid and decoded.quantity == quantity
+    assert encode_request(decoded) == data
+
+
+@given(
+    rid=u64,
+    status=st.sampled_from(Status),
+    item=items,
+    quantity=u32,
+    unit=u64,
+    total=u64,
+    version=u32,
+    retry=st.integers(0, 2**16 - 1),
+)
+def test_reply_round_trip(
+    rid: int, status: Status, item: str, quantity: int, unit: int, total: int, version: int, retry: int
+) -> None:
+    try:
+        data = encode_reply(QuoteReply(rid, status, item, quantity, unit, total, version, retry))
+    except ValueError:
+        return
+    decoded = decode_reply(data)
+    assert (decoded.request_id, decoded.status, decoded.quantity) == (rid, status, quantity)
+    assert (decoded.unit_price, decoded.total, decoded.catalog_version, decoded.retry_after_ms) == (
+        unit,
+        total,
+        version,
+        retry,
+    )
+    assert encode_reply(decoded) == data
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_malformed(data: bytes) -> None:
+    for decode in (decode_request, decode_reply):
+        try:
+            decoded = decode(data)
+        except MalformedDatagram:
+            continue
+        assert decode(data) == decoded  # anything that decodes, decodes the same way every time
+
+
+@given(position=st.integers(0, MESSAGE_SIZE - 5), value=st.integers(0, 255), reseal=st.booleans())
+def test_mutated_requests_decode_or_raise_malformed(position: int, value: int, reseal: bool) -> None:
+    body = bytearray(GOLDEN_REQUEST[:-4])
+    body[position] = value
+    data = sealed(bytes(body)) if reseal else bytes(body) + GOLDEN_REQUEST[-4:]
+    try:
+        req = decode_request(data)
+    except MalformedDatagram:
+        return
+    assert isinstance(req, QuoteRequest)
+    assert encode_request(req) == data  # whatever decodes re-encodes to the very same bytes

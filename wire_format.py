@@ -1,0 +1,288 @@
+"""The udp-price wire format: every message is one fixed-size UDP datagram.
+
+construct is the single definition of the byte layout. Each message is a
+construct ``Struct`` for everything before the trailing CRC32, compiled for
+speed; the CRC32 (zlib polynomial, big-endian) over those bytes is appended
+outside construct because ``Checksum`` does not compile.
+
+Untrusted bytes are decoded in the order DESIGN.md section 5 prescribes:
+exact length, then CRC32, then a guarded parse, then meaning (known message
+kind, no NUL inside names, valid UTF-8, zero reserved bytes). Any bad input
+raises :class:`MalformedDatagram`; nothing else escapes the decoders.
+
+Requests and replies have the same size, so a reply is never larger than the
+request that caused it: the service cannot amplify traffic.
+"""
+
+from __future__ import annotations
+
+import struct
+import unicodedata
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+
+MAGIC = b"QP"
+VERSION = 1
+ITEM_SIZE = 32
+"""Bytes of the NUL-padded UTF-8 item field."""
+MAX_QUANTITY = 1_000_000_000
+"""Largest quantity the server prices; 0 and anything above is BAD_QUANTITY."""
+MAX_TOTAL = 2**63 - 1
+"""Largest total in minor units; above it the server answers OVERFLOW (fits a signed i64)."""
+MAX_RETRY_AFTER_MS = 2**16 - 1
+CRC_SIZE = 4
+HEADER_SIZE = 12
+MESSAGE_SIZE = 76
+"""Every request and every reply is exactly this many bytes."""
+_REQUEST_RESERVED = 24
+
+
+class MessageKind(IntEnum):
+    QUOTE_REQUEST = 1
+    QUOTE_REPLY = 2
+
+
+class Status(IntEnum):
+    """Reply status codes. Values are stable on the wire; new ones are appended."""
+
+    OK = 0
+    UNKNOWN_ITEM = 1
+    BAD_QUANTITY = 2
+    OVERFLOW = 3
+    UNSUPPORTED_VERSION = 4
+    MALFORMED = 5
+    BUSY = 6
+
+
+class QuoteError(Exception):
+    """Root of every error udp-price raises on purpose."""
+
+
+class MalformedDatagram(QuoteError):
+    """The datagram could not be decoded.
+
+    ``reason`` is a short machine-friendly tag (used as a counter name).
+    ``request_id`` is set when the header survived intact (length and CRC32
+    correct), so the server may answer with an error status; otherwise it is
+    None and the datagram must be dropped silently.
+    """
+
+    def __init__(self, reason: str, detail: str = "", request_id: int | None = None) -> None:
+        super().__init__(f"malformed datagram ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason
+        self.request_id = request_id
+
+
+class UnsupportedVersion(MalformedDatagram):
+    """The datagram carries our magic but a protocol version we do not speak."""
+
+
+_HEADER = (
+    "magic" / Const(MAGIC),
+    "version" / Int8ub,
+    "kind" / Int8ub,
+    "request_id" / Int64ub,
+)
+
+QUOTE_REQUEST_BODY = Struct(
+    *_HEADER,
+    "quantity" / Int32ub,
+    "item" / Bytes(ITEM_SIZE),
+    # Pads the request to the reply's size so a reply never amplifies; must be zero.
+    "reserved" / Bytes(_REQUEST_RESERVED),
+).compile()
+
+QUOTE_REPLY_BODY = Struct(
+    *_HEADER,
+    "status" / Int8ub,
+    "flags" / Int8ub,
+    "retry_after_ms" / Int16ub,
+    "quantity" / Int32ub,
+    "item" / Bytes(ITEM_SIZE),
+    "unit_price" / Int64ub,
+    "total" / Int64ub,
+    "catalog_version" / Int32ub,
+).compile()
+
+_CRC = Int32ub
+_ZERO_RESERVED = bytes(_REQUEST_RESERVED)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteRequest:
+    """Ask for the price of ``quantity`` units of ``item``."""
+
+    request_id: int
+    item: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteReply:
+    """Answer to a QuoteRequest; money in integer minor units (cents)."""
+
+    request_id: int
+    status: Status
+    item: str
+    quantity: int
+    unit_price: int = 0
+    total: int = 0
+    catalog_version: int = 0
+    retry_after_ms: int = 0
+
+
+def normalize_item(name: str) -> str:
+    """The canonical form of an item name: NFC, so 'café' matches however it was typed."""
+    return unicodedata.normalize("NFC", name.strip())
+
+
+def encode_item(name: str) -> bytes:
+    """UTF-8 item name, NUL-padded to ITEM_SIZE. Raises ValueError if it cannot go on the wire."""
+    raw = normalize_item(name).encode("utf-8")
+    if not raw:
+        raise ValueError("item name is empty")
+    if b"\0" in raw:
+        raise ValueError("item name contains NUL")
+    if len(raw) > ITEM_SIZE:
+        raise ValueError(f"item name is {len(raw)} bytes in UTF-8; the wire allows {ITEM_SIZE}")
+    return raw.ljust(ITEM_SIZE, b"\0")
+
+
+def _decode_item(raw: bytes, request_id: int) -> str:
+    name = raw.rstrip(b"\0")
+    if not name:
+        raise MalformedDatagram("empty_item", request_id=request_id)
+    if b"\0" in name:
+        raise MalformedDatagram("nul_in_item", request_id=request_id)
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedDatagram("bad_utf8", str(e), request_id=request_id) from e
+    if normalize_item(text) != text:
+        # Only one spelling of a name is valid on the wire (NFC, no outer spaces), so equal names are equal bytes.
+        raise MalformedDatagram("item_not_canonical", request_id=request_id)
+    return text
+
+
+def _check_u(value: int, bits: int, field: str) -> None:
+    if not 0 <= value < 2**bits:
+        raise ValueError(f"{field}={value} does not fit in an unsigned {bits}-bit field")
+
+
+def _seal(body: bytes) -> bytes:
+    crc: bytes = _CRC.build(zlib.crc32(body))
+    return body + crc
+
+
+def encode_request(req: QuoteRequest) -> bytes:
+    """Bytes of a quote request. Raises ValueError for values that cannot be encoded."""
+    _check_u(req.request_id, 64, "request_id")
+    _check_u(req.quantity, 32, "quantity")
+    body = QUOTE_REQUEST_BODY.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.QUOTE_REQUEST,
+            "request_id": req.request_id,
+            "quantity": req.quantity,
+            "item": encode_item(req.item),
+            "reserved": _ZERO_RESERVED,
+        }
+    )
+    return _seal(body)
+
+
+def encode_reply(rep: QuoteReply) -> bytes:
+    """Bytes of a quote reply. Raises ValueError for values that cannot be encoded."""
+    _check_u(rep.request_id, 64, "request_id")
+    _check_u(rep.quantity, 32, "quantity")
+    _check_u(rep.unit_price, 64, "unit_price")
+    _check_u(rep.total, 64, "total")
+    _check_u(rep.catalog_version, 32, "catalog_version")
+    _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    body = QUOTE_REPLY_BODY.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.QUOTE_REPLY,
+            "request_id": rep.request_id,
+            "status": int(rep.status),
+            "flags": 0,
+            "retry_after_ms": rep.retry_after_ms,
+            "quantity": rep.quantity,
+            "item": encode_item(rep.item) if rep.item else bytes(ITEM_SIZE),
+            "unit_price": rep.unit_price,
+            "total": rep.total,
+            "catalog_version": rep.catalog_version,
+        }
+    )
+    return _seal(body)
+
+
+def _check_frame(data: bytes, kind: MessageKind) -> int:
+    """Length, CRC32, magic, version and kind; returns the request id once the header is trusted."""
+    if len(data) != MESSAGE_SIZE:
+        raise MalformedDatagram("bad_length", f"{len(data)} bytes, expected {MESSAGE_SIZE}")
+    body, crc = data[:-CRC_SIZE], data[-CRC_SIZE:]
+    if zlib.crc32(body) != int.from_bytes(crc, "big"):
+        raise MalformedDatagram("bad_checksum")
+    if data[:2] != MAGIC:
+        raise MalformedDatagram("bad_magic")
+    request_id = int.from_bytes(data[4:12], "big")
+    if data[2] != VERSION:
+        raise UnsupportedVersion("unsupported_version", f"version {data[2]}", request_id=request_id)
+    if data[3] != kind:
+        raise MalformedDatagram("unexpected_kind", f"kind {data[3]}", request_id=request_id)
+    return request_id
+
+
+def decode_request(data: bytes) -> QuoteRequest:
+    """Decode untrusted bytes into a QuoteRequest; raises MalformedDatagram on any defect."""
+    request_id = _check_frame(data, MessageKind.QUOTE_REQUEST)
+    try:
+        c = QUOTE_REQUEST_BODY.parse(data[:-CRC_SIZE])
+    except (ConstructError, struct.error) as e:  # compiled parsers raise struct.error too
+        raise MalformedDatagram("parse_error", str(e), request_id=request_id) from e
+    if c["reserved"] != _ZERO_RESERVED:
+        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
+    item = _decode_item(c["item"], request_id)
+    return QuoteRequest(request_id=request_id, item=item, quantity=c["quantity"])
+
+
+def decode_reply(data: bytes) -> QuoteReply:
+    """Decode untrusted bytes into a QuoteReply; raises MalformedDatagram on any defect."""
+    request_id = _check_frame(data, MessageKind.QUOTE_REPLY)
+    try:
+        c = QUOTE_REPLY_BODY.parse(data[:-CRC_SIZE])
+    except (ConstructError, struct.error) as e:
+        raise MalformedDatagram("parse_error", str(e), request_id=request_id) from e
+    try:
+        status = Status(c["status"])
+    except ValueError as e:
+        raise MalformedDatagram("unknown_status", str(c["status"]), request_id=request_id) from e
+    if c["flags"] != 0:
+        raise MalformedDatagram("flags_not_zero", request_id=request_id)
+    # Error replies to undecodable requests carry no item: an all-NUL field is allowed there.
+    item = "" if c["item"] == bytes(ITEM_SIZE) else _decode_item(c["item"], request_id)
+    return QuoteReply(
+        request_id=request_id,
+        status=status,
+        item=item,
+        quantity=c["quantity"],
+        unit_price=c["unit_price"],
+        total=c["total"],
+        catalog_version=c["catalog_version"],
+        retry_after_ms=c["retry_after_ms"],
+    )
+
+
+def peek_header(data: bytes) -> tuple[int, int] | None:
+    """(version, request_id) of a datagram that carries our magic and a full header, else None.
+
+    Used only to answer UNSUPPORTED_VERSION: the first 12 bytes (magic, version,
+    kind, request id) are promised stable across protocol versions.
+    """
+    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+        return None
+    return data[2], int.from_bytes(data[4:12], "big")
