@@ -28,14 +28,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import IO, Any
 
 Address = tuple[str, int]
 MAX_DATAGRAM = 65535
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     UP = "up"  # client -> server
     DOWN = "down"  # server -> client
 
@@ -101,10 +101,10 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class Decision:
-    """What happens to one datagram. ``action`` is 'drop:<why>' or 'deliver'."""
+    """What happens to one datagram. ``action`` is 'drop:<why>' (no copies) or 'deliver'."""
 
     action: str
-    copies: int = 1
+    copies: int = 0
     delay_s: float = 0.0
     payload: bytes = b""
     tags: tuple[str, ...] = ()
@@ -480,21 +480,22 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_from_args(args, seed)
     except ValueError as e:
         parser.error(str(e))
-    log: IO[str] | None = None
-    try:
-        log = sys.stdout if args.log == "-" else open(args.log, "w", encoding="utf-8") if args.log else None
-    except OSError as e:
-        print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
-        return 2
-    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
-    try:
-        asyncio.run(_run(proxy, args.duration))
-    except OSError as e:
-        print(f"fault_proxy: cannot listen on {_fmt(args.listen)}: {e.strerror or e}", file=sys.stderr)
-        return 5
-    finally:
-        if log is not None and log is not sys.stdout:
-            log.close()
+    with contextlib.ExitStack() as stack:
+        log: IO[str] | None = None
+        try:
+            if args.log == "-":
+                log = sys.stdout
+            elif args.log:
+                log = stack.enter_context(open(args.log, "w", encoding="utf-8"))
+        except OSError as e:
+            print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
+            return 2
+        proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
+        try:
+            asyncio.run(_run(proxy, args.duration))
+        except OSError as e:
+            print(f"fault_proxy: cannot listen on {_fmt(args.listen)}: {e.strerror or e}", file=sys.stderr)
+            return 5
     print(f"fault_proxy: stopped; seed={seed} {proxy.summary()}", flush=True)
     return 0
 

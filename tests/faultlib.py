@@ -1,0 +1,105 @@
+"""Run many quotes through the fault proxy and judge every answer against catalog.csv."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from conftest import expected_prices
+
+from fault_proxy import FaultPlan, FaultProxy
+from retry import RetryPolicy
+from udp_client import NoAnswer, QuoteClient, QuoteResult
+from wire_format import Status
+
+PRICES = expected_prices()
+
+
+@dataclass
+class Report:
+    """Per-scenario outcome. ``wrong`` must always be 0: every answer exact, or an explicit failure."""
+
+    name: str
+    sent: int = 0
+    completed: int = 0
+    failed: int = 0
+    wrong: int = 0
+    attempts: list[int] = field(default_factory=list)
+    client: Counter[str] = field(default_factory=Counter)
+    proxy: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def mean_attempts(self) -> float:
+        return sum(self.attempts) / len(self.attempts) if self.attempts else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.name}: sent={self.sent} completed={self.completed} failed={self.failed} "
+            f"wrong={self.wrong} mean_attempts={self.mean_attempts:.2f}"
+        )
+
+
+def orders(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    items = sorted(PRICES)
+    return [(rng.choice(items), rng.randint(1, 1000)) for _ in range(n)]
+
+
+def judge(report: Report, order: tuple[str, int], outcome: QuoteResult | NoAnswer) -> None:
+    item, qty = order
+    if isinstance(outcome, NoAnswer):
+        report.failed += 1
+        report.attempts.append(outcome.attempts)
+        return
+    report.attempts.append(outcome.attempts)
+    if (outcome.item, outcome.quantity, outcome.status, outcome.total) != (item, qty, Status.OK, PRICES[item] * qty):
+        report.wrong += 1
+        report.problems.append(f"asked {qty} x {item!r}, got {outcome}")
+    else:
+        report.completed += 1
+
+
+async def run_scenario(
+    name: str,
+    server: tuple[str, int],
+    plan: FaultPlan,
+    n: int = 300,
+    window: int = 16,
+    policy: RetryPolicy | None = None,
+    pace_s: float = 0.0,
+    during: Callable[[FaultProxy, QuoteClient], Coroutine[Any, Any, None]] | None = None,
+) -> Report:
+    """``n`` quotes, at most ``window`` in flight, the i-th starting no earlier than i * pace_s."""
+    report = Report(name, sent=n)
+    work = orders(n, seed=hash(name) & 0xFFFF)
+    async with FaultProxy(plan, upstream=server) as proxy, QuoteClient(proxy.address, policy) as client:
+        gate = asyncio.Semaphore(window)
+        start = asyncio.get_running_loop().time()
+
+        async def one(i: int, item: str, qty: int) -> QuoteResult | NoAnswer:
+            await asyncio.sleep(max(0.0, start + i * pace_s - asyncio.get_running_loop().time()))
+            async with gate:
+                try:
+                    return await client.quote(item, qty)
+                except NoAnswer as e:
+                    return e
+
+        side = asyncio.create_task(during(proxy, client)) if during else None
+        outcomes = await asyncio.gather(*(one(i, item, qty) for i, (item, qty) in enumerate(work)))
+        if side is not None:
+            await side
+        await asyncio.sleep(0.3)  # let delayed and duplicated datagrams land before counting
+        report.client.update(client.stats)
+        report.proxy.update(proxy.stats)
+    assert len(outcomes) == n, "every request reported exactly once"
+    ids = [o.request_id for o in outcomes if isinstance(o, QuoteResult)]
+    assert len(ids) == len(set(ids)), "no answer reported twice"
+    for order, outcome in zip(work, outcomes, strict=True):
+        judge(report, order, outcome)
+    print(report.line())
+    return report

@@ -1,0 +1,217 @@
+"""The fault matrix: a few hundred quotes per fault through the proxy; zero wrong totals, ever."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, RunningServer
+from faultlib import Report, run_scenario
+
+from fault_proxy import FaultPlan, FaultProxy, Faults
+from retry import RetryPolicy
+from udp_client import NoAnswer, QuoteClient
+from wire_format import QuoteReply, Status, encode_reply
+
+COMPLETE = {
+    "loss 10% each way": FaultPlan.both(seed=1, drop=0.10),
+    "loss 30% each way": FaultPlan.both(seed=2, drop=0.30),
+    "burst loss 30%, mean burst 3": FaultPlan.both(seed=3, burst_loss=0.30, burst_len=3),
+    "duplication 30%": FaultPlan.both(seed=4, duplicate=0.30),
+    "reorder / late delivery 30%": FaultPlan.both(seed=5, reorder=0.30, reorder_delay_s=0.08),
+    "corruption 10%, truncation 5%": FaultPlan.both(seed=6, corrupt=0.10, truncate=0.05),
+    "delay 20 ms + jitter 0-60 ms": FaultPlan.both(seed=7, delay_s=0.02, jitter_s=0.06),
+    "one way: 40% loss up only": FaultPlan(up=Faults(drop=0.4), seed=8),
+    "everything at once": FaultPlan.both(seed=9, drop=0.1, duplicate=0.1, reorder=0.1, corrupt=0.05, jitter_s=0.02),
+}
+
+
+def check_server_matches_proxy(report: Report, server: RunningServer) -> None:
+    """The server saw exactly what the proxy delivered up, and answered what was well-formed."""
+    stats = server.core.stats
+    assert stats["requests"] == report.proxy["up.sent"]
+    assert report.proxy["down.received"] == stats["replies"] - stats["send_errors"]
+
+
+@pytest.mark.parametrize("name", list(COMPLETE))
+def test_every_request_completes_exactly(name: str, server: RunningServer) -> None:
+    report = asyncio.run(run_scenario(name, server.address, COMPLETE[name]))
+    assert report.wrong == 0, report.problems[:5]
+    assert report.completed == report.sent, report.line()
+    check_server_matches_proxy(report, server)
+
+
+def test_scenarios_exercise_the_faults_they_name(server: RunningServer) -> None:
+    """Guard against a matrix that passes because nothing was injected."""
+    dup = asyncio.run(run_scenario("dup", server.address, COMPLETE["duplication 30%"], n=200))
+    assert dup.proxy["down.duplicate"] > 20 and dup.client["ignored.duplicate"] > 20
+    assert dup.client["accepted"] == 200, "each request accepted once, duplicates ignored"
+    bad = asyncio.run(run_scenario("corrupt", server.address, COMPLETE["corruption 10%, truncation 5%"], n=200))
+    assert bad.proxy["up.corrupt"] + bad.proxy["up.truncate"] > 10
+    assert sum(v for k, v in bad.client.items() if k.startswith("ignored.malformed")) > 10
+    assert server.core.stats["malformed.bad_checksum"] + server.core.stats["malformed.bad_length"] > 10
+    late = asyncio.run(run_scenario("late", server.address, COMPLETE["reorder / late delivery 30%"], n=200))
+    assert late.client["retransmissions"] > 10 and late.client["ignored.duplicate"] > 10
+    assert late.client["accepted"] == 200, "a stale reply to attempt 1 is used at most once"
+
+
+def test_loss_50_percent_is_right_or_explicit_failure(server: RunningServer) -> None:
+    policy = RetryPolicy(max_attempts=6, deadline_s=3.0)
+    report = asyncio.run(
+        run_scenario("loss 50% each way", server.address, FaultPlan.both(seed=10, drop=0.5), policy=policy)
+    )
+    assert report.wrong == 0, report.problems[:5]
+    assert report.failed > 0, "at 50% each way and 6 attempts, some requests must fail (0.75**6 = 18%)"
+    assert report.completed + report.failed == report.sent
+    check_server_matches_proxy(report, server)
+
+
+def test_adaptive_timeout_learns_a_slow_path(server: RunningServer) -> None:
+    plan = FaultPlan.both(seed=11, delay_s=0.05, jitter_s=0.02)  # RTT 100-140 ms, initial timeout 250 ms
+
+    async def run() -> tuple[float, int, int]:
+        async with FaultProxy(plan, upstream=server.address) as proxy, QuoteClient(proxy.address) as client:
+            for _ in range(30):
+                assert (await client.quote("apple", 1)).total == 50
+            assert client.rtt.srtt is not None
+            return client.rtt.srtt, client.stats["retransmissions"], client.rtt.samples
+
+    srtt, retransmissions, samples = asyncio.run(run())
+    assert 0.09 < srtt < 0.2
+    assert samples >= 25 and retransmissions <= 5
+
+
+def test_blackhole_for_two_seconds_mid_run(server: RunningServer) -> None:
+    plan = FaultPlan.both(seed=12, blackhole=((1.0, 3.0),))
+    report = asyncio.run(run_scenario("blackhole 2 s mid-run", server.address, plan, n=200, pace_s=0.02))
+    assert report.proxy["up.drop:blackhole"] > 20
+    assert report.wrong == 0 and report.completed == report.sent, report.line()
+    check_server_matches_proxy(report, server)
+
+
+def test_permanent_blackhole_fails_cleanly_by_the_deadline(server: RunningServer) -> None:
+    policy = RetryPolicy(deadline_s=1.0)
+    plan = FaultPlan.both(seed=13, blackhole=((0.0, None),))
+    report = asyncio.run(run_scenario("permanent blackhole", server.address, plan, n=40, policy=policy))
+    assert (report.failed, report.wrong) == (40, 0)
+    assert server.core.stats["requests"] == 0
+
+
+def test_scripted_drop_of_attempts_one_and_two(server: RunningServer) -> None:
+    plan = FaultPlan(up=Faults(drop_indices=frozenset({0, 1})), seed=14)
+
+    async def run() -> tuple[list[int], dict[str, int]]:
+        async with FaultProxy(plan, upstream=server.address) as proxy, QuoteClient(proxy.address) as client:
+            first = await client.quote("mango", 2)
+            assert first.total == 360
+            rest = [(await client.quote("mango", 1)).attempts for _ in range(3)]
+            return [first.attempts, *rest], dict(proxy.stats)
+
+    attempts, proxy_stats = asyncio.run(run())
+    assert attempts == [3, 1, 1, 1]
+    assert proxy_stats["up.drop:scripted"] == 2
+    assert server.core.stats["requests"] == 4, "the server saw only the third attempt of the first request"
+
+
+def test_forged_replies_are_never_accepted(server: RunningServer) -> None:
+    """A forger who even knows the outstanding ids sends perfect replies with wrong totals from another port."""
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger.bind(("127.0.0.1", 0))
+    forged = 0
+
+    async def forge(proxy: FaultProxy, client: QuoteClient) -> None:
+        nonlocal forged
+        assert client._transport is not None
+        target = client._transport.get_extra_info("sockname")
+        for _ in range(200):
+            for rid, pending in list(client._pending.items()):
+                req = pending.request
+                fake = QuoteReply(rid, Status.OK, req.item, req.quantity, 1, 1, 0)
+                forger.sendto(encode_reply(fake), target)
+                forged += 1
+            await asyncio.sleep(0.005)
+
+    plan = FaultPlan.both(seed=15, drop=0.2)
+    with forger:
+        report = asyncio.run(
+            run_scenario("spoofed replies from another port", server.address, plan, n=300, pace_s=0.003, during=forge)
+        )
+    assert forged > 100
+    assert report.wrong == 0 and report.completed == report.sent, report.problems[:3]
+
+
+def wait_line(proc: subprocess.Popen[str], marker: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert marker in line, line
+    return line
+
+
+def test_cli_through_proxy_blackhole_exits_3_and_logs(tmp_path: Path, server: RunningServer) -> None:
+    log = tmp_path / "decisions.jsonl"
+    upstream = f"{server.address[0]}:{server.address[1]}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{s.getsockname()[1]}"
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            "fault_proxy.py",
+            "--listen",
+            listen,
+            "--upstream",
+            upstream,
+            "--blackhole",
+            "0:",
+            "--seed",
+            "5",
+            "--log",
+            str(log),
+        ],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_line(proxy, "fault_proxy: ")
+        r = subprocess.run(
+            [sys.executable, "udp_client.py", "--server", listen, "--deadline", "1", "quote", "apple", "1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    finally:
+        proxy.terminate()
+        out, err = proxy.communicate(timeout=10)
+    assert r.returncode == 3 and "deadline passed" in r.stderr, r.stderr
+    assert proxy.returncode == 0 and "seed=5" in out and "up.drop:blackhole=" in out, out + err
+    records = log.read_text().splitlines()
+    assert len(records) >= 2 and all('"action": "drop:blackhole"' in line for line in records)
+    assert server.core.stats["requests"] == 0
+
+
+def test_plan_can_change_while_running(server: RunningServer) -> None:
+    async def run() -> list[bool]:
+        async with (
+            FaultProxy(FaultPlan(), upstream=server.address) as proxy,
+            QuoteClient(proxy.address, RetryPolicy(deadline_s=0.5)) as client,
+        ):
+            ok = [(await client.quote("apple", 1)).ok]
+            proxy.plan = replace(proxy.plan, up=Faults(blackhole=((0.0, None),)))
+            try:
+                await client.quote("apple", 1)
+                ok.append(True)
+            except NoAnswer:
+                ok.append(False)
+            proxy.plan = FaultPlan()
+            ok.append((await client.quote("apple", 1)).ok)
+            return ok
+
+    assert asyncio.run(run()) == [True, False, True]
