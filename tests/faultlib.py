@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import zlib
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -64,6 +65,34 @@ def judge(report: Report, order: tuple[str, int], outcome: QuoteResult | NoAnswe
         report.completed += 1
 
 
+async def quote_all(
+    client: QuoteClient, work: list[tuple[str, int]], window: int = 16, pace_s: float = 0.0
+) -> list[QuoteResult | NoAnswer]:
+    """Every order quoted once: at most ``window`` in flight, the i-th starting no earlier than i * pace_s."""
+    gate = asyncio.Semaphore(window)
+    start = asyncio.get_running_loop().time()
+
+    async def one(i: int, item: str, qty: int) -> QuoteResult | NoAnswer:
+        await asyncio.sleep(max(0.0, start + i * pace_s - asyncio.get_running_loop().time()))
+        async with gate:
+            try:
+                return await client.quote(item, qty)
+            except NoAnswer as e:
+                return e
+
+    return await asyncio.gather(*(one(i, item, qty) for i, (item, qty) in enumerate(work)))
+
+
+def judge_all(report: Report, work: list[tuple[str, int]], outcomes: list[QuoteResult | NoAnswer]) -> Report:
+    assert len(outcomes) == len(work), "every request reported exactly once"
+    ids = [o.request_id for o in outcomes if isinstance(o, QuoteResult)]
+    assert len(ids) == len(set(ids)), "no answer reported twice"
+    for order, outcome in zip(work, outcomes, strict=True):
+        judge(report, order, outcome)
+    print(report.line())
+    return report
+
+
 async def run_scenario(
     name: str,
     server: tuple[str, int],
@@ -74,32 +103,15 @@ async def run_scenario(
     pace_s: float = 0.0,
     during: Callable[[FaultProxy, QuoteClient], Coroutine[Any, Any, None]] | None = None,
 ) -> Report:
-    """``n`` quotes, at most ``window`` in flight, the i-th starting no earlier than i * pace_s."""
+    """``n`` quotes through a FaultProxy running ``plan`` in front of ``server``, judged one by one."""
     report = Report(name, sent=n)
-    work = orders(n, seed=hash(name) & 0xFFFF)
+    work = orders(n, seed=zlib.crc32(name.encode()))
     async with FaultProxy(plan, upstream=server) as proxy, QuoteClient(proxy.address, policy) as client:
-        gate = asyncio.Semaphore(window)
-        start = asyncio.get_running_loop().time()
-
-        async def one(i: int, item: str, qty: int) -> QuoteResult | NoAnswer:
-            await asyncio.sleep(max(0.0, start + i * pace_s - asyncio.get_running_loop().time()))
-            async with gate:
-                try:
-                    return await client.quote(item, qty)
-                except NoAnswer as e:
-                    return e
-
         side = asyncio.create_task(during(proxy, client)) if during else None
-        outcomes = await asyncio.gather(*(one(i, item, qty) for i, (item, qty) in enumerate(work)))
+        outcomes = await quote_all(client, work, window, pace_s)
         if side is not None:
             await side
         await asyncio.sleep(0.3)  # let delayed and duplicated datagrams land before counting
         report.client.update(client.stats)
         report.proxy.update(proxy.stats)
-    assert len(outcomes) == n, "every request reported exactly once"
-    ids = [o.request_id for o in outcomes if isinstance(o, QuoteResult)]
-    assert len(ids) == len(set(ids)), "no answer reported twice"
-    for order, outcome in zip(work, outcomes, strict=True):
-        judge(report, order, outcome)
-    print(report.line())
-    return report
+    return judge_all(report, work, outcomes)

@@ -155,3 +155,11 @@ def test_server_stops_cleanly_with_counters(sig: signal.Signals) -> None:
     assert "udp_server: stopped; " in out
     assert "requests=2" in out and "status.OK=1" in out and "status.UNKNOWN_ITEM=1" in out
     assert "Traceback" not in err
+
+
+def test_demo_quotes_survive_loss() -> None:
+    r = run("demo.py", "--loss", "0.3", "--seed", "7", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "12 quotes: 12 exact (checked against the catalog), 0 wrong, 0 failed;" in r.stdout
+    assert "2 x café crème @ 3.80 = 7.60" in r.stdout
+    assert " 0 retransmissions" not in r.stdout, "at 30% loss the demo must show retries it survived"

@@ -1,0 +1,22 @@
+"""Tests that need root and Debian packages: skip on a laptop with a reason, but never skip in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require(*commands: str) -> None:
+    """Skip (or, under CI=true, fail) unless we are root and every command is installed."""
+    missing = [c for c in commands if shutil.which(c) is None]
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "needs root (network namespaces)"
+    elif missing:
+        reason = f"needs {', '.join(missing)} (Debian packages; .ci/run installs them)"
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but this test cannot run: {reason}")
+        pytest.skip(reason)
