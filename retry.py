@@ -88,6 +88,8 @@ class Outcome(enum.Enum):
     TIMED_OUT = "timed_out"  # every attempt was used up
     DEADLINE = "deadline"  # the overall deadline passed first
     REFUSED = "refused"  # the shell gave up: ICMP says nothing listens at the server's address
+    BUDGET = "retry_budget"  # the shell gave up: the client's retry budget is spent
+    UNREACHABLE = "unreachable"  # the shell gave up: no reply for a long time and no budget left
 
 
 @dataclass
@@ -168,3 +170,42 @@ class Exchange:
     def elapsed(self, now: float) -> float:
         end = self.answered_at if self.answered_at is not None else now
         return end - self.started_at
+
+
+@dataclass
+class RetryBudget:
+    """Caps retransmissions across many requests, as Finagle's and Envoy's retry budgets do.
+
+    Tokens: a reserve of ``floor`` to start, ``ratio`` per new request, ``per_answer`` per reply
+    received; each retransmission spends one. Against a dead server nothing answers, so
+    retransmissions stay below ratio * requests + floor (20% + 10 by default). A pure 20% budget
+    would also fail rows on a merely lossy path (10% loss each way already needs ~23% retries),
+    so replies, which prove the server is alive and keeping up, earn retries back.
+    """
+
+    ratio: float = 0.2
+    floor: float = 10.0
+    per_answer: float = 1.0
+    cap: float = 1000.0
+    tokens: float = field(default=-1.0)
+    spent: int = 0
+    refused: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.floor
+
+    def on_request(self) -> None:
+        self.tokens = min(self.cap, self.tokens + self.ratio)
+
+    def on_answer(self) -> None:
+        self.tokens = min(self.cap, self.tokens + self.per_answer)
+
+    def try_spend(self) -> bool:
+        """True if one retransmission may be sent now (and pays for it)."""
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.spent += 1
+            return True
+        self.refused += 1
+        return False

@@ -11,27 +11,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import secrets
+import signal
 import sys
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalog import format_money
-from retry import Exchange, Outcome, RetryPolicy, RttEstimator
+from retry import Exchange, Outcome, RetryBudget, RetryPolicy, RttEstimator
 from wire_format import (
+    MAX_BATCH,
     MAX_QUANTITY,
+    BatchReply,
+    BatchRequest,
+    LineResult,
     MalformedDatagram,
     QuoteError,
     QuoteReply,
     QuoteRequest,
+    Reply,
+    Request,
     Status,
-    decode_reply,
+    decode_any_reply,
+    encode_batch_request,
     encode_request,
+    lines_digest,
     normalize_item,
 )
+
+if TYPE_CHECKING:
+    import bulk
 
 Address = tuple[str, int]
 REFUSED_LIMIT = 3
@@ -88,11 +103,25 @@ class QuoteResult:
         }
 
 
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-line results of one batch, in the order the lines were given."""
+
+    lines: tuple[tuple[str, int], ...]
+    results: tuple[LineResult, ...]
+    attempts: int
+    request_id: int
+    latency_s: float
+    catalog_version: int
+
+
 @dataclass
 class _Pending:
-    request: QuoteRequest
+    request: Request
+    accepts: Callable[[Reply], bool]
+    """Does this reply (with our id and a valid CRC) really answer our request?"""
     exchange: Exchange
-    future: asyncio.Future[QuoteReply]
+    future: asyncio.Future[Reply]
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -119,9 +148,20 @@ class QuoteClient:
             result = await client.quote("apple", 3)
     """
 
-    def __init__(self, server: Address, policy: RetryPolicy | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        server: Address,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        budget: RetryBudget | None = None,
+    ) -> None:
         self.server = server
         self.policy = policy or RetryPolicy()
+        self.budget = budget
+        """Shared cap on retransmissions (bulk runs); None: each request retries up to its policy."""
+        self.unreachable = False
+        """Set once the server is judged gone (ICMP refusals, or no reply and no budget): fail fast."""
+        self.last_answer_at: float | None = None
         # rng drives jitter only; request ids always come from `secrets` so they cannot be guessed.
         self.rng = rng or random.Random()
         self.rtt = RttEstimator(initial_rto_s=self.policy.initial_timeout_s)
@@ -131,11 +171,13 @@ class QuoteClient:
         self._pending: dict[int, _Pending] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
+        self._opened_at = 0.0
 
     async def __aenter__(self) -> QuoteClient:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), remote_addr=self.server)
         self._transport = transport
+        self._opened_at = loop.time()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -152,19 +194,14 @@ class QuoteClient:
     async def quote(self, item: str, quantity: int) -> QuoteResult:
         """Quote ``quantity`` x ``item``. Raises NoAnswer when no valid reply comes in time,
         ValueError when the request cannot be encoded (item too long, quantity out of u32)."""
-        if self._transport is None:
-            raise RuntimeError("use 'async with QuoteClient(...)' before quoting")
         request = QuoteRequest(self._new_request_id(), normalize_item(item), quantity)
         datagram = encode_request(request)
-        loop = asyncio.get_running_loop()
-        pending = _Pending(request, Exchange(self.policy, self.rtt, self.rng), loop.create_future())
-        self._pending[request.request_id] = pending
-        try:
-            reply = await self._exchange(pending, datagram, loop)
-        finally:
-            del self._pending[request.request_id]
-            self._remember(request.request_id)
-        ex = pending.exchange
+
+        def accepts(reply: Reply) -> bool:
+            return isinstance(reply, QuoteReply) and _echo_matches(request, reply)
+
+        reply, ex, latency = await self._call(request, datagram, accepts)
+        assert isinstance(reply, QuoteReply)
         return QuoteResult(
             item=request.item,
             quantity=request.quantity,
@@ -173,11 +210,49 @@ class QuoteClient:
             total=reply.total,
             attempts=ex.attempts,
             request_id=request.request_id,
-            latency_s=ex.elapsed(loop.time()),
+            latency_s=latency,
             catalog_version=reply.catalog_version,
         )
 
-    async def _exchange(self, p: _Pending, datagram: bytes, loop: asyncio.AbstractEventLoop) -> QuoteReply:
+    async def quote_batch(self, lines: list[tuple[str, int]]) -> BatchResult:
+        """Quote up to MAX_BATCH lines in one datagram; results in the same order.
+        Raises NoAnswer or ValueError like ``quote``."""
+        request = BatchRequest(self._new_request_id(), tuple((normalize_item(i), q) for i, q in lines))
+        datagram = encode_batch_request(request)
+        digest = lines_digest(datagram)
+
+        def accepts(reply: Reply) -> bool:
+            if not isinstance(reply, BatchReply):
+                return False
+            if reply.status is not Status.OK:  # whole-batch error: the server could not read the lines
+                return not reply.results
+            return reply.lines_digest == digest and len(reply.results) == len(request.lines)
+
+        reply, ex, latency = await self._call(request, datagram, accepts)
+        assert isinstance(reply, BatchReply)
+        results = reply.results or tuple(LineResult(reply.status) for _ in request.lines)
+        return BatchResult(request.lines, results, ex.attempts, request.request_id, latency, reply.catalog_version)
+
+    async def _call(
+        self, request: Request, datagram: bytes, accepts: Callable[[Reply], bool]
+    ) -> tuple[Reply, Exchange, float]:
+        """Send until a reply that ``accepts`` approves arrives; (reply, exchange, latency seconds)."""
+        if self._transport is None:
+            raise RuntimeError("use 'async with QuoteClient(...)' before quoting")
+        loop = asyncio.get_running_loop()
+        request_id = request.request_id
+        pending = _Pending(request, accepts, Exchange(self.policy, self.rtt, self.rng), loop.create_future())
+        self._pending[request_id] = pending
+        if self.budget is not None:
+            self.budget.on_request()
+        try:
+            reply = await self._exchange(pending, datagram, loop)
+        finally:
+            del self._pending[request_id]
+            self._remember(request_id)
+        return reply, pending.exchange, pending.exchange.elapsed(loop.time())
+
+    async def _exchange(self, p: _Pending, datagram: bytes, loop: asyncio.AbstractEventLoop) -> Reply:
         ex = p.exchange
         ex.start(loop.time())
         self._send(datagram)
@@ -187,14 +262,34 @@ class QuoteClient:
                 done, _ = await asyncio.wait({p.future}, timeout=wait)
                 if done:
                     return p.future.result()
+            now = loop.time()
             if self.refused >= REFUSED_LIMIT:
                 # The kernel keeps telling us nothing listens there: fail now, not at the deadline.
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(loop.time()), Outcome.REFUSED, True)
-            if ex.on_timer(loop.time()):
+                self.unreachable = True
+                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), Outcome.REFUSED, True)
+            if self.unreachable:
+                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), Outcome.UNREACHABLE, self.refused > 0)
+            due = not ex.done and now >= ex.wake_at and now >= ex.not_before
+            if due and ex.attempts < self.policy.max_attempts and not self._budget_allows(now):
+                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), self._give_up_reason(), self.refused > 0)
+            if ex.on_timer(now):
                 self.stats["retransmissions"] += 1
                 self._send(datagram)
             elif ex.done:
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(loop.time()), ex.outcome, self.refused > 0)
+                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), ex.outcome, self.refused > 0)
+
+    def _budget_allows(self, now: float) -> bool:
+        if self.budget is None or self.budget.try_spend():
+            return True
+        # No budget left. If nothing has answered for a whole deadline, the server is gone:
+        # every other request fails at its next timer instead of waiting out its own deadline.
+        silent_for = now - (self.last_answer_at if self.last_answer_at is not None else self._opened_at)
+        if silent_for >= (self.policy.deadline_s or self.policy.max_timeout_s * self.policy.max_attempts):
+            self.unreachable = True
+        return False
+
+    def _give_up_reason(self) -> Outcome:
+        return Outcome.UNREACHABLE if self.unreachable else Outcome.BUDGET
 
     def _send(self, datagram: bytes) -> None:
         assert self._transport is not None
@@ -208,7 +303,7 @@ class QuoteClient:
 
     def _on_datagram(self, data: bytes) -> None:
         try:
-            reply = decode_reply(data)
+            reply = decode_any_reply(data)
         except MalformedDatagram as e:
             self.stats[f"ignored.malformed.{e.reason}"] += 1
             return
@@ -217,16 +312,19 @@ class QuoteClient:
             known = reply.request_id in self._recent or pending is not None
             self.stats["ignored.duplicate" if known else "ignored.unknown_id"] += 1
             return
-        if not _echo_matches(pending.request, reply):
+        if not pending.accepts(reply):
             self.stats["ignored.mismatch"] += 1
             return
         now = asyncio.get_running_loop().time()
+        self.refused = 0
+        self.last_answer_at = now
         if reply.status is Status.BUSY:
             self.stats["busy"] += 1
             pending.exchange.on_busy(now, reply.retry_after_ms / 1000)
             return
         pending.exchange.on_answer(now)
-        self.refused = 0
+        if self.budget is not None:
+            self.budget.on_answer()
         self.stats["accepted"] += 1
         pending.future.set_result(reply)
 
@@ -250,19 +348,36 @@ def quote_once(server: Address, item: str, quantity: int, policy: RetryPolicy | 
 
 # ---------------------------------------------------------------- CLI
 
-EXIT_OK, EXIT_STATUS, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+EXIT_OK, EXIT_STATUS, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXAMPLES = f"""\
 examples:
   python udp_client.py quote apple 3                   # 3 x apple @ 0.50 = 1.50
   python udp_client.py quote "café crème" 2
   python udp_client.py --json quote banana 12          # one JSON object on stdout
   python udp_client.py --server [::1]:9999 --timeout 0.1 --retries 6 --deadline 3 quote pear 1
+  python udp_client.py bulk orders.csv -o quotes.csv   # every row, in order; summary on stderr
 
 exit codes:
   {EXIT_OK}  quoted
   {EXIT_STATUS}  the server answered with an error (unknown item, bad quantity, overflow, ...)
   {EXIT_USAGE}  bad arguments
   {EXIT_NO_ANSWER}  no valid answer within the retries / deadline (server down or network lossy)
+  for bulk: 0 every row OK, 1 some rows failed (bad rows or server errors), 2 unusable input,
+            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C)
+"""
+BULK_EPILOG = f"""\
+examples:
+  python udp_client.py bulk orders.csv > quotes.csv
+  python udp_client.py bulk --format jsonl --batch 32 --window 128 orders.csv -o quotes.jsonl
+  cat orders.csv | python udp_client.py bulk - --no-progress
+
+Bad rows (missing item, bad quantity, item over 32 bytes, broken quoting) are written with
+status BAD_ROW and their line number in 'error'; the run goes on. Retransmissions share a
+budget (20% of requests + 1 per reply + 10), so a dead server fails the run fast.
+
+exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags,
+            {EXIT_NO_ANSWER} server unreachable (no reply at all), {EXIT_OUTPUT} output not writable,
+            {EXIT_INTERRUPTED} interrupted
 """
 
 
@@ -293,6 +408,12 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return value
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return int(text)
 
 
 def _retries(text: str) -> int:
@@ -335,6 +456,25 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quote", help="quote one item", description="Quote QUANTITY x ITEM.")
     q.add_argument("item", help="item name as in the catalog (quote names with spaces)")
     q.add_argument("quantity", type=parse_quantity, help=f"whole number, 1 to {MAX_QUANTITY}")
+    b = sub.add_parser(
+        "bulk",
+        help="quote every row of a CSV file",
+        description="Quote every row of ORDERS (a CSV with 'item' and 'quantity' columns; '-' for stdin). "
+        "Writes one row per input row, in order, with unit_price, total, status, attempts, error added.",
+        epilog=BULK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("orders", help="orders CSV file, or - for stdin")
+    b.add_argument("-o", "--output", default="-", help="where to write results (default - : stdout)")
+    b.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format (default csv)")
+    b.add_argument("--window", type=_at_least_one, default=64, help="requests in flight at once (default 64)")
+    b.add_argument(
+        "--batch",
+        type=_at_least_one,
+        default=16,
+        help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 16)",
+    )
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     return p
 
 
@@ -401,10 +541,79 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "quote":
             return run_quote(args)
+        if args.command == "bulk":
+            return run_bulk_command(args)
     except KeyboardInterrupt:
         print("udp_client: interrupted", file=sys.stderr)
         return 130
     return EXIT_USAGE
+
+
+def run_bulk_command(args: argparse.Namespace) -> int:
+    import bulk  # bulk builds on QuoteClient, so it imports this module: import it only when needed
+
+    with contextlib.ExitStack() as stack:
+        try:
+            options = bulk.BulkOptions(window=args.window, batch=args.batch)
+            source = stack.enter_context(bulk.open_text(args.orders, sys.stdin))
+            header, rows = bulk.read_rows(source)
+            out = sys.stdout
+            if args.output != "-":
+                out = stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+        except (ValueError, bulk.BulkInputError) as e:
+            print(f"udp_client: {args.orders}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as e:
+            print(f"udp_client: {e.filename or args.orders}: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        sink: bulk.Sink = bulk.CsvSink(out, header) if args.format == "csv" else bulk.JsonlSink(out, header)
+        show = not args.no_progress and sys.stderr.isatty()
+        summary, stats, interrupted = asyncio.run(_bulk(args, rows, sink, options, show))
+    for line in summary.lines(stats):
+        print(f"udp_client: bulk: {line}", file=sys.stderr)
+    if summary.output_error is not None:
+        print(f"udp_client: cannot write output: {summary.output_error.strerror}", file=sys.stderr)
+        if isinstance(summary.output_error, BrokenPipeError):
+            # Python flushes stdout again at exit; point it at /dev/null so that does not fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OUTPUT
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if summary.failed == 0:
+        return EXIT_OK
+    return EXIT_NO_ANSWER if stats["sent"] > 0 and stats["accepted"] == 0 else EXIT_STATUS
+
+
+async def _bulk(
+    args: argparse.Namespace, rows: Iterator[bulk.Row], sink: bulk.Sink, options: bulk.BulkOptions, show: bool
+) -> tuple[bulk.Summary, Counter[str], bool]:
+    import bulk
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with _progress_bar(show) as progress:
+        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
+            summary = await bulk.run_bulk(rows, client, sink, options, stop, progress)
+            return summary, client.stats, stop.is_set()
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool) -> Iterator[Callable[[bulk.Summary, Counter[str]], None] | None]:
+    """A tqdm bar on stderr (rows done, rate, retransmissions), or None when not shown."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, mininterval=0.2) as bar:
+
+        def update(summary: bulk.Summary, stats: Counter[str]) -> None:
+            bar.update(summary.rows - bar.n)
+            bar.set_postfix_str(f"ok={summary.ok} retransmissions={stats['retransmissions']}", refresh=False)
+
+        yield update
 
 
 if __name__ == "__main__":

@@ -28,12 +28,19 @@ from wire_format import (
     MAX_QUANTITY,
     MESSAGE_SIZE,
     VERSION,
+    BatchReply,
+    BatchRequest,
+    LineResult,
     MalformedDatagram,
+    MessageKind,
     QuoteReply,
     QuoteRequest,
+    Reply,
     Status,
-    decode_request,
+    decode_any_request,
+    encode_batch_reply,
     encode_reply,
+    lines_digest,
     peek_header,
 )
 
@@ -59,17 +66,18 @@ class QuoteServer:
         ``now`` is seconds on a monotonic clock (unused until rate limiting needs it).
         """
         self.stats["requests"] += 1
+        reply: Reply | None
         try:
-            request = decode_request(data)
+            request = decode_any_request(data)
         except MalformedDatagram as e:
             self.stats[f"malformed.{e.reason}"] += 1
             reply = self._error_reply(e, data)
         else:
-            reply = self.quote(request)
+            reply = self.quote(request) if isinstance(request, QuoteRequest) else self.quote_batch(request, data)
         if reply is None:
             self.stats["dropped"] += 1
             return None
-        out = encode_reply(reply)
+        out = encode_reply(reply) if isinstance(reply, QuoteReply) else encode_batch_reply(reply)
         # The one place that enforces "never amplify": a reply is never bigger than its request.
         if len(out) > len(data):
             self.stats["dropped.amplification"] += 1
@@ -78,42 +86,56 @@ class QuoteServer:
         self.stats[f"status.{reply.status.name}"] += 1
         return out
 
+    def price(self, item: str, quantity: int) -> LineResult:
+        """Price one line against the current catalog: exact integer cents."""
+        unit = self.catalog.prices.get(item)
+        if unit is None:
+            return LineResult(Status.UNKNOWN_ITEM)
+        if not 1 <= quantity <= MAX_QUANTITY:
+            return LineResult(Status.BAD_QUANTITY, unit)
+        total = price_total(unit, quantity)
+        if total is None:
+            return LineResult(Status.OVERFLOW, unit)
+        return LineResult(Status.OK, unit, total)
+
     def quote(self, request: QuoteRequest) -> QuoteReply:
-        """Price a well-formed request against the current catalog."""
-        status, unit, total = Status.OK, 0, 0
-        price = self.catalog.prices.get(request.item)
-        if price is None:
-            status = Status.UNKNOWN_ITEM
-        elif not 1 <= request.quantity <= MAX_QUANTITY:
-            status, unit = Status.BAD_QUANTITY, price
-        else:
-            unit = price
-            exact = price_total(price, request.quantity)
-            if exact is None:
-                status = Status.OVERFLOW
-            else:
-                total = exact
+        """Answer a well-formed single quote request."""
+        line = self.price(request.item, request.quantity)
         return QuoteReply(
             request_id=request.request_id,
-            status=status,
+            status=line.status,
             item=request.item,
             quantity=request.quantity,
-            unit_price=unit,
-            total=total,
+            unit_price=line.unit_price,
+            total=line.total,
             catalog_version=self.catalog.version,
         )
 
-    def _error_reply(self, error: MalformedDatagram, data: bytes) -> QuoteReply | None:
+    def quote_batch(self, request: BatchRequest, data: bytes) -> BatchReply:
+        """Answer a well-formed batch request, one result per line in order."""
+        self.stats["batch_lines"] += len(request.lines)
+        results = tuple(self.price(item, quantity) for item, quantity in request.lines)
+        return BatchReply(request.request_id, Status.OK, lines_digest(data), results, self.catalog.version)
+
+    def _error_reply(self, error: MalformedDatagram, data: bytes) -> Reply | None:
         """Answer only when the sender can be told something useful and the header is trustworthy."""
-        if error.request_id is not None:
-            status = Status.UNSUPPORTED_VERSION if error.reason == "unsupported_version" else Status.MALFORMED
-            return QuoteReply(error.request_id, status, "", 0, catalog_version=self.catalog.version)
-        header = peek_header(data)
-        # Another protocol version may use another length or checksum; its fixed 12-byte header
-        # still tells us whom to answer. Only when the reply cannot be larger than the request.
-        if header is not None and header[0] != VERSION and len(data) >= MESSAGE_SIZE:
-            return QuoteReply(header[1], Status.UNSUPPORTED_VERSION, "", 0, catalog_version=self.catalog.version)
-        return None
+        request_id = error.request_id
+        version_ok = True
+        if request_id is None:
+            # Another protocol version may use another length or checksum; its fixed 12-byte header
+            # still tells us whom to answer (the size check below keeps that from amplifying).
+            header = peek_header(data)
+            if header is None or header[0] == VERSION or len(data) < MESSAGE_SIZE:
+                return None
+            request_id, version_ok = header[1], False
+        status = (
+            Status.UNSUPPORTED_VERSION
+            if error.reason == "unsupported_version" or not version_ok
+            else (Status.MALFORMED)
+        )
+        if data[3] == MessageKind.BATCH_REQUEST:
+            return BatchReply(request_id, status, 0, catalog_version=self.catalog.version)
+        return QuoteReply(request_id, status, "", 0, catalog_version=self.catalog.version)
 
     def summary(self) -> str:
         """Counters as one line, stable order."""

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+from construct import Array, Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, Struct, this
 
 MAGIC = b"QP"
 VERSION = 1
@@ -38,11 +38,19 @@ HEADER_SIZE = 12
 MESSAGE_SIZE = 76
 """Every request and every reply is exactly this many bytes."""
 _REQUEST_RESERVED = 24
+MAX_BATCH = 32
+"""Most lines in one batch request: 20 + 36 * 32 = 1172 bytes, well inside a 1500-byte MTU."""
+BATCH_REQUEST_FIXED = 20
+BATCH_REQUEST_LINE = 36
+BATCH_REPLY_FIXED = 28
+BATCH_REPLY_LINE = 17
 
 
 class MessageKind(IntEnum):
     QUOTE_REQUEST = 1
     QUOTE_REPLY = 2
+    BATCH_REQUEST = 3
+    BATCH_REPLY = 4
 
 
 class Status(IntEnum):
@@ -107,6 +115,27 @@ QUOTE_REPLY_BODY = Struct(
     "catalog_version" / Int32ub,
 ).compile()
 
+_BATCH_LINE = Struct("quantity" / Int32ub, "item" / Bytes(ITEM_SIZE))
+BATCH_REQUEST_BODY = Struct(
+    *_HEADER,
+    "count" / Int8ub,
+    "reserved" / Bytes(3),
+    "lines" / Array(this.count, _BATCH_LINE),
+).compile()
+
+_BATCH_RESULT = Struct("status" / Int8ub, "unit_price" / Int64ub, "total" / Int64ub)
+BATCH_REPLY_BODY = Struct(
+    *_HEADER,
+    "status" / Int8ub,
+    "count" / Int8ub,
+    "retry_after_ms" / Int16ub,
+    "catalog_version" / Int32ub,
+    # CRC32 of the request's line bytes: binds the reply to exactly the lines asked for,
+    # as the echoed item and quantity do for single quotes, in 4 bytes instead of 36 per line.
+    "lines_digest" / Int32ub,
+    "results" / Array(this.count, _BATCH_RESULT),
+).compile()
+
 _CRC = Int32ub
 _ZERO_RESERVED = bytes(_REQUEST_RESERVED)
 
@@ -132,6 +161,42 @@ class QuoteReply:
     total: int = 0
     catalog_version: int = 0
     retry_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """Up to MAX_BATCH (item, quantity) lines in one datagram."""
+
+    request_id: int
+    lines: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    status: Status
+    unit_price: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReply:
+    """Per-line results in request order. A status other than OK applies to the whole batch,
+    which then carries no results (MALFORMED, UNSUPPORTED_VERSION, BUSY)."""
+
+    request_id: int
+    status: Status
+    lines_digest: int
+    results: tuple[LineResult, ...] = ()
+    catalog_version: int = 0
+    retry_after_ms: int = 0
+
+
+def batch_request_size(count: int) -> int:
+    return BATCH_REQUEST_FIXED + BATCH_REQUEST_LINE * count
+
+
+def batch_reply_size(count: int) -> int:
+    return BATCH_REPLY_FIXED + BATCH_REPLY_LINE * count
 
 
 def normalize_item(name: str) -> str:
@@ -220,10 +285,10 @@ def encode_reply(rep: QuoteReply) -> bytes:
     return _seal(body)
 
 
-def _check_frame(data: bytes, kind: MessageKind) -> int:
+def _check_frame(data: bytes, kind: MessageKind, size: int = MESSAGE_SIZE) -> int:
     """Length, CRC32, magic, version and kind; returns the request id once the header is trusted."""
-    if len(data) != MESSAGE_SIZE:
-        raise MalformedDatagram("bad_length", f"{len(data)} bytes, expected {MESSAGE_SIZE}")
+    if len(data) != size:
+        raise MalformedDatagram("bad_length", f"{len(data)} bytes, expected {size}")
     body, crc = data[:-CRC_SIZE], data[-CRC_SIZE:]
     if zlib.crc32(body) != int.from_bytes(crc, "big"):
         raise MalformedDatagram("bad_checksum")
@@ -286,3 +351,132 @@ def peek_header(data: bytes) -> tuple[int, int] | None:
     if len(data) < HEADER_SIZE or data[:2] != MAGIC:
         return None
     return data[2], int.from_bytes(data[4:12], "big")
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _lines_bytes(data: bytes) -> bytes:
+    return data[BATCH_REQUEST_FIXED - CRC_SIZE : -CRC_SIZE]
+
+
+def lines_digest(request_datagram: bytes) -> int:
+    """The digest a batch reply must carry for this encoded batch request."""
+    return zlib.crc32(_lines_bytes(request_datagram))
+
+
+def encode_batch_request(req: BatchRequest) -> bytes:
+    """Bytes of a batch request. Raises ValueError for values that cannot be encoded."""
+    _check_u(req.request_id, 64, "request_id")
+    if not 1 <= len(req.lines) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
+    lines = []
+    for item, quantity in req.lines:
+        _check_u(quantity, 32, "quantity")
+        lines.append({"quantity": quantity, "item": encode_item(item)})
+    body = BATCH_REQUEST_BODY.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.BATCH_REQUEST,
+            "request_id": req.request_id,
+            "count": len(lines),
+            "reserved": b"\0\0\0",
+            "lines": lines,
+        }
+    )
+    return _seal(body)
+
+
+def encode_batch_reply(rep: BatchReply) -> bytes:
+    """Bytes of a batch reply. Raises ValueError for values that cannot be encoded."""
+    _check_u(rep.request_id, 64, "request_id")
+    _check_u(rep.catalog_version, 32, "catalog_version")
+    _check_u(rep.lines_digest, 32, "lines_digest")
+    _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    if len(rep.results) > MAX_BATCH:
+        raise ValueError(f"a batch reply holds at most {MAX_BATCH} results")
+    results = []
+    for r in rep.results:
+        _check_u(r.unit_price, 64, "unit_price")
+        _check_u(r.total, 64, "total")
+        results.append({"status": int(r.status), "unit_price": r.unit_price, "total": r.total})
+    body = BATCH_REPLY_BODY.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.BATCH_REPLY,
+            "request_id": rep.request_id,
+            "status": int(rep.status),
+            "count": len(results),
+            "retry_after_ms": rep.retry_after_ms,
+            "catalog_version": rep.catalog_version,
+            "lines_digest": rep.lines_digest,
+            "results": results,
+        }
+    )
+    return _seal(body)
+
+
+def _check_batch_frame(data: bytes, kind: MessageKind, fixed: int, per_line: int, min_count: int) -> int:
+    """Like _check_frame for variable-length batches: the length must be fixed + per_line * count."""
+    count, extra = divmod(len(data) - fixed, per_line)
+    if len(data) < fixed or extra or not min_count <= count <= MAX_BATCH:
+        raise MalformedDatagram("bad_length", f"{len(data)} bytes is no valid batch size")
+    return _check_frame(data, kind, len(data))
+
+
+def decode_batch_request(data: bytes) -> BatchRequest:
+    """Decode untrusted bytes into a BatchRequest; raises MalformedDatagram on any defect."""
+    request_id = _check_batch_frame(data, MessageKind.BATCH_REQUEST, BATCH_REQUEST_FIXED, BATCH_REQUEST_LINE, 1)
+    try:
+        c = BATCH_REQUEST_BODY.parse(data[:-CRC_SIZE])
+    except (ConstructError, struct.error) as e:
+        raise MalformedDatagram("parse_error", str(e), request_id=request_id) from e
+    if c["reserved"] != b"\0\0\0":
+        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
+    if batch_request_size(c["count"]) != len(data):
+        raise MalformedDatagram("count_mismatch", request_id=request_id)
+    lines = tuple((_decode_item(line["item"], request_id), line["quantity"]) for line in c["lines"])
+    return BatchRequest(request_id=request_id, lines=lines)
+
+
+def decode_batch_reply(data: bytes) -> BatchReply:
+    """Decode untrusted bytes into a BatchReply; raises MalformedDatagram on any defect."""
+    request_id = _check_batch_frame(data, MessageKind.BATCH_REPLY, BATCH_REPLY_FIXED, BATCH_REPLY_LINE, 0)
+    try:
+        c = BATCH_REPLY_BODY.parse(data[:-CRC_SIZE])
+    except (ConstructError, struct.error) as e:
+        raise MalformedDatagram("parse_error", str(e), request_id=request_id) from e
+    if batch_reply_size(c["count"]) != len(data):
+        raise MalformedDatagram("count_mismatch", request_id=request_id)
+    try:
+        status = Status(c["status"])
+        results = tuple(LineResult(Status(r["status"]), r["unit_price"], r["total"]) for r in c["results"])
+    except ValueError as e:
+        raise MalformedDatagram("unknown_status", str(e), request_id=request_id) from e
+    if (status is Status.OK) != bool(results):
+        raise MalformedDatagram("status_count_mismatch", request_id=request_id)
+    return BatchReply(
+        request_id=request_id,
+        status=status,
+        lines_digest=c["lines_digest"],
+        results=results,
+        catalog_version=c["catalog_version"],
+        retry_after_ms=c["retry_after_ms"],
+    )
+
+
+Request = QuoteRequest | BatchRequest
+Reply = QuoteReply | BatchReply
+
+
+def decode_any_request(data: bytes) -> Request:
+    """Dispatch on the kind byte; the chosen decoder re-checks everything, CRC first."""
+    if len(data) > 3 and data[3] == MessageKind.BATCH_REQUEST:
+        return decode_batch_request(data)
+    return decode_request(data)
+
+
+def decode_any_reply(data: bytes) -> Reply:
+    if len(data) > 3 and data[3] == MessageKind.BATCH_REPLY:
+        return decode_batch_reply(data)
+    return decode_reply(data)

@@ -16,7 +16,7 @@ from faultlib import Report, run_scenario
 from fault_proxy import FaultPlan, FaultProxy, Faults
 from retry import RetryPolicy
 from udp_client import NoAnswer, QuoteClient
-from wire_format import QuoteReply, Status, encode_reply
+from wire_format import QuoteReply, QuoteRequest, Status, encode_reply
 
 COMPLETE = {
     "loss 10% each way": FaultPlan.both(seed=1, drop=0.10),
@@ -131,6 +131,7 @@ def test_forged_replies_are_never_accepted(server: RunningServer) -> None:
         for _ in range(200):
             for rid, pending in list(client._pending.items()):
                 req = pending.request
+                assert isinstance(req, QuoteRequest)
                 fake = QuoteReply(rid, Status.OK, req.item, req.quantity, 1, 1, 0)
                 forger.sendto(encode_reply(fake), target)
                 forged += 1
