@@ -187,24 +187,32 @@ class RetryBudget:
     floor: float = 10.0
     per_answer: float = 1.0
     cap: float = 1000.0
-    tokens: float = field(default=-1.0)
     spent: int = 0
     refused: int = 0
+    _milli: int = field(default=-1, repr=False)
+    """Tokens in thousandths, so that five requests at 0.2 make exactly one retry (no float drift)."""
 
     def __post_init__(self) -> None:
-        if self.tokens < 0:
-            self.tokens = self.floor
+        if self._milli < 0:
+            self._milli = round(self.floor * 1000)
+
+    @property
+    def tokens(self) -> float:
+        return self._milli / 1000
+
+    def _add(self, amount: float) -> None:
+        self._milli = min(round(self.cap * 1000), self._milli + round(amount * 1000))
 
     def on_request(self) -> None:
-        self.tokens = min(self.cap, self.tokens + self.ratio)
+        self._add(self.ratio)
 
     def on_answer(self) -> None:
-        self.tokens = min(self.cap, self.tokens + self.per_answer)
+        self._add(self.per_answer)
 
     def try_spend(self) -> bool:
         """True if one retransmission may be sent now (and pays for it)."""
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self._milli >= 1000:
+            self._milli -= 1000
             self.spent += 1
             return True
         self.refused += 1

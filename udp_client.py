@@ -617,4 +617,8 @@ def _progress_bar(show: bool) -> Iterator[Callable[[bulk.Summary, Counter[str]],
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not __main__: bulk.py imports udp_client, and two copies of the
+    # module would mean two NoAnswer classes that do not catch each other.
+    import udp_client
+
+    sys.exit(udp_client.main())

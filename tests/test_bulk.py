@@ -1,0 +1,296 @@
+"""Bulk quotes: row validation, order, streaming bound, loss, dead servers, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, RunningServer, expected_prices
+
+from bulk import BulkInputError, BulkOptions, CsvSink, Row, RowResult, Summary, read_rows, run_bulk
+from fault_proxy import FaultPlan, FaultProxy, Faults
+from retry import RetryBudget, RetryPolicy
+from udp_client import QuoteClient
+
+PRICES = expected_prices()
+PY = sys.executable
+
+
+def make_orders(n: int, seed: int = 1, bad_every: int = 0) -> tuple[str, dict[int, str]]:
+    """CSV text with an extra column, and {line number: expected error fragment} for the bad rows."""
+    rng = random.Random(seed)
+    items = sorted(PRICES)
+    lines, bad = ["order_id,item,quantity,customer"], {}
+    bad_kinds = [
+        ("", "7", "missing item"),
+        ("apple", "x1", "not a whole number"),
+        ("apple", "-4", "negative"),
+        ("y" * 40, "1", "the wire field holds 32"),
+        ('"broken', "1", "broken CSV"),
+    ]
+    for i in range(n):
+        line_no = i + 2
+        if bad_every and i % bad_every == bad_every - 1:
+            item, qty, why = bad_kinds[(i // bad_every) % len(bad_kinds)]
+            bad[line_no] = why
+        else:
+            item, qty = rng.choice(items), str(rng.randint(1, 999))
+        cell = item if item.startswith('"') else (f'"{item}"' if "," in item else item)
+        lines.append(f"{i},{cell},{qty},cust {i % 7}")
+    return "\n".join(lines) + "\n", bad
+
+
+def check_output(text: str, orders: str, bad: dict[int, str], allow_failed: bool = False) -> dict[str, int]:
+    """Every input row once, in order, extra columns kept, each total exact or explicitly failed."""
+    out = list(csv.DictReader(io.StringIO(text)))
+    inp = orders.splitlines()[1:]
+    assert len(out) == len(inp), "rows out == rows in"
+    counts: dict[str, int] = {}
+    for i, (row, line) in enumerate(zip(out, inp, strict=True)):
+        line_no = i + 2
+        assert row["order_id"] == str(i) or line_no in bad, f"order kept at line {line_no}"
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if line_no in bad:
+            assert row["status"] == "BAD_ROW" and row["error"].startswith(f"line {line_no}: ")
+            assert bad[line_no] in row["error"]
+            continue
+        assert row["customer"] == f"cust {i % 7}", "extra columns carried through"
+        if row["status"] == "OK":
+            expected = PRICES[row["item"]] * int(row["quantity"])
+            assert row["total"] == f"{expected // 100}.{expected % 100:02d}", line
+        else:
+            assert allow_failed and row["status"] in {"NO_ANSWER", "DEADLINE", "RETRY_BUDGET", "UNREACHABLE"}, row
+            assert row["error"] and row["total"] == ""
+    return counts
+
+
+def test_read_rows_validates_each_line() -> None:
+    text = 'item,quantity\napple,3\n,2\npear,abc\n"oops,1\n\nfig,-1\nbanana\n' + "é" * 17 + ",1\n"
+    _, rows = read_rows(io.StringIO(text))
+    got = [(r.line, r.item, r.quantity, r.error.split(": ", 1)[-1]) for r in rows]
+    assert got == [
+        (2, "apple", 3, ""),
+        (3, "", 0, "missing item"),
+        (4, "pear", 0, "quantity 'abc' is not a whole number"),
+        (5, "", 0, "broken CSV: unexpected end of data"),
+        (7, "fig", 0, "quantity -1 is negative"),
+        (8, "", 0, "expected 2 columns, got 1"),
+        (9, "é" * 17, 0, "item is 34 bytes in UTF-8; the wire field holds 32"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "name,qty\napple,1\n", "\nitem,quantity\n"])
+def test_unusable_header(text: str) -> None:
+    with pytest.raises(BulkInputError):
+        read_rows(io.StringIO(text))
+
+
+def test_budget_caps_retries_when_nothing_answers() -> None:
+    budget = RetryBudget()
+    for _ in range(100):
+        budget.on_request()
+    assert sum(budget.try_spend() for _ in range(1000)) == 30  # 10 reserve + 20% of 100
+    for _ in range(5):
+        budget.on_answer()
+    assert sum(budget.try_spend() for _ in range(1000)) == 5
+
+
+async def bulk_via(
+    address: tuple[str, int], orders: str, options: BulkOptions, policy: RetryPolicy | None = None
+) -> tuple[str, Summary, dict[str, int]]:
+    out = io.StringIO()
+    header, rows = read_rows(io.StringIO(orders))
+    async with QuoteClient(address, policy, budget=RetryBudget()) as client:
+        summary = await run_bulk(rows, client, CsvSink(out, header), options)
+        return out.getvalue(), summary, dict(client.stats)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_thousands_of_rows_exact_and_in_order(server: RunningServer, batch: int) -> None:
+    orders, bad = make_orders(3000, seed=batch, bad_every=97)
+    text, summary, _ = asyncio.run(bulk_via(server.address, orders, BulkOptions(window=32, batch=batch)))
+    counts = check_output(text, orders, bad)
+    assert counts["BAD_ROW"] == len(bad) > 20
+    assert summary.ok == 3000 - len(bad)
+    lines = list(csv.DictReader(io.StringIO(text)))
+    assert summary.grand_total == sum(PRICES[r["item"]] * int(r["quantity"]) for r in lines if r["status"] == "OK")
+
+
+def test_bulk_through_loss_duplication_and_reordering(server: RunningServer) -> None:
+    orders, bad = make_orders(2000, seed=5, bad_every=250)
+    plan = FaultPlan.both(seed=21, drop=0.3, duplicate=0.2, reorder=0.2, reorder_delay_s=0.05)
+
+    async def run() -> tuple[str, Summary, dict[str, int]]:
+        async with FaultProxy(plan, upstream=server.address) as proxy:
+            return await bulk_via(proxy.address, orders, BulkOptions(window=32, batch=8))
+
+    text, summary, stats = asyncio.run(run())
+    counts = check_output(text, orders, bad, allow_failed=True)
+    assert summary.rows == 2000
+    print(f"bulk at 30% loss: {counts}, {stats}")
+    assert stats["retransmissions"] > 50 and stats["ignored.duplicate"] > 10
+    assert counts["OK"] >= 0.9 * (2000 - len(bad)), "with the earned budget most rows still complete"
+
+
+def test_dead_server_fails_every_row_fast(server: RunningServer) -> None:
+    orders, _ = make_orders(2000, seed=9)
+    plan = FaultPlan.both(blackhole=((0.0, None),))
+    policy = RetryPolicy(deadline_s=2.0)
+
+    async def run() -> tuple[str, Summary, dict[str, int]]:
+        async with FaultProxy(plan, upstream=server.address) as proxy:
+            return await bulk_via(proxy.address, orders, BulkOptions(window=32, batch=4), policy)
+
+    started = time.monotonic()
+    text, summary, stats = asyncio.run(run())
+    took = time.monotonic() - started
+    counts = check_output(text, orders, {}, allow_failed=True)
+    assert summary.ok == 0 and sum(counts.values()) == 2000
+    requests = stats["sent"] - stats["retransmissions"]
+    assert stats["retransmissions"] <= 0.2 * requests + 10, "the budget stops a dead server from being hammered"
+    assert requests < 500, "once judged unreachable, the remaining rows are not sent at all"
+    assert took < 2 * policy.deadline_s + 2, "ends close to the deadline, not after 2000 timeouts"  # generous bound
+
+
+def test_memory_stays_bounded_while_the_head_is_stuck(server: RunningServer) -> None:
+    """The first request is lost once, so its rows hold up the output; reading must pause meanwhile."""
+    orders, _ = make_orders(3000, seed=3)
+    consumed = 0
+    written = 0
+    worst = 0
+
+    class CountingSink:
+        def __init__(self) -> None:
+            self.rows: list[int] = []
+
+        def write(self, row: Row, outcome: RowResult) -> None:
+            nonlocal written
+            written += 1
+            self.rows.append(row.seq)
+
+    def counting(rows: Iterator[Row]) -> Iterator[Row]:
+        nonlocal consumed, worst
+        for row in rows:
+            consumed += 1
+            worst = max(worst, consumed - written)
+            yield row
+
+    async def run() -> list[int]:
+        plan = FaultPlan(up=Faults(drop_indices=frozenset({0})))
+        sink = CountingSink()
+        async with (
+            FaultProxy(plan, upstream=server.address) as proxy,
+            QuoteClient(proxy.address, RetryPolicy(initial_timeout_s=0.4, min_timeout_s=0.4)) as client,
+        ):
+            _, rows = read_rows(io.StringIO(orders))
+            await run_bulk(counting(rows), client, sink, BulkOptions(window=8, batch=2, max_ahead=100))
+        return sink.rows
+
+    assert asyncio.run(run()) == list(range(3000))
+    assert 50 < worst <= 101, f"rows held at once: {worst}"
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "udp_client.py", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def server_arg(server: RunningServer) -> list[str]:
+    return ["--server", f"{server.address[0]}:{server.address[1]}"]
+
+
+def test_cli_stdin_to_stdout_jsonl(server: RunningServer) -> None:
+    orders, bad = make_orders(500, seed=11, bad_every=50)
+    r = run_cli(*server_arg(server), "bulk", "-", "--format", "jsonl", "--batch", "5", stdin=orders)
+    assert r.returncode == 1, r.stderr  # bad rows make it exit 1
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(records) == 500
+    for rec in records:
+        if rec["line"] in bad:
+            assert rec["status"] == "BAD_ROW" and bad[rec["line"]] in rec["error"]
+        else:
+            cents = PRICES[rec["item"]] * int(rec["quantity"])
+            assert (rec["status"], rec["total"]) == ("OK", f"{cents // 100}.{cents % 100:02d}")
+    assert "udp_client: bulk: rows=500 ok=490 failed=10 (BAD_ROW=10)" in r.stderr
+    assert "grand total of ok rows: " in r.stderr and "p99=" in r.stderr and "rows/s" in r.stderr
+
+
+def test_cli_file_to_file_all_ok_exits_0(server: RunningServer, tmp_path: Path) -> None:
+    orders, _ = make_orders(300, seed=12)
+    src, dst = tmp_path / "orders.csv", tmp_path / "quotes.csv"
+    src.write_text(orders, encoding="utf-8")
+    r = run_cli(*server_arg(server), "bulk", str(src), "-o", str(dst), "--no-progress")
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    check_output(dst.read_text(encoding="utf-8"), orders, {})
+
+
+def test_cli_unreachable_server_exits_3(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    orders, _ = make_orders(200, seed=13)
+    r = run_cli("--server", f"127.0.0.1:{port}", "bulk", "-", stdin=orders, timeout=30)
+    assert r.returncode == 3, r.stderr
+    out = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(out) == 200 and {row["status"] for row in out} == {"UNREACHABLE"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bulk", "/nonexistent.csv"], "No such file"),
+        (["bulk", "-", "--batch", "33"], "--batch must be 1 to 32"),
+        (["bulk", "-", "--window", "0"], "must be a whole number >= 1"),
+    ],
+)
+def test_cli_bulk_usage_errors(args: list[str], message: str) -> None:
+    r = run_cli(*args, stdin="item,quantity\napple,1\n")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_bad_header_exits_2() -> None:
+    r = run_cli("bulk", "-", stdin="name,qty\napple,1\n")
+    assert r.returncode == 2 and "header must name 'item' and 'quantity'" in r.stderr
+
+
+def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path: Path) -> None:
+    orders, _ = make_orders(100_000, seed=14)
+    src, dst = tmp_path / "orders.csv", tmp_path / "quotes.csv"
+    src.write_text(orders, encoding="utf-8")
+    proc = subprocess.Popen(
+        [PY, "udp_client.py", *server_arg(server), "bulk", str(src), "-o", str(dst), "--batch", "1", "--window", "2"],
+        cwd=ROOT,
+        text=True,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    out = list(csv.DictReader(dst.open(encoding="utf-8")))
+    assert len(out) == 100_000
+    statuses = [row["status"] for row in out]
+    first_skipped = statuses.index("NOT_ATTEMPTED")
+    assert first_skipped > 0 and set(statuses[:first_skipped]) == {"OK"}
+    assert set(statuses[first_skipped:]) == {"NOT_ATTEMPTED"}
+    assert "udp_client: bulk: rows=100000" in err and "NOT_ATTEMPTED=" in err
