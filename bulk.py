@@ -265,7 +265,8 @@ class BulkOptions:
     batch: int = 1
     """Lines per request: 1 sends single quote requests, 2..32 batch requests."""
     max_ahead: int = 0
-    """Rows read but not yet written before reading pauses; 0 = window * batch * 4."""
+    """Rows read but not yet written before reading pauses; 0 = max(window * batch * 4, 20000).
+    Generous, because a request lost several times holds up every row after it (about 0.5 KB each)."""
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -275,7 +276,7 @@ class BulkOptions:
 
     @property
     def ahead(self) -> int:
-        return self.max_ahead or self.window * self.batch * 4
+        return self.max_ahead or max(self.window * self.batch * 4, 20_000)
 
 
 class _Gate:

@@ -61,18 +61,26 @@ class RttEstimator:
     initial_rto_s: float = 0.25
     srtt: float | None = None
     rttvar: float = 0.0
+    min_rtt: float | None = None
     samples: int = 0
     alpha: float = field(default=1 / 8, repr=False)
     beta: float = field(default=1 / 4, repr=False)
     granularity_s: float = field(default=0.001, repr=False)
 
     def on_sample(self, rtt_s: float) -> None:
+        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt_s, rtt_s / 2
         else:
             self.rttvar = (1 - self.beta) * self.rttvar + self.beta * abs(self.srtt - rtt_s)
             self.srtt = (1 - self.alpha) * self.srtt + self.alpha * rtt_s
         self.samples += 1
+
+    @property
+    def reorder_window(self) -> float:
+        """How much earlier than an answered request another must have been sent to count as lost:
+        a quarter of the minimum RTT, at least 1 ms (RACK's reo_wnd)."""
+        return max(0.001, (self.min_rtt or 0.0) / 4)
 
     @property
     def rto(self) -> float:
@@ -143,6 +151,20 @@ class Exchange:
         if now < self.not_before:
             # The server said BUSY: hold the retransmission until its retry-after has passed.
             self.wake_at = self.not_before if self.deadline is None else min(self.not_before, self.deadline)
+            return False
+        self._send(now)
+        return True
+
+    def can_retransmit(self, now: float) -> bool:
+        """Whether an early retransmission is allowed now (attempts, deadline and BUSY permitting)."""
+        if self.outcome is not Outcome.PENDING or self.attempts >= self.policy.max_attempts:
+            return False
+        return now >= self.not_before and (self.deadline is None or now < self.deadline)
+
+    def on_loss_detected(self, now: float) -> bool:
+        """A request sent after this attempt has been answered, so this attempt is probably lost
+        (RACK, RFC 8985): retransmit now rather than at the timer. True: send the datagram again."""
+        if not self.can_retransmit(now):
             return False
         self._send(now)
         return True

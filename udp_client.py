@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import bulk
 
 Address = tuple[str, int]
+REORDER_THRESHOLD = 3
+"""A request counts as lost once one sent this many transmissions later is answered (TCP's 3 dupacks)."""
 REFUSED_LIMIT = 3
 """ICMP port-unreachable errors in a row, with no reply between, after which the server is taken as down."""
 RECENT_IDS = 4096
@@ -118,10 +120,13 @@ class BatchResult:
 @dataclass
 class _Pending:
     request: Request
+    datagram: bytes
     accepts: Callable[[Reply], bool]
     """Does this reply (with our id and a valid CRC) really answer our request?"""
     exchange: Exchange
     future: asyncio.Future[Reply]
+    send_seq: int = 0
+    """Number of this request's latest transmission among all of this client's transmissions."""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -170,6 +175,8 @@ class QuoteClient:
         """ICMP port-unreachable errors since the last valid reply."""
         self._pending: dict[int, _Pending] = {}
         self._recent: OrderedDict[int, None] = OrderedDict()
+        self._by_send: OrderedDict[int, _Pending] = OrderedDict()
+        self._send_seq = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._opened_at = 0.0
 
@@ -241,21 +248,22 @@ class QuoteClient:
             raise RuntimeError("use 'async with QuoteClient(...)' before quoting")
         loop = asyncio.get_running_loop()
         request_id = request.request_id
-        pending = _Pending(request, accepts, Exchange(self.policy, self.rtt, self.rng), loop.create_future())
+        pending = _Pending(request, datagram, accepts, Exchange(self.policy, self.rtt, self.rng), loop.create_future())
         self._pending[request_id] = pending
         if self.budget is not None:
             self.budget.on_request()
         try:
-            reply = await self._exchange(pending, datagram, loop)
+            reply = await self._exchange(pending, loop)
         finally:
             del self._pending[request_id]
+            self._by_send.pop(request_id, None)
             self._remember(request_id)
         return reply, pending.exchange, pending.exchange.elapsed(loop.time())
 
-    async def _exchange(self, p: _Pending, datagram: bytes, loop: asyncio.AbstractEventLoop) -> Reply:
+    async def _exchange(self, p: _Pending, loop: asyncio.AbstractEventLoop) -> Reply:
         ex = p.exchange
         ex.start(loop.time())
-        self._send(datagram)
+        self._send(p)
         while True:
             wait = ex.wake_at - loop.time()
             if wait > 0:
@@ -274,7 +282,7 @@ class QuoteClient:
                 raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), self._give_up_reason(), self.refused > 0)
             if ex.on_timer(now):
                 self.stats["retransmissions"] += 1
-                self._send(datagram)
+                self._send(p)
             elif ex.done:
                 raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), ex.outcome, self.refused > 0)
 
@@ -291,10 +299,36 @@ class QuoteClient:
     def _give_up_reason(self) -> Outcome:
         return Outcome.UNREACHABLE if self.unreachable else Outcome.BUDGET
 
-    def _send(self, datagram: bytes) -> None:
+    def _send(self, p: _Pending) -> None:
         assert self._transport is not None
         self.stats["sent"] += 1
-        self._transport.sendto(datagram)
+        self._send_seq += 1
+        p.send_seq = self._send_seq
+        # Kept in order of last transmission, oldest first, for RACK loss detection.
+        self._by_send[p.request.request_id] = p
+        self._by_send.move_to_end(p.request.request_id)
+        self._transport.sendto(p.datagram)
+
+    def _detect_losses(self, answered: _Pending, now: float) -> None:
+        """RACK (RFC 8985) with a packet threshold: an answer to a request sent at T means that
+        anything still unanswered and sent before T - reorder_window, or REORDER_THRESHOLD or more
+        transmissions before it, was lost; retransmit it now instead of waiting out its timer.
+        With many requests in flight this finds a loss in about one RTT, not one RTO."""
+        if answered.exchange.attempts != 1:
+            return  # which transmission was answered is ambiguous (Karn); do not infer from it
+        horizon = answered.exchange.sent_at - self.rtt.reorder_window
+        seq_horizon = answered.send_seq - REORDER_THRESHOLD
+        while self._by_send:
+            request_id = next(iter(self._by_send))  # the oldest transmission still unanswered
+            p = self._by_send[request_id]
+            if p.exchange.sent_at >= horizon and p.send_seq > seq_horizon:
+                break
+            if p.exchange.can_retransmit(now) and self._budget_allows(now) and p.exchange.on_loss_detected(now):
+                self.stats["retransmissions"] += 1
+                self.stats["fast_retransmissions"] += 1
+                self._send(p)
+            else:
+                self._by_send.pop(request_id)  # cannot resend now; its own timer decides
 
     def _remember(self, request_id: int) -> None:
         self._recent[request_id] = None
@@ -327,6 +361,8 @@ class QuoteClient:
             self.budget.on_answer()
         self.stats["accepted"] += 1
         pending.future.set_result(reply)
+        self._by_send.pop(reply.request_id, None)
+        self._detect_losses(pending, now)
 
 
 def _echo_matches(request: QuoteRequest, reply: QuoteReply) -> bool:

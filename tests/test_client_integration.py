@@ -159,3 +159,22 @@ def test_item_too_long_is_refused_before_sending(server: RunningServer) -> None:
     with pytest.raises(ValueError, match="wire allows"):
         quote_once(server.address, "x" * 40, 1, FAST)
     assert server.core.stats["requests"] == 0
+
+
+def test_rack_retransmits_a_lost_request_once_later_ones_are_answered(server: RunningServer) -> None:
+    """Request 0's first datagram is lost; answers to requests sent after it reveal the loss
+    long before its 1-second timer would."""
+    from fault_proxy import FaultPlan, FaultProxy, Faults
+
+    slow_timer = RetryPolicy(initial_timeout_s=1.0, min_timeout_s=1.0, max_timeout_s=2.0)
+
+    async def run() -> tuple[list[QuoteResult], dict[str, int]]:
+        plan = FaultPlan(up=Faults(drop_indices=frozenset({0})))
+        async with FaultProxy(plan, upstream=server.address) as proxy, QuoteClient(proxy.address, slow_timer) as c:
+            results = await asyncio.gather(*(c.quote("apple", q) for q in range(1, 11)))
+            return list(results), dict(c.stats)
+
+    results, stats = asyncio.run(run())
+    assert [r.total for r in results] == [50 * q for q in range(1, 11)]
+    assert results[0].attempts == 2 and all(r.attempts == 1 for r in results[1:])
+    assert stats["fast_retransmissions"] == 1 and stats["retransmissions"] == 1

@@ -138,3 +138,23 @@ def test_policy_rejects_nonsense() -> None:
         RetryPolicy(deadline_s=0)
     with pytest.raises(ValueError):
         RetryPolicy(min_timeout_s=1.0, max_timeout_s=0.5)
+
+
+def test_loss_detection_retransmits_early_within_limits() -> None:
+    policy = RetryPolicy(initial_timeout_s=1.0, max_attempts=2, deadline_s=5.0, random_factor=1.0)
+    ex = Exchange(policy, RttEstimator(initial_rto_s=1.0), random.Random(1))
+    ex.start(0.0)
+    assert ex.on_loss_detected(0.01) and ex.attempts == 2 and ex.sent_at == 0.01
+    assert not ex.on_loss_detected(0.02), "max_attempts holds for early retransmissions too"
+    late = Exchange(policy, RttEstimator(initial_rto_s=1.0), random.Random(1))
+    late.start(0.0)
+    late.on_busy(0.0, 0.5)
+    assert not late.on_loss_detected(0.1), "BUSY's retry-after holds too"
+
+
+def test_reorder_window_is_a_quarter_of_min_rtt() -> None:
+    rtt = RttEstimator()
+    assert rtt.reorder_window == 0.001
+    rtt.on_sample(0.04)
+    rtt.on_sample(0.02)
+    assert rtt.min_rtt == 0.02 and rtt.reorder_window == pytest.approx(0.005)
