@@ -91,3 +91,31 @@ def test_no_reply_is_larger_than_its_request(core: QuoteServer) -> None:
     for data in (good, good[:13], good + b"x", b"QP\x05\x01" + bytes(8)):
         out = core.handle_datagram(data, ADDR, 0.0)
         assert out is None or len(out) <= len(data)
+
+
+def test_batch_lines_priced_in_order(core: QuoteServer) -> None:
+    from wire_format import BatchRequest, decode_batch_reply, encode_batch_request, lines_digest
+
+    data = encode_batch_request(BatchRequest(8, (("apple", 2), ("kiwi", 1), ("pear", 0), ("yacht", MAX_QUANTITY))))
+    out = core.handle_datagram(data, ADDR, 0.0)
+    assert out is not None and len(out) < len(data)
+    reply = decode_batch_reply(out)
+    assert (reply.request_id, reply.status, reply.lines_digest) == (8, Status.OK, lines_digest(data))
+    assert [(r.status, r.total) for r in reply.results] == [
+        (Status.OK, 100),
+        (Status.UNKNOWN_ITEM, 0),
+        (Status.BAD_QUANTITY, 0),
+        (Status.OVERFLOW, 0),
+    ]
+    assert core.stats["batch_lines"] == 4
+
+
+def test_malformed_batch_gets_a_small_batch_error(core: QuoteServer) -> None:
+    from wire_format import BatchRequest, decode_batch_reply, encode_batch_request
+
+    body = encode_batch_request(BatchRequest(9, (("apple", 2),)))[:-4]
+    bad = reseal(body[:20] + b"\xff" + body[21:])
+    out = core.handle_datagram(bad, ADDR, 0.0)
+    assert out is not None and len(out) < len(bad)
+    reply = decode_batch_reply(out)
+    assert (reply.request_id, reply.status, reply.results) == (9, Status.MALFORMED, ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 
@@ -11,16 +12,29 @@ from hypothesis import strategies as st
 
 from wire_format import (
     ITEM_SIZE,
+    MAX_BATCH,
     MESSAGE_SIZE,
+    BatchReply,
+    BatchRequest,
+    LineResult,
     MalformedDatagram,
     QuoteReply,
     QuoteRequest,
     Status,
     UnsupportedVersion,
+    batch_reply_size,
+    batch_request_size,
+    decode_any_reply,
+    decode_any_request,
+    decode_batch_reply,
+    decode_batch_request,
     decode_reply,
     decode_request,
+    encode_batch_reply,
+    encode_batch_request,
     encode_reply,
     encode_request,
+    lines_digest,
 )
 
 RID = 0x0123456789ABCDEF
@@ -209,3 +223,99 @@ def test_mutated_requests_decode_or_raise_malformed(position: int, value: int, r
         return
     assert isinstance(req, QuoteRequest)
     assert encode_request(req) == data  # whatever decodes re-encodes to the very same bytes
+
+
+# ---------------------------------------------------------------- batches
+
+GOLDEN_BATCH = BatchRequest(RID, (("apple", 3), ("café crème", 2)))
+
+
+def test_batch_request_golden_bytes() -> None:
+    data = encode_batch_request(GOLDEN_BATCH)
+    body = struct.pack(">2sBBQB3sI32sI32s", b"QP", 1, 3, RID, 2, b"", 3, b"apple", 2, "café crème".encode())
+    assert data == sealed(body) and len(data) == batch_request_size(2) == 92
+
+
+def test_batch_reply_golden_bytes_and_size() -> None:
+    req = encode_batch_request(GOLDEN_BATCH)
+    rep = BatchReply(
+        RID, Status.OK, lines_digest(req), (LineResult(Status.OK, 50, 150), LineResult(Status.OK, 380, 760)), 7
+    )
+    data = encode_batch_reply(rep)
+    body = struct.pack(">2sBBQBBHII", b"QP", 1, 4, RID, 0, 2, 0, 7, zlib.crc32(req[16:-4]))
+    body += struct.pack(">BQQBQQ", 0, 50, 150, 0, 380, 760)
+    assert data == sealed(body)
+    assert decode_batch_reply(data) == rep
+
+
+@pytest.mark.parametrize("n", [1, 2, 31, MAX_BATCH])
+def test_batch_reply_is_always_smaller_than_its_request(n: int) -> None:
+    assert batch_reply_size(n) < batch_request_size(n)
+    assert batch_reply_size(0) < batch_request_size(1)
+
+
+def test_batch_limits_are_caller_errors() -> None:
+    with pytest.raises(ValueError, match="1 to 32 lines"):
+        encode_batch_request(BatchRequest(1, ()))
+    with pytest.raises(ValueError, match="1 to 32 lines"):
+        encode_batch_request(BatchRequest(1, (("apple", 1),) * 33))
+
+
+def test_batch_count_must_match_length() -> None:
+    data = bytearray(encode_batch_request(GOLDEN_BATCH)[:-4])
+    data[12] = 1
+    with pytest.raises(MalformedDatagram, match="count_mismatch"):
+        decode_batch_request(sealed(bytes(data)))
+    with pytest.raises(MalformedDatagram, match="bad_length"):
+        decode_batch_request(encode_batch_request(GOLDEN_BATCH)[:-1])
+
+
+def test_ok_batch_reply_without_results_is_malformed() -> None:
+    with pytest.raises(MalformedDatagram, match="status_count_mismatch"):
+        decode_batch_reply(encode_batch_reply(BatchReply(1, Status.OK, 0)))
+
+
+lines_strategy = st.lists(st.tuples(items, u32), min_size=1, max_size=MAX_BATCH)
+
+
+@given(rid=u64, lines=lines_strategy)
+def test_batch_request_round_trip(rid: int, lines: list[tuple[str, int]]) -> None:
+    try:
+        data = encode_batch_request(BatchRequest(rid, tuple(lines)))
+    except ValueError:
+        return
+    decoded = decode_batch_request(data)
+    assert decoded.request_id == rid and [q for _, q in decoded.lines] == [q for _, q in lines]
+    assert encode_batch_request(decoded) == data
+
+
+results_strategy = st.lists(st.builds(LineResult, st.sampled_from(Status), u64, u64), min_size=1, max_size=MAX_BATCH)
+
+
+@given(rid=u64, digest=u32, results=results_strategy, version=u32)
+def test_batch_reply_round_trip(rid: int, digest: int, results: list[LineResult], version: int) -> None:
+    rep = BatchReply(rid, Status.OK, digest, tuple(results), version)
+    assert decode_batch_reply(encode_batch_reply(rep)) == rep
+
+
+@given(st.binary(max_size=1300))
+def test_arbitrary_bytes_never_escape_the_batch_decoders(data: bytes) -> None:
+    for decode in (decode_batch_request, decode_batch_reply, decode_any_request, decode_any_reply):
+        with contextlib.suppress(MalformedDatagram):
+            decode(data)
+
+
+@given(lines=lines_strategy, position=st.integers(0, 10_000), value=st.integers(0, 255))
+def test_mutated_batches_decode_or_raise_malformed(lines: list[tuple[str, int]], position: int, value: int) -> None:
+    try:
+        good = encode_batch_request(BatchRequest(1, tuple(lines)))
+    except ValueError:
+        return
+    body = bytearray(good[:-4])
+    body[position % len(body)] = value
+    mutated = sealed(bytes(body))  # resealed, so the checks after the CRC are what is exercised
+    try:
+        decoded = decode_batch_request(mutated)
+    except MalformedDatagram:
+        return
+    assert encode_batch_request(decoded) == mutated
