@@ -17,7 +17,7 @@ import threading
 from catalog import Catalog, CatalogError, format_money, load_catalog
 from fault_proxy import FaultPlan, FaultProxy
 from udp_client import NoAnswer, QuoteClient, QuoteResult
-from udp_server import QuoteServer, Stopper, bind_socket, serve
+from udp_server import Control, QuoteServer, bind_socket, serve
 
 ORDERS = [
     ("apple", 3),
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 4
-    core, stopper, sock = QuoteServer(catalog), Stopper(), bind_socket("127.0.0.1", 0)
-    thread = threading.Thread(target=serve, args=(sock, core, stopper), daemon=True)
+    core, control, sock = QuoteServer(catalog), Control(), bind_socket("127.0.0.1", 0)
+    thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
     thread.start()
     try:
         return asyncio.run(run(catalog, sock.getsockname()[:2], args.loss, args.seed))
     finally:
-        stopper.stop()
+        control.stop()
         thread.join(5)
         sock.close()
         print(f"server counters: {core.summary()}")

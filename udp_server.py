@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import selectors
@@ -22,10 +23,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any, Protocol
 
 from catalog import Catalog, CatalogError, load_catalog, price_total
+from guards import RateLimiter, ReplyCache, Verdict
+from metrics import start_metrics
 from wire_format import (
     MAX_QUANTITY,
+    MAX_RETRY_AFTER_MS,
     MESSAGE_SIZE,
     VERSION,
     BatchReply,
@@ -36,6 +41,7 @@ from wire_format import (
     QuoteReply,
     QuoteRequest,
     Reply,
+    Request,
     Status,
     decode_any_request,
     encode_batch_reply,
@@ -48,32 +54,59 @@ log = logging.getLogger("udp_price.server")
 Address = tuple[str, int] | tuple[str, int, int, int]
 RECV_BUFFER = 2048
 """Bigger than any valid request, so oversized datagrams are seen whole and counted, not truncated."""
+RECV_QUEUE_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT = 256
 """Datagrams handled per wake-up before checking for signals again."""
 
 
 @dataclass
 class QuoteServer:
-    """The pure core: bytes in, bytes (or None) out, counters kept."""
+    """The pure core: bytes in, bytes (or None) out, counters kept.
+
+    ``limiter`` and ``cache`` are optional guards (see guards.py); both are driven by the
+    ``now`` passed in, never by a clock of their own.
+    """
 
     catalog: Catalog
+    limiter: RateLimiter | None = None
+    cache: ReplyCache | None = None
     stats: Counter[str] = field(default_factory=Counter)
 
     def handle_datagram(self, data: bytes, addr: Address, now: float) -> bytes | None:
         """The reply to send back to ``addr``, or None to stay silent.
 
         Never raises on remote input: garbage is counted under ``malformed.<reason>``.
-        ``now`` is seconds on a monotonic clock (unused until rate limiting needs it).
+        ``now`` is seconds on a monotonic clock.
         """
         self.stats["requests"] += 1
-        reply: Reply | None
+        verdict = self.limiter.check(addr[0], now) if self.limiter is not None else Verdict.ALLOW
+        if verdict is Verdict.DROP:
+            self.stats["rate_limited.dropped"] += 1
+            return None
         try:
             request = decode_any_request(data)
         except MalformedDatagram as e:
             self.stats[f"malformed.{e.reason}"] += 1
-            reply = self._error_reply(e, data)
-        else:
-            reply = self.quote(request) if isinstance(request, QuoteRequest) else self.quote_batch(request, data)
+            return self._send_reply(data, self._error_reply(e, data) if verdict is Verdict.ALLOW else None)
+        if verdict is Verdict.SLIP:
+            self.stats["rate_limited.busy"] += 1
+            assert self.limiter is not None
+            return self._send_reply(data, self._busy_reply(request, self.limiter.retry_after_ms(addr[0])))
+        key, request_crc = (addr[0], addr[1], request.request_id), int.from_bytes(data[-4:], "big")
+        if self.cache is not None:
+            cached = self.cache.get(key, request_crc, now)
+            if cached is not None:
+                self.stats["cache_hits"] += 1
+                self.stats["replies"] += 1
+                return cached
+        reply = self.quote(request) if isinstance(request, QuoteRequest) else self.quote_batch(request, data)
+        out = self._send_reply(data, reply)
+        if out is not None and self.cache is not None:
+            self.cache.put(key, request_crc, out, now)
+        return out
+
+    def _send_reply(self, data: bytes, reply: Reply | None) -> bytes | None:
+        """Encode and count ``reply``; None (silence) if there is none or it would amplify."""
         if reply is None:
             self.stats["dropped"] += 1
             return None
@@ -85,6 +118,25 @@ class QuoteServer:
         self.stats["replies"] += 1
         self.stats[f"status.{reply.status.name}"] += 1
         return out
+
+    def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
+        retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
+        if isinstance(request, QuoteRequest):
+            return QuoteReply(
+                request.request_id,
+                Status.BUSY,
+                request.item,
+                request.quantity,
+                catalog_version=self.catalog.version,
+                retry_after_ms=retry,
+            )
+        return BatchReply(
+            request.request_id, Status.BUSY, 0, catalog_version=self.catalog.version, retry_after_ms=retry
+        )
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Swap in a new, already validated catalog; requests after this see only the new one."""
+        self.catalog = catalog
 
     def price(self, item: str, quantity: int) -> LineResult:
         """Price one line against the current catalog: exact integer cents."""
@@ -137,15 +189,22 @@ class QuoteServer:
             return BatchReply(request_id, status, 0, catalog_version=self.catalog.version)
         return QuoteReply(request_id, status, "", 0, catalog_version=self.catalog.version)
 
+    def counters(self) -> dict[str, int]:
+        """Every counter, the guards' included."""
+        out = dict(self.stats)
+        if self.cache is not None:
+            out["cache_evictions"] = self.cache.evictions
+        return out
+
     def summary(self) -> str:
         """Counters as one line, stable order."""
-        return " ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))
+        return " ".join(f"{k}={v}" for k, v in sorted(self.counters().items()))
 
 
 # ---------------------------------------------------------------- socket shell
 
 
-class Stopper:
+class Control:
     """Wakes the serving loop from another thread or a signal handler, via a self-pipe."""
 
     def __init__(self) -> None:
@@ -153,18 +212,41 @@ class Stopper:
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.stopped = False
+        self.reload_requested = False
 
     def fileno(self) -> int:
         return self._r
 
-    def stop(self) -> None:
-        self.stopped = True
+    def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
             os.write(self._w, b"x")
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self._wake()
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 4096):
+                pass
 
     def close(self) -> None:
         os.close(self._r)
         os.close(self._w)
+
+
+class Duties(Protocol):
+    """What the loop does besides answering datagrams: reloads and periodic work."""
+
+    def reload(self) -> None: ...
+
+    def tick(self, now: float) -> float | None:
+        """Do what is due at ``now``; return when to be called next (None: never)."""
+        ...
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -173,6 +255,9 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # A deeper receive queue rides out bursts (and floods) instead of dropping legitimate requests.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_QUEUE_BYTES)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
@@ -181,22 +266,30 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
 def serve(
     sock: socket.socket,
     server: QuoteServer,
-    stopper: Stopper,
+    control: Control,
     clock: Callable[[], float] = time.monotonic,
+    duties: Duties | None = None,
 ) -> None:
-    """Answer datagrams on ``sock`` until ``stopper.stop()``; the datagram in hand is finished first."""
+    """Answer datagrams on ``sock`` until ``control.stop()``; the datagram in hand is finished first."""
+    next_tick = duties.tick(clock()) if duties else None
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
-        sel.register(stopper, selectors.EVENT_READ)
-        while not stopper.stopped:
-            sel.select()
-            _drain(sock, server, stopper, clock)
+        sel.register(control, selectors.EVENT_READ)
+        while not control.stopped:
+            sel.select(None if next_tick is None else max(0.0, next_tick - clock()))
+            control.drain()
+            if control.reload_requested and duties is not None:
+                control.reload_requested = False
+                duties.reload()
+            _drain(sock, server, control, clock)
+            if duties is not None and next_tick is not None and clock() >= next_tick:
+                next_tick = duties.tick(clock())
 
 
-def _drain(sock: socket.socket, server: QuoteServer, stopper: Stopper, clock: Callable[[], float]) -> None:
+def _drain(sock: socket.socket, server: QuoteServer, control: Control, clock: Callable[[], float]) -> None:
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     for _ in range(DRAIN_LIMIT):
-        if stopper.stopped:
+        if control.stopped:
             return
         try:
             data, addr = sock.recvfrom(RECV_BUFFER)
@@ -220,18 +313,120 @@ def _send(sock: socket.socket, reply: bytes, addr: Address, server: QuoteServer)
 
 
 @contextmanager
-def stop_on_signals(stopper: Stopper) -> Iterator[None]:
-    """SIGINT and SIGTERM ask the loop to stop instead of killing it mid-datagram."""
+def handle_signals(control: Control) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the loop to stop instead of killing it mid-datagram; SIGHUP reloads."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stopper.stop()
+    def stop(signum: int, frame: FrameType | None) -> None:
+        control.stop()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def reload(signum: int, frame: FrameType | None) -> None:
+        control.request_reload()
+
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: reload}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@dataclass
+class Operations:
+    """The server's duties besides quoting: catalog reload (SIGHUP, --watch) and stats logging."""
+
+    server: QuoteServer
+    catalog_path: str
+    watch_interval_s: float | None = None
+    stats_interval_s: float | None = None
+    _file_stamp: tuple[float, int] | None = None
+    _next_watch: float = 0.0
+    _next_stats: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._file_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.catalog_path)
+        except OSError:
+            return None
+        return st.st_mtime, st.st_size
+
+    def reload(self) -> None:
+        """Validate the file completely, then swap it in; a bad file changes nothing."""
+        old = self.server.catalog
+        try:
+            new = load_catalog(self.catalog_path)
+        except CatalogError as e:
+            self.server.stats["reloads.failed"] += 1
+            log.error(
+                "catalog reload rejected, still serving version %d: %s",
+                old.version,
+                self.catalog_path,
+                extra={"event": "reload_rejected", "problems": e.problems},
+            )
+            for problem in e.problems:
+                log.error("  %s", problem, extra={"event": "reload_problem"})
+            return
+        self.server.set_catalog(new)
+        self.server.stats["reloads.ok"] += 1
+        log.info(
+            "catalog reloaded: %d items, version %d (was %d)",
+            len(new),
+            new.version,
+            old.version,
+            extra={"event": "reloaded", "items": len(new), "version": new.version},
+        )
+
+    def tick(self, now: float) -> float | None:
+        if self.watch_interval_s is not None and now >= self._next_watch:
+            self._next_watch = now + self.watch_interval_s
+            stamp = self._stamp()
+            if stamp != self._file_stamp:
+                self._file_stamp = stamp
+                self.reload()
+        if self.stats_interval_s is not None and now >= self._next_stats:
+            if self._next_stats:  # not at start-up: nothing has happened yet
+                log.info(
+                    "stats %s", self.server.summary(), extra={"event": "stats", "counters": self.server.counters()}
+                )
+            self._next_stats = now + self.stats_interval_s
+        due = [
+            t
+            for t, on in ((self._next_watch, self.watch_interval_s), (self._next_stats, self.stats_interval_s))
+            if on is not None
+        ]
+        return min(due) if due else None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, event, msg, and any structured extras."""
+
+    EXTRAS = ("event", "problems", "items", "version", "counters")
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "msg": record.getMessage(),
+        }
+        for key in self.EXTRAS[1:]:
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("udp_server: %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("udp_price")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 # ---------------------------------------------------------------- CLI
@@ -241,10 +436,22 @@ examples:
   python udp_server.py                          # 127.0.0.1:9999, ./catalog.csv
   python udp_server.py --port 0                 # any free port; the start line says which
   python udp_server.py --host ::1 --catalog prices.csv --log-level debug
+  python udp_server.py --watch --stats-interval 60 --metrics-port 9100 --log-format json
+  kill -HUP <pid>                               # reload the catalog (validated first)
 
 exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 2 bad arguments, 4 bad catalog, 5 cannot bind
 """
 EXIT_OK, EXIT_USAGE, EXIT_CATALOG, EXIT_BIND = 0, 2, 4, 5
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -258,15 +465,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=9999, help="UDP port (default 9999; 0 picks a free one)")
     p.add_argument("--catalog", default="catalog.csv", help="catalog CSV with item,price columns")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="stderr log lines (default text)")
+    p.add_argument(
+        "--rate",
+        type=_non_negative,
+        default=10_000,
+        help="requests per second allowed per source IP (default 10000; 0 turns limiting off)",
+    )
+    p.add_argument("--burst", type=_non_negative, default=20_000, help="token bucket size per source (default 20000)")
+    p.add_argument(
+        "--cache-size",
+        type=int,
+        default=100_000,
+        help="replies kept for retransmitted requests (default 100000; 0 turns the cache off)",
+    )
+    p.add_argument("--cache-age", type=_non_negative, default=60.0, help="seconds a cached reply lives (default 60)")
+    p.add_argument("--watch", action="store_true", help="reload the catalog when the file changes (checked every 1 s)")
+    p.add_argument(
+        "--stats-interval",
+        type=_non_negative,
+        default=0,
+        help="log counters every this many seconds (default 0: only at exit)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics over HTTP on 127.0.0.1:PORT (off by default)",
+    )
     args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        p.error(f"--port {args.port} is not a UDP port (0-65535)")
+    for name in ("port", "metrics_port"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 65535:
+            p.error(f"--{name.replace('_', '-')} {value} is not a port (0-65535)")
+    if args.cache_size < 0:
+        p.error("--cache-size must be >= 0")
     return args
+
+
+def build_server(args: argparse.Namespace, catalog: Catalog) -> QuoteServer:
+    limiter = RateLimiter(rate=args.rate, burst=max(1.0, args.burst)) if args.rate > 0 else None
+    cache = ReplyCache(max_entries=args.cache_size, max_age_s=args.cache_age) if args.cache_size > 0 else None
+    return QuoteServer(catalog, limiter=limiter, cache=cache)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         catalog = load_catalog(args.catalog)
     except CatalogError as e:
@@ -279,16 +524,26 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"udp_server: cannot bind {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BIND
-    server, stopper = QuoteServer(catalog), Stopper()
-    host, port = sock.getsockname()[:2]
-    print(
-        f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}",
-        flush=True,
+    server, control = build_server(args, catalog), Control()
+    ops = Operations(
+        server, args.catalog, watch_interval_s=1.0 if args.watch else None, stats_interval_s=args.stats_interval or None
     )
-    with sock, stop_on_signals(stopper):
-        serve(sock, server, stopper)
+    if args.metrics_port is not None:
+        try:
+            metrics_at = start_metrics(server, args.metrics_port)
+        except OSError as e:
+            print(f"udp_server: cannot serve metrics on 127.0.0.1:{args.metrics_port}: {e.strerror}", file=sys.stderr)
+            return EXIT_BIND
+        log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    print(
+        f"udp_server: listening on {shown} (udp), {len(catalog)} items, catalog version {catalog.version}", flush=True
+    )
+    with sock, handle_signals(control):
+        serve(sock, server, control, duties=ops)
     print(f"udp_server: stopped; {server.summary()}", flush=True)
-    stopper.close()
+    control.close()
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from catalog import load_catalog  # noqa: E402
-from udp_server import QuoteServer, Stopper, bind_socket, serve  # noqa: E402
+from udp_server import Control, QuoteServer, bind_socket, serve  # noqa: E402
 
 CATALOG = ROOT / "catalog.csv"
 
@@ -40,14 +40,14 @@ def server() -> Iterator[RunningServer]:
     """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""
     core = QuoteServer(load_catalog(CATALOG))
     sock = bind_socket("127.0.0.1", 0)
-    stopper = Stopper()
-    thread = threading.Thread(target=serve, args=(sock, core, stopper), daemon=True)
+    control = Control()
+    thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
     thread.start()
     try:
         yield RunningServer(core, sock.getsockname()[:2], sock)
     finally:
-        stopper.stop()
+        control.stop()
         thread.join(timeout=5)
         assert not thread.is_alive(), "server thread did not stop"
         sock.close()
-        stopper.close()
+        control.close()

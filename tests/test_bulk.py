@@ -310,3 +310,17 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
     assert first_skipped > 0 and set(statuses[:first_skipped]) == {"OK"}
     assert set(statuses[first_skipped:]) == {"NOT_ATTEMPTED"}
     assert "udp_client: bulk: rows=100000" in err and "NOT_ATTEMPTED=" in err
+
+
+def test_latency_histogram_percentiles_within_one_percent() -> None:
+    from bulk import LatencyHistogram
+
+    h = LatencyHistogram()
+    samples = [i / 10_000 for i in range(1, 10_001)]  # 0.1 ms .. 1 s, uniform
+    random.Random(4).shuffle(samples)
+    for x in samples:
+        h.append(x)
+    assert h.percentile(0.5) == pytest.approx(0.5, rel=0.011)
+    assert h.percentile(0.99) == pytest.approx(0.99, rel=0.011)
+    assert len(h.buckets) < 1000
+    assert LatencyHistogram().percentile(0.5) == 0.0

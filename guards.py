@@ -1,0 +1,121 @@
+"""Server-side guards, pure and clock-free: per-source rate limiting and the reply cache.
+
+Both take ``now`` (seconds, monotonic) as an argument and hold bounded state, so a
+flood of new source addresses or request ids costs a fixed amount of memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    SLIP = "slip"  # over the limit: answer BUSY with a retry-after hint
+    DROP = "drop"  # over the limit: stay silent
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+    over: int = 0
+
+
+@dataclass
+class RateLimiter:
+    """Per-source token bucket, as DNS response rate limiting (RRL) does.
+
+    A source may send ``rate`` requests per second with bursts of ``burst``. Over the
+    limit, every ``slip``-th request gets a small BUSY reply (so a real client learns to
+    back off) and the rest get silence (so a spoofed victim gets almost nothing).
+    """
+
+    rate: float = 10_000.0
+    burst: float = 20_000.0
+    slip: int = 2
+    max_sources: int = 65_536
+    """Buckets kept; the least recently seen source is forgotten first (it then starts full)."""
+    _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1 or self.slip < 0 or self.max_sources < 1:
+            raise ValueError("rate > 0, burst >= 1, slip >= 0 and max_sources >= 1 are required")
+
+    def check(self, source: str, now: float) -> Verdict:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = _Bucket(self.burst, now)
+            self._buckets[source] = bucket
+            if len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return Verdict.ALLOW
+        bucket.over += 1
+        return Verdict.SLIP if self.slip and bucket.over % self.slip == 0 else Verdict.DROP
+
+    def retry_after_ms(self, source: str) -> int:
+        """Milliseconds until ``source`` has a whole token again (at least 1)."""
+        bucket = self._buckets.get(source)
+        missing = 1.0 - (bucket.tokens if bucket else self.burst)
+        return max(1, math.ceil(max(0.0, missing) / self.rate * 1000))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+@dataclass
+class _Entry:
+    request_crc: int
+    reply: bytes
+    stored: float
+
+
+@dataclass
+class ReplyCache:
+    """(source address, request id) -> the reply it got, as CoAP servers keep for duplicates.
+
+    A retransmission gets byte-for-byte the reply the first transmission got, even if the
+    catalog was reloaded in between. An entry is used only if the request bytes are the same
+    (same CRC32), so a reused id with different content is answered afresh.
+    """
+
+    max_entries: int = 100_000
+    max_age_s: float = 60.0
+    evictions: int = 0
+    _entries: OrderedDict[tuple[str, int, int], _Entry] = field(default_factory=OrderedDict, repr=False)
+
+    def get(self, key: tuple[str, int, int], request_crc: int, now: float) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now - entry.stored > self.max_age_s or entry.request_crc != request_crc:
+            del self._entries[key]
+            self.evictions += 1
+            return None
+        return entry.reply
+
+    def put(self, key: tuple[str, int, int], request_crc: int, reply: bytes, now: float) -> None:
+        self._entries[key] = _Entry(request_crc, reply, now)
+        self._entries.move_to_end(key)
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        # Entries are in insertion order, so the oldest are first: stop at the first young one.
+        while self._entries:
+            key, oldest = next(iter(self._entries.items()))
+            if len(self._entries) <= self.max_entries and now - oldest.stored <= self.max_age_s:
+                return
+            del self._entries[key]
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
