@@ -127,14 +127,14 @@ def _check_row(
     size = len(item.encode("utf-8"))
     if size > ITEM_SIZE:
         return f"item {item!r} is {size} bytes in UTF-8; the wire field holds {ITEM_SIZE}"
-    if item in prices:
+    if item in first_line:
         return f"duplicate item {item!r} (first on line {first_line[item]})"
+    first_line[item] = line  # even if its price is bad: a second row of it is still a duplicate
     try:
         price = parse_price(row[price_col])
     except ValueError as e:
         return f"item {item!r}: {e}"
     prices[item] = price
-    first_line[item] = line
     return None
 
 

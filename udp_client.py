@@ -159,8 +159,11 @@ class QuoteClient:
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
         budget: RetryBudget | None = None,
+        local_addr: tuple[str, int] | None = None,
     ) -> None:
         self.server = server
+        self.local_addr = local_addr
+        """Source address to bind, e.g. ("127.0.0.2", 0); None lets the kernel choose."""
         self.policy = policy or RetryPolicy()
         self.budget = budget
         """Shared cap on retransmissions (bulk runs); None: each request retries up to its policy."""
@@ -182,7 +185,9 @@ class QuoteClient:
 
     async def __aenter__(self) -> QuoteClient:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), remote_addr=self.server)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), remote_addr=self.server, local_addr=self.local_addr
+        )
         self._transport = transport
         self._opened_at = loop.time()
         return self

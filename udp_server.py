@@ -255,9 +255,15 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # A deeper receive queue rides out bursts (and floods) instead of dropping legitimate requests.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_QUEUE_BYTES)
+    # A deeper receive queue rides out bursts instead of dropping legitimate requests. As root,
+    # SO_RCVBUFFORCE goes past net.core.rmem_max (often only 208 KB); otherwise take what we get.
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, RECV_QUEUE_BYTES)
+                break
+            except OSError:
+                continue
     sock.bind((host, port))
     sock.setblocking(False)
     return sock

@@ -1,0 +1,98 @@
+"""Rate limiter and reply cache: pure, clock passed in."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import expected_prices
+
+from catalog import Catalog
+from guards import RateLimiter, ReplyCache, Verdict
+from udp_server import QuoteServer
+from wire_format import (
+    BatchRequest,
+    QuoteRequest,
+    Status,
+    decode_batch_reply,
+    decode_reply,
+    encode_batch_request,
+    encode_request,
+)
+
+
+def test_token_bucket_burst_then_slip_every_second() -> None:
+    rl = RateLimiter(rate=10, burst=3, slip=2)
+    verdicts = [rl.check("a", 0.0) for _ in range(7)]
+    assert verdicts == [Verdict.ALLOW] * 3 + [Verdict.DROP, Verdict.SLIP, Verdict.DROP, Verdict.SLIP]
+    assert rl.check("b", 0.0) is Verdict.ALLOW, "sources are limited separately"
+    assert rl.check("a", 0.1) is Verdict.ALLOW, "0.1 s at 10/s refills one token"
+    assert rl.check("a", 0.1) is not Verdict.ALLOW
+    assert rl.retry_after_ms("a") == 100
+
+
+def test_slip_zero_means_silence() -> None:
+    rl = RateLimiter(rate=1, burst=1, slip=0)
+    assert [rl.check("a", 0.0) for _ in range(4)] == [Verdict.ALLOW] + [Verdict.DROP] * 3
+
+
+def test_limiter_memory_is_bounded() -> None:
+    rl = RateLimiter(rate=1, burst=1, max_sources=100)
+    for i in range(10_000):
+        rl.check(f"10.0.{i // 256}.{i % 256}", 0.0)
+    assert len(rl) == 100
+
+
+def test_cache_hit_needs_same_request_bytes_and_youth() -> None:
+    cache = ReplyCache(max_entries=10, max_age_s=5.0)
+    cache.put(("h", 1, 7), 111, b"reply", 0.0)
+    assert cache.get(("h", 1, 7), 111, 4.0) == b"reply"
+    assert cache.get(("h", 1, 7), 222, 4.0) is None, "same id, different request: answered afresh"
+    cache.put(("h", 1, 8), 111, b"r8", 0.0)
+    assert cache.get(("h", 1, 8), 111, 5.5) is None, "too old"
+    assert cache.evictions == 2
+
+
+def test_cache_is_bounded_in_entries_and_age() -> None:
+    cache = ReplyCache(max_entries=100, max_age_s=1.0)
+    for i in range(1000):
+        cache.put(("h", 1, i), 0, b"x", i * 0.001)
+    assert len(cache) == 100 and cache.evictions == 900
+    cache.put(("h", 1, 5000), 0, b"x", 10.0)
+    assert len(cache) == 1, "everything older than max_age is gone"
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(rate=0)
+
+
+PRICES = expected_prices()
+ADDR = ("127.0.0.1", 5555)
+
+
+def test_server_answers_busy_with_retry_after_and_never_amplifies() -> None:
+    core = QuoteServer(Catalog.from_prices(PRICES), limiter=RateLimiter(rate=10, burst=1, slip=1))
+    data = encode_request(QuoteRequest(1, "apple", 1))
+    assert decode_reply(core.handle_datagram(data, ADDR, 0.0) or b"").status is Status.OK
+    busy = core.handle_datagram(data, ADDR, 0.0)
+    assert busy is not None and len(busy) <= len(data)
+    reply = decode_reply(busy)
+    assert (reply.status, reply.item, reply.quantity, reply.retry_after_ms) == (Status.BUSY, "apple", 1, 100)
+    batch = encode_batch_request(BatchRequest(2, (("apple", 1),)))
+    batch_busy = core.handle_datagram(batch, ADDR, 0.0)
+    assert batch_busy is not None and len(batch_busy) < len(batch)
+    assert decode_batch_reply(batch_busy).status is Status.BUSY
+    assert core.stats["rate_limited.busy"] == 2
+
+
+def test_retransmission_gets_the_same_reply_across_a_reload() -> None:
+    core = QuoteServer(Catalog.from_prices(PRICES), cache=ReplyCache())
+    first = encode_request(QuoteRequest(42, "apple", 2))
+    before = core.handle_datagram(first, ADDR, 0.0)
+    core.set_catalog(Catalog.from_prices(PRICES | {"apple": 99}))
+    assert core.handle_datagram(first, ADDR, 1.0) == before, "byte-identical replay"
+    assert decode_reply(before or b"").total == 100
+    fresh = core.handle_datagram(encode_request(QuoteRequest(43, "apple", 2)), ADDR, 1.0)
+    assert decode_reply(fresh or b"").total == 198, "a new request sees the new catalog"
+    other_port = core.handle_datagram(first, ("127.0.0.1", 5556), 1.0)
+    assert decode_reply(other_port or b"").total == 198, "the cache is per source address"
+    assert core.stats["cache_hits"] == 1

@@ -1,0 +1,107 @@
+"""Hostile input and abuse against a live server: fuzzing, floods, retry-after, and the reply cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from conftest import CATALOG, ROOT, RunningServer, expected_prices
+
+from catalog import load_catalog
+from guards import RateLimiter
+from retry import RetryPolicy
+from udp_client import NoAnswer, QuoteClient, QuoteResult
+from udp_server import Control, QuoteServer, bind_socket, serve
+
+PRICES = expected_prices()
+
+
+def test_live_fuzz_short_run() -> None:
+    """The CI-sized run of fuzz/live_fuzz.py; the README reports the 200,000-datagram run."""
+    r = subprocess.run(
+        [sys.executable, "fuzz/live_fuzz.py", "--count", "20000", "--max-seconds", "90", "--seed", "7"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 0 and report["ok"], report
+    assert report["sent"] == 20000 and report["replies"] > 1000
+    assert report["max_reply_to_request_ratio"] <= 1.0
+    assert report["server_tracebacks"] == 0 and report["wrong_quotes_after"] == 0
+
+
+@pytest.fixture
+def limited_server() -> Iterator[RunningServer]:
+    """A server allowing each source IP 300 requests/s (bursts of 100)."""
+    core = QuoteServer(load_catalog(CATALOG), limiter=RateLimiter(rate=300, burst=100))
+    sock = bind_socket("127.0.0.1", 0)
+    control = Control()
+    thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
+    thread.start()
+    try:
+        yield RunningServer(core, sock.getsockname()[:2], sock)
+    finally:
+        control.stop()
+        thread.join(5)
+        sock.close()
+        control.close()
+
+
+def test_flooded_server_still_serves_another_source(limited_server: RunningServer) -> None:
+    host, port = limited_server.address
+    flood = subprocess.Popen(
+        [sys.executable, "fuzz/flood.py", f"{host}:{port}", "--seconds", "6", "--count", "2000000"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+    )
+
+    async def victim() -> list[QuoteResult | NoAnswer]:
+        await asyncio.sleep(0.5)  # let the flood get going first
+        items = sorted(PRICES)
+        out: list[QuoteResult | NoAnswer] = []
+        # 127.0.0.2 is loopback too, but another source IP: its own rate-limit bucket.
+        async with QuoteClient((host, port), local_addr=("127.0.0.2", 0)) as client:
+            for i in range(300):
+                try:
+                    out.append(await client.quote(items[i % len(items)], i + 1))
+                except NoAnswer as e:
+                    out.append(e)
+        return out
+
+    try:
+        results = asyncio.run(victim())
+    finally:
+        flood_out, _ = flood.communicate(timeout=30)
+    flood_report = json.loads(flood_out)
+    good = [r for r in results if isinstance(r, QuoteResult) and r.total == PRICES[r.item] * r.quantity]
+    rate = len(good) / len(results)
+    print(
+        f"victim success {rate:.2%} while the flood sent {flood_report['sent']} datagrams, "
+        f"server rate-limited {limited_server.core.stats['rate_limited.dropped']} silently and "
+        f"{limited_server.core.stats['rate_limited.busy']} with BUSY"
+    )
+    assert flood_report["sent"] > 50_000, "the flood must really be a flood"
+    assert limited_server.core.stats["rate_limited.dropped"] > 10_000
+    assert flood_report["busy_replies"] > 0
+    assert rate >= 0.99
+
+
+def test_client_honours_retry_after(limited_server: RunningServer) -> None:
+    async def run() -> tuple[list[QuoteResult], dict[str, int]]:
+        async with QuoteClient(limited_server.address, RetryPolicy(deadline_s=10)) as client:
+            results = await asyncio.gather(*(client.quote("pear", q) for q in range(1, 401)))
+            return list(results), dict(client.stats)
+
+    results, stats = asyncio.run(run())
+    assert [r.total for r in results] == [55 * q for q in range(1, 401)]
+    assert stats["busy"] > 0, "400 at once from one source must meet the 100-request burst"
+    # Over-limit requests are answered BUSY or dropped; the client waits as told rather than hammering.
+    assert limited_server.core.stats["requests"] < 3 * 400

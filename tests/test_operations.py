@@ -1,0 +1,208 @@
+"""Operating the server: hot reload, IPv6, metrics, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from catalog import Catalog, load_catalog
+from fault_proxy import FaultPlan, FaultProxy
+from udp_client import QuoteClient, QuoteResult
+from udp_server import Control, Operations, QuoteServer, bind_socket, serve
+
+PY = sys.executable
+
+
+def write_catalog(path: Path, apple: str, pear: str = "0.55") -> Catalog:
+    path.write_text(f"item,price\napple,{apple}\npear,{pear}\n", encoding="utf-8")
+    return load_catalog(path)
+
+
+def test_reloads_under_load_never_give_a_wrong_quote(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    versions = {c.version: c for c in (write_catalog(path, "1.00"), write_catalog(path, "2.00"))}
+    first = write_catalog(path, "1.00")
+    core = QuoteServer(first)
+    ops = Operations(core, str(path))
+    sock, control = bind_socket("127.0.0.1", 0), Control()
+    thread = threading.Thread(target=serve, args=(sock, core, control), kwargs={"duties": ops}, daemon=True)
+    thread.start()
+
+    async def load() -> list[QuoteResult]:
+        async with QuoteClient(sock.getsockname()[:2]) as client:
+            sem = asyncio.Semaphore(16)
+
+            async def one(q: int) -> QuoteResult:
+                async with sem:
+                    return await client.quote("apple", q)
+
+            return list(await asyncio.gather(*(one(q % 50 + 1) for q in range(3000))))
+
+    def reloader() -> None:
+        for i in range(6):
+            time.sleep(0.05)
+            if i == 3:
+                path.write_text("item,price\napple,-1\n", encoding="utf-8")  # a bad file mid-run
+            else:
+                write_catalog(path, "2.00" if i % 2 == 0 else "1.00")
+            control.request_reload()
+
+    side = threading.Thread(target=reloader)
+    side.start()
+    results = asyncio.run(load())
+    side.join()
+    control.stop()
+    thread.join(5)
+    sock.close()
+    control.close()
+    assert len(results) == 3000 and all(r.ok for r in results)
+    for r in results:
+        assert r.total == versions[r.catalog_version].prices["apple"] * r.quantity
+    assert {r.catalog_version for r in results} == set(versions), "both catalogs served during the run"
+    assert core.stats["reloads.ok"] >= 4 and core.stats["reloads.failed"] >= 1
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    proc = subprocess.Popen(
+        [PY, "udp_server.py", "--port", "0", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, line
+    where = line.split("listening on ")[1].split()[0]
+    host, _, port = where.rpartition(":")
+    return proc, (host.strip("[]"), int(port))
+
+
+def quote(addr: tuple[str, int], item: str = "apple", qty: int = 1) -> QuoteResult:
+    async def run() -> QuoteResult:
+        async with QuoteClient(addr) as client:
+            return await client.quote(item, qty)
+
+    return asyncio.run(run())
+
+
+def test_sighup_reload_and_bad_file_rejected_with_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    v1 = write_catalog(path, "1.00")
+    proc, addr = start_server("--catalog", str(path))
+    try:
+        assert (quote(addr).total, quote(addr).catalog_version) == (100, v1.version)
+        v2 = write_catalog(path, "1.25")
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if quote(addr).catalog_version == v2.version:
+                break
+            time.sleep(0.1)
+        assert quote(addr, qty=4).total == 500
+        path.write_text("item,price\napple,1.234\napple,2\n", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        after = quote(addr, qty=4)
+        assert (after.total, after.catalog_version) == (500, v2.version), "a bad file changes nothing"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert "catalog reloaded: 2 items" in err
+    assert "catalog reload rejected" in err
+    assert "line 2: item 'apple': price '1.234' has more than 2 decimals" in err
+    assert "line 3: duplicate item 'apple' (first on line 2)" in err
+    assert "reloads.failed=1" in out and "reloads.ok=1" in out
+
+
+def test_watch_reloads_when_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    write_catalog(path, "1.00")
+    proc, addr = start_server("--catalog", str(path), "--watch")
+    try:
+        time.sleep(0.2)
+        write_catalog(path, "3.00", pear="0.99")
+        os.utime(path, (time.time() + 5, time.time() + 5))  # mtime must differ even on coarse clocks
+        totals = []
+        for _ in range(60):
+            totals.append(quote(addr).total)
+            if totals[-1] == 300:
+                break
+            time.sleep(0.1)
+        assert totals[-1] == 300
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_ipv6_server_client_and_proxy() -> None:
+    if not ipv6_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but ::1 cannot be bound")
+        pytest.skip("this machine has no IPv6 loopback")
+    proc, addr = start_server("--host", "::1")
+    try:
+        assert addr[0] == "::1"
+        r = subprocess.run(
+            [PY, "udp_client.py", "--server", f"[::1]:{addr[1]}", "quote", "apple", "3"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert (r.returncode, r.stdout) == (0, "3 x apple @ 0.50 = 1.50\n"), r.stderr
+
+        async def via_proxy() -> QuoteResult:
+            async with FaultProxy(FaultPlan.both(seed=3, drop=0.2), upstream=addr, listen=("::1", 0)) as proxy:
+                assert proxy.address[0] == "::1"
+                async with QuoteClient(proxy.address) as client:
+                    return await client.quote("pear", 2)
+
+        assert asyncio.run(via_proxy()).total == 110
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_metrics_and_json_logs(tmp_path: Path) -> None:
+    proc, addr = start_server("--metrics-port", "0", "--log-format", "json", "--stats-interval", "0.2")
+    try:
+        assert proc.stderr is not None
+        first = json.loads(proc.stderr.readline())
+        assert first["event"] == "metrics"
+        url = first["msg"].split("metrics on ")[1]
+        quote(addr)
+        quote(addr, "kiwi")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"garbage", addr)
+        time.sleep(0.5)
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "udp_price_requests_total 3.0" in text
+    assert 'udp_price_replies_by_status_total{status="OK"} 1.0' in text
+    assert 'udp_price_replies_by_status_total{status="UNKNOWN_ITEM"} 1.0' in text
+    assert 'udp_price_malformed_total{reason="bad_length"} 1.0' in text
+    assert "udp_price_catalog_items 45.0" in text
+    records = [json.loads(line) for line in err.splitlines()]
+    stats = [r for r in records if r["event"] == "stats"]
+    assert stats and stats[-1]["counters"]["requests"] == 3
+    assert all({"ts", "level", "event", "msg"} <= set(r) for r in records)
+    assert url.startswith("http://127.0.0.1:"), "metrics bind loopback only"
