@@ -91,6 +91,7 @@ class ReplyCache:
     max_entries: int = 100_000
     max_age_s: float = 60.0
     evictions: int = 0
+    _puts: int = 0
     _entries: OrderedDict[tuple[str, int, int], _Entry] = field(default_factory=OrderedDict, repr=False)
 
     def get(self, key: tuple[str, int, int], request_crc: int, now: float) -> bytes | None:
@@ -106,7 +107,14 @@ class ReplyCache:
     def put(self, key: tuple[str, int, int], request_crc: int, reply: bytes, now: float) -> None:
         self._entries[key] = _Entry(request_crc, reply, now)
         self._entries.move_to_end(key)
-        self._expire(now)
+        self._puts += 1
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+        # Sweeping by age on every put cost more than the lookup itself. get() never serves an
+        # old entry anyway, so old ones only need to leave memory eventually: every 64th put.
+        if self._puts % 64 == 0:
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
         # Entries are in insertion order, so the oldest are first: stop at the first young one.

@@ -12,7 +12,10 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
+import multiprocessing.queues
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -55,6 +58,7 @@ Address = tuple[str, int] | tuple[str, int, int, int]
 RECV_BUFFER = 2048
 """Bigger than any valid request, so oversized datagrams are seen whole and counted, not truncated."""
 RECV_QUEUE_BYTES = 4 * 1024 * 1024
+_STATUS_KEY = {status: f"status.{status.name}" for status in Status}
 DRAIN_LIMIT = 256
 """Datagrams handled per wake-up before checking for signals again."""
 
@@ -116,7 +120,7 @@ class QuoteServer:
             self.stats["dropped.amplification"] += 1
             return None
         self.stats["replies"] += 1
-        self.stats[f"status.{reply.status.name}"] += 1
+        self.stats[_STATUS_KEY[reply.status]] += 1
         return out
 
     def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
@@ -282,8 +286,9 @@ def serve(
         sel.register(sock, selectors.EVENT_READ)
         sel.register(control, selectors.EVENT_READ)
         while not control.stopped:
-            sel.select(None if next_tick is None else max(0.0, next_tick - clock()))
-            control.drain()
+            ready = sel.select(None if next_tick is None else max(0.0, next_tick - clock()))
+            if any(key.fileobj is control for key, _ in ready):
+                control.drain()
             if control.reload_requested and duties is not None:
                 control.reload_requested = False
                 duties.reload()
@@ -444,6 +449,7 @@ examples:
   python udp_server.py --host ::1 --catalog prices.csv --log-level debug
   python udp_server.py --watch --stats-interval 60 --metrics-port 9100 --log-format json
   kill -HUP <pid>                               # reload the catalog (validated first)
+  python udp_server.py --workers 2              # one process per core, SO_REUSEPORT
 
 exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 2 bad arguments, 4 bad catalog, 5 cannot bind
 """
@@ -493,6 +499,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="log counters every this many seconds (default 0: only at exit)",
     )
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default 1)")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -506,6 +513,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} {value} is not a port (0-65535)")
     if args.cache_size < 0:
         p.error("--cache-size must be >= 0")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    if args.workers > 1 and args.metrics_port is not None:
+        p.error("--metrics-port needs --workers 1 (each worker keeps its own counters)")
     return args
 
 
@@ -526,10 +537,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CATALOG
     try:
-        sock = bind_socket(args.host, args.port)
+        sock = bind_socket(args.host, args.port, reuse_port=args.workers > 1)
     except OSError as e:
         print(f"udp_server: cannot bind {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BIND
+    if args.workers > 1:
+        return run_workers(args, catalog, sock)
     server, control = build_server(args, catalog), Control()
     ops = Operations(
         server, args.catalog, watch_interval_s=1.0 if args.watch else None, stats_interval_s=args.stats_interval or None
@@ -541,14 +554,89 @@ def main(argv: list[str] | None = None) -> int:
             print(f"udp_server: cannot serve metrics on 127.0.0.1:{args.metrics_port}: {e.strerror}", file=sys.stderr)
             return EXIT_BIND
         log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     print(
-        f"udp_server: listening on {shown} (udp), {len(catalog)} items, catalog version {catalog.version}", flush=True
+        f"udp_server: listening on {_shown(sock)} (udp), {len(catalog)} items, catalog version {catalog.version}",
+        flush=True,
     )
     with sock, handle_signals(control):
         serve(sock, server, control, duties=ops)
     print(f"udp_server: stopped; {server.summary()}", flush=True)
+    control.close()
+    return EXIT_OK
+
+
+def _shown(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------- --workers N
+
+
+def _worker(
+    args: argparse.Namespace,
+    catalog: Catalog,
+    sock: socket.socket,
+    index: int,
+    results: multiprocessing.queues.Queue[tuple[int, dict[str, int]]],
+) -> None:
+    """One worker process: its own server core and loop on its own SO_REUSEPORT socket."""
+    server, control = build_server(args, catalog), Control()
+    ops = Operations(
+        server, args.catalog, watch_interval_s=1.0 if args.watch else None, stats_interval_s=args.stats_interval or None
+    )
+    with sock, handle_signals(control):
+        serve(sock, server, control, duties=ops)
+    results.put((index, server.counters()))
+    control.close()
+
+
+def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket) -> int:
+    """N processes share the port with SO_REUSEPORT; the kernel spreads flows over them by a hash
+    of the source address. This process supervises: it forwards SIGTERM/SIGINT/SIGHUP and sums
+    the workers' counters at the end. One reply cache and one rate limit per worker: a flow always
+    hashes to the same worker, so each still sees all of one client's requests."""
+    host, port = first.getsockname()[:2]
+    sockets = [first] + [bind_socket(host, port, reuse_port=True) for _ in range(args.workers - 1)]
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.queues.Queue[tuple[int, dict[str, int]]] = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(args, catalog, s, i, results), daemon=True) for i, s in enumerate(sockets)
+    ]
+    for proc in procs:
+        proc.start()
+    for s in sockets:
+        s.close()  # each worker holds its own copy
+    print(
+        f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}, "
+        f"{args.workers} workers (pids {' '.join(str(p.pid) for p in procs)})",
+        flush=True,
+    )
+    control = Control()
+    with handle_signals(control):
+        while not control.stopped and any(p.is_alive() for p in procs):
+            if control.reload_requested:
+                control.reload_requested = False
+                for proc in procs:
+                    if proc.pid is not None:
+                        os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(0.1)
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            os.kill(proc.pid, signal.SIGTERM)
+    totals: Counter[str] = Counter()
+    per_worker = [0] * len(procs)
+    for _ in procs:
+        try:
+            index, counters = results.get(timeout=10)
+        except queue.Empty:
+            break
+        totals.update(counters)
+        per_worker[index] = counters.get("requests", 0)
+    for proc in procs:
+        proc.join(10)
+    summary = " ".join(f"{k}={v}" for k, v in sorted(totals.items()))
+    print(f"udp_server: stopped; workers_requests={','.join(map(str, per_worker))} {summary}", flush=True)
     control.close()
     return EXIT_OK
 

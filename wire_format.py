@@ -16,13 +16,28 @@ request that caused it: the service cannot amplify traffic.
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
 import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
-from construct import Array, Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, Struct, this
+from construct import (
+    Array,
+    Bytes,
+    Const,
+    ConstructError,
+    FormatField,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Int64ub,
+    Struct,
+    this,
+)
 
 MAGIC = b"QP"
 VERSION = 1
@@ -95,15 +110,15 @@ _HEADER = (
     "request_id" / Int64ub,
 )
 
-QUOTE_REQUEST_BODY = Struct(
+QUOTE_REQUEST_DEF = Struct(
     *_HEADER,
     "quantity" / Int32ub,
     "item" / Bytes(ITEM_SIZE),
     # Pads the request to the reply's size so a reply never amplifies; must be zero.
     "reserved" / Bytes(_REQUEST_RESERVED),
-).compile()
+)
 
-QUOTE_REPLY_BODY = Struct(
+QUOTE_REPLY_DEF = Struct(
     *_HEADER,
     "status" / Int8ub,
     "flags" / Int8ub,
@@ -113,18 +128,18 @@ QUOTE_REPLY_BODY = Struct(
     "unit_price" / Int64ub,
     "total" / Int64ub,
     "catalog_version" / Int32ub,
-).compile()
+)
 
 _BATCH_LINE = Struct("quantity" / Int32ub, "item" / Bytes(ITEM_SIZE))
-BATCH_REQUEST_BODY = Struct(
+BATCH_REQUEST_DEF = Struct(
     *_HEADER,
     "count" / Int8ub,
     "reserved" / Bytes(3),
     "lines" / Array(this.count, _BATCH_LINE),
-).compile()
+)
 
 _BATCH_RESULT = Struct("status" / Int8ub, "unit_price" / Int64ub, "total" / Int64ub)
-BATCH_REPLY_BODY = Struct(
+BATCH_REPLY_DEF = Struct(
     *_HEADER,
     "status" / Int8ub,
     "count" / Int8ub,
@@ -134,7 +149,12 @@ BATCH_REPLY_BODY = Struct(
     # as the echoed item and quantity do for single quotes, in 4 bytes instead of 36 per line.
     "lines_digest" / Int32ub,
     "results" / Array(this.count, _BATCH_RESULT),
-).compile()
+)
+
+QUOTE_REQUEST_BODY = QUOTE_REQUEST_DEF.compile()
+QUOTE_REPLY_BODY = QUOTE_REPLY_DEF.compile()
+BATCH_REQUEST_BODY = BATCH_REQUEST_DEF.compile()
+BATCH_REPLY_BODY = BATCH_REPLY_DEF.compile()
 
 _CRC = Int32ub
 _ZERO_RESERVED = bytes(_REQUEST_RESERVED)
@@ -242,7 +262,7 @@ def _seal(body: bytes) -> bytes:
     return body + crc
 
 
-def encode_request(req: QuoteRequest) -> bytes:
+def reference_encode_request(req: QuoteRequest) -> bytes:
     """Bytes of a quote request. Raises ValueError for values that cannot be encoded."""
     _check_u(req.request_id, 64, "request_id")
     _check_u(req.quantity, 32, "quantity")
@@ -259,7 +279,7 @@ def encode_request(req: QuoteRequest) -> bytes:
     return _seal(body)
 
 
-def encode_reply(rep: QuoteReply) -> bytes:
+def reference_encode_reply(rep: QuoteReply) -> bytes:
     """Bytes of a quote reply. Raises ValueError for values that cannot be encoded."""
     _check_u(rep.request_id, 64, "request_id")
     _check_u(rep.quantity, 32, "quantity")
@@ -302,7 +322,7 @@ def _check_frame(data: bytes, kind: MessageKind, size: int = MESSAGE_SIZE) -> in
     return request_id
 
 
-def decode_request(data: bytes) -> QuoteRequest:
+def reference_decode_request(data: bytes) -> QuoteRequest:
     """Decode untrusted bytes into a QuoteRequest; raises MalformedDatagram on any defect."""
     request_id = _check_frame(data, MessageKind.QUOTE_REQUEST)
     try:
@@ -315,7 +335,7 @@ def decode_request(data: bytes) -> QuoteRequest:
     return QuoteRequest(request_id=request_id, item=item, quantity=c["quantity"])
 
 
-def decode_reply(data: bytes) -> QuoteReply:
+def reference_decode_reply(data: bytes) -> QuoteReply:
     """Decode untrusted bytes into a QuoteReply; raises MalformedDatagram on any defect."""
     request_id = _check_frame(data, MessageKind.QUOTE_REPLY)
     try:
@@ -365,7 +385,7 @@ def lines_digest(request_datagram: bytes) -> int:
     return zlib.crc32(_lines_bytes(request_datagram))
 
 
-def encode_batch_request(req: BatchRequest) -> bytes:
+def reference_encode_batch_request(req: BatchRequest) -> bytes:
     """Bytes of a batch request. Raises ValueError for values that cannot be encoded."""
     _check_u(req.request_id, 64, "request_id")
     if not 1 <= len(req.lines) <= MAX_BATCH:
@@ -387,7 +407,7 @@ def encode_batch_request(req: BatchRequest) -> bytes:
     return _seal(body)
 
 
-def encode_batch_reply(rep: BatchReply) -> bytes:
+def reference_encode_batch_reply(rep: BatchReply) -> bytes:
     """Bytes of a batch reply. Raises ValueError for values that cannot be encoded."""
     _check_u(rep.request_id, 64, "request_id")
     _check_u(rep.catalog_version, 32, "catalog_version")
@@ -424,7 +444,7 @@ def _check_batch_frame(data: bytes, kind: MessageKind, fixed: int, per_line: int
     return _check_frame(data, kind, len(data))
 
 
-def decode_batch_request(data: bytes) -> BatchRequest:
+def reference_decode_batch_request(data: bytes) -> BatchRequest:
     """Decode untrusted bytes into a BatchRequest; raises MalformedDatagram on any defect."""
     request_id = _check_batch_frame(data, MessageKind.BATCH_REQUEST, BATCH_REQUEST_FIXED, BATCH_REQUEST_LINE, 1)
     try:
@@ -439,7 +459,7 @@ def decode_batch_request(data: bytes) -> BatchRequest:
     return BatchRequest(request_id=request_id, lines=lines)
 
 
-def decode_batch_reply(data: bytes) -> BatchReply:
+def reference_decode_batch_reply(data: bytes) -> BatchReply:
     """Decode untrusted bytes into a BatchReply; raises MalformedDatagram on any defect."""
     request_id = _check_batch_frame(data, MessageKind.BATCH_REPLY, BATCH_REPLY_FIXED, BATCH_REPLY_LINE, 0)
     try:
@@ -467,6 +487,238 @@ def decode_batch_reply(data: bytes) -> BatchReply:
 
 Request = QuoteRequest | BatchRequest
 Reply = QuoteReply | BatchReply
+
+
+# ---------------------------------------------------------------- the fast codec
+#
+# Profiling the server showed construct's compiled code at ~14 us per request (parse +
+# build) of the ~21 us spent per datagram. These functions do the same work with
+# struct.Struct formats derived from the construct definitions above at import time, so
+# construct stays the single definition of the layout; tests/test_fast_codec.py proves
+# them byte-identical to the reference_* (construct) functions on every message kind.
+
+
+def _fixed_format(definition: Struct) -> tuple[str, tuple[str, ...]]:
+    """(struct format, field names) for the fixed-size fields of a construct Struct, up to any Array."""
+    fmt, names = ">", []
+    for field in definition.subcons:
+        sub = field.subcon
+        if isinstance(sub, Array):
+            break
+        if isinstance(sub, Const):
+            fmt += f"{len(sub.value)}s"
+        elif isinstance(sub, Bytes) and isinstance(sub.length, int):
+            fmt += f"{sub.length}s"
+        elif isinstance(sub, FormatField) and sub.fmtstr[0] == ">":
+            fmt += sub.fmtstr[1:]
+        else:
+            raise TypeError(f"field {field.name!r} has no fixed struct format")
+        names.append(field.name)
+    return fmt, tuple(names)
+
+
+def _array_element(definition: Struct) -> Struct:
+    arrays = [f.subcon for f in definition.subcons if isinstance(f.subcon, Array)]
+    assert len(arrays) == 1, "batch messages end in exactly one Array"
+    element: Struct = arrays[0].subcon
+    return element
+
+
+_FIELD_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _derive(definition: Struct, expected: tuple[str, ...]) -> struct.Struct:
+    fmt, names = _fixed_format(definition)
+    # The fast functions below unpack by position: refuse to start if the definition moved on.
+    if names != expected:
+        raise RuntimeError(f"fast codec out of date: {names} != {expected}")
+    _FIELD_NAMES[fmt] = names
+    return struct.Struct(fmt)
+
+
+_HDR = ("magic", "version", "kind", "request_id")
+_F_REQUEST = _derive(QUOTE_REQUEST_DEF, (*_HDR, "quantity", "item", "reserved"))
+_F_REPLY = _derive(
+    QUOTE_REPLY_DEF,
+    (*_HDR, "status", "flags", "retry_after_ms", "quantity", "item", "unit_price", "total", "catalog_version"),
+)
+_F_BATCH_REQUEST = _derive(BATCH_REQUEST_DEF, (*_HDR, "count", "reserved"))
+_F_BATCH_LINE = _derive(_array_element(BATCH_REQUEST_DEF), ("quantity", "item"))
+_F_BATCH_REPLY = _derive(
+    BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest")
+)
+_F_BATCH_RESULT = _derive(_array_element(BATCH_REPLY_DEF), ("status", "unit_price", "total"))
+_F_CRC = struct.Struct(">I")
+_STATUS = {s.value: s for s in Status}
+
+
+@functools.lru_cache(maxsize=4096)
+def _item_field(name: str) -> bytes:
+    """encode_item, remembered: a catalog's few names are encoded over and over."""
+    return encode_item(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _item_or_reason(raw: bytes) -> str | tuple[str, str]:
+    """The item in a 32-byte field, or (reason, detail) for MalformedDatagram; remembered."""
+    try:
+        return _decode_item(raw, 0)
+    except MalformedDatagram as e:
+        return e.reason, str(e.__cause__ or "")
+
+
+def _item(raw: bytes, request_id: int) -> str:
+    found = _item_or_reason(raw)
+    if isinstance(found, tuple):
+        raise MalformedDatagram(found[0], found[1], request_id=request_id)
+    return found
+
+
+def _sealed(body: bytes) -> bytes:
+    return body + _F_CRC.pack(zlib.crc32(body))
+
+
+def _pack(fmt: struct.Struct, *values: Any) -> bytes:
+    """fmt.pack, with struct's own range checks on the unsigned fields turned into a ValueError
+    that names the field (found only on this error path, so the common path stays fast)."""
+    try:
+        return fmt.pack(*values)
+    except struct.error:
+        names = _FIELD_NAMES[fmt.format]
+        codes = re.findall(r"\d*[a-zA-Z]", fmt.format[1:])
+        for name, code, value in zip(names, codes, values, strict=True):
+            try:
+                struct.pack(">" + code, value)
+            except struct.error:
+                raise ValueError(f"{name}={value} does not fit its {struct.calcsize(code) * 8}-bit field") from None
+        raise
+
+
+def encode_request(req: QuoteRequest) -> bytes:
+    """Bytes of a quote request. Raises ValueError for values that cannot be encoded."""
+    item = _item_field(req.item)
+    return _sealed(
+        _pack(_F_REQUEST, MAGIC, VERSION, MessageKind.QUOTE_REQUEST, req.request_id, req.quantity, item, _ZERO_RESERVED)
+    )
+
+
+def encode_reply(rep: QuoteReply) -> bytes:
+    """Bytes of a quote reply. Raises ValueError for values that cannot be encoded."""
+    item = _item_field(rep.item) if rep.item else bytes(ITEM_SIZE)
+    return _sealed(
+        _pack(
+            _F_REPLY,
+            MAGIC,
+            VERSION,
+            MessageKind.QUOTE_REPLY,
+            rep.request_id,
+            rep.status,
+            0,
+            rep.retry_after_ms,
+            rep.quantity,
+            item,
+            rep.unit_price,
+            rep.total,
+            rep.catalog_version,
+        )
+    )
+
+
+def decode_request(data: bytes) -> QuoteRequest:
+    """Decode untrusted bytes into a QuoteRequest; raises MalformedDatagram on any defect."""
+    request_id = _check_frame(data, MessageKind.QUOTE_REQUEST)
+    _, _, _, _, quantity, item, reserved = _F_REQUEST.unpack_from(data)
+    if reserved != _ZERO_RESERVED:
+        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
+    return QuoteRequest(request_id, _item(item, request_id), quantity)
+
+
+def decode_reply(data: bytes) -> QuoteReply:
+    """Decode untrusted bytes into a QuoteReply; raises MalformedDatagram on any defect."""
+    request_id = _check_frame(data, MessageKind.QUOTE_REPLY)
+    _, _, _, _, status, flags, retry, quantity, item, unit, total, version = _F_REPLY.unpack_from(data)
+    if status not in _STATUS:
+        raise MalformedDatagram("unknown_status", str(status), request_id=request_id)
+    if flags != 0:
+        raise MalformedDatagram("flags_not_zero", request_id=request_id)
+    name = "" if item == bytes(ITEM_SIZE) else _item(item, request_id)
+    return QuoteReply(request_id, _STATUS[status], name, quantity, unit, total, version, retry)
+
+
+def encode_batch_request(req: BatchRequest) -> bytes:
+    """Bytes of a batch request. Raises ValueError for values that cannot be encoded."""
+    _check_u(req.request_id, 64, "request_id")
+    if not 1 <= len(req.lines) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
+    parts = [
+        _F_BATCH_REQUEST.pack(MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), b"\0\0\0")
+    ]
+    for item, quantity in req.lines:
+        _check_u(quantity, 32, "quantity")
+        parts.append(_F_BATCH_LINE.pack(quantity, _item_field(item)))
+    return _sealed(b"".join(parts))
+
+
+def encode_batch_reply(rep: BatchReply) -> bytes:
+    """Bytes of a batch reply. Raises ValueError for values that cannot be encoded."""
+    _check_u(rep.request_id, 64, "request_id")
+    _check_u(rep.catalog_version, 32, "catalog_version")
+    _check_u(rep.lines_digest, 32, "lines_digest")
+    _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    if len(rep.results) > MAX_BATCH:
+        raise ValueError(f"a batch reply holds at most {MAX_BATCH} results")
+    parts = [
+        _F_BATCH_REPLY.pack(
+            MAGIC,
+            VERSION,
+            MessageKind.BATCH_REPLY,
+            rep.request_id,
+            int(rep.status),
+            len(rep.results),
+            rep.retry_after_ms,
+            rep.catalog_version,
+            rep.lines_digest,
+        )
+    ]
+    for r in rep.results:
+        _check_u(r.unit_price, 64, "unit_price")
+        _check_u(r.total, 64, "total")
+        parts.append(_F_BATCH_RESULT.pack(int(r.status), r.unit_price, r.total))
+    return _sealed(b"".join(parts))
+
+
+def decode_batch_request(data: bytes) -> BatchRequest:
+    """Decode untrusted bytes into a BatchRequest; raises MalformedDatagram on any defect."""
+    request_id = _check_batch_frame(data, MessageKind.BATCH_REQUEST, BATCH_REQUEST_FIXED, BATCH_REQUEST_LINE, 1)
+    count, reserved = _F_BATCH_REQUEST.unpack_from(data)[4:]
+    # Same checks in the same order as the construct reference, so both report the same reason.
+    if count > (len(data) - BATCH_REQUEST_FIXED) // BATCH_REQUEST_LINE:
+        raise MalformedDatagram("parse_error", "count beyond the datagram", request_id=request_id)
+    if reserved != b"\0\0\0":
+        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
+    if batch_request_size(count) != len(data):
+        raise MalformedDatagram("count_mismatch", request_id=request_id)
+    body = memoryview(data)[_F_BATCH_REQUEST.size : -CRC_SIZE]
+    lines = tuple((_item(bytes(item), request_id), q) for q, item in _F_BATCH_LINE.iter_unpack(body))
+    return BatchRequest(request_id, lines)
+
+
+def decode_batch_reply(data: bytes) -> BatchReply:
+    """Decode untrusted bytes into a BatchReply; raises MalformedDatagram on any defect."""
+    request_id = _check_batch_frame(data, MessageKind.BATCH_REPLY, BATCH_REPLY_FIXED, BATCH_REPLY_LINE, 0)
+    status, count, retry, version, digest = _F_BATCH_REPLY.unpack_from(data)[4:]
+    if count > (len(data) - BATCH_REPLY_FIXED) // BATCH_REPLY_LINE:
+        raise MalformedDatagram("parse_error", "count beyond the datagram", request_id=request_id)
+    if batch_reply_size(count) != len(data):
+        raise MalformedDatagram("count_mismatch", request_id=request_id)
+    body = memoryview(data)[_F_BATCH_REPLY.size : -CRC_SIZE]
+    rows = list(_F_BATCH_RESULT.iter_unpack(body))
+    if status not in _STATUS or any(r[0] not in _STATUS for r in rows):
+        raise MalformedDatagram("unknown_status", request_id=request_id)
+    results = tuple(LineResult(_STATUS[s], unit, total) for s, unit, total in rows)
+    if (status == Status.OK) != bool(results):
+        raise MalformedDatagram("status_count_mismatch", request_id=request_id)
+    return BatchReply(request_id, _STATUS[status], digest, results, version, retry)
 
 
 def decode_any_request(data: bytes) -> Request:

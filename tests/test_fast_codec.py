@@ -1,0 +1,105 @@
+"""The fast (struct) codec against the construct reference: byte-identical, decision-identical."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import wire_format as wf
+from wire_format import (
+    MAX_BATCH,
+    BatchReply,
+    BatchRequest,
+    LineResult,
+    MalformedDatagram,
+    QuoteReply,
+    QuoteRequest,
+    Status,
+)
+
+ITEMS = ["apple", "café crème", "x" * 32, "é" * 16, "eggs (dozen)", "a"]
+u64, u32, u16 = st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1)
+item = st.sampled_from(ITEMS)
+requests = st.builds(QuoteRequest, u64, item, u32)
+replies = st.builds(QuoteReply, u64, st.sampled_from(Status), st.one_of(item, st.just("")), u32, u64, u64, u32, u16)
+batch_requests = st.builds(BatchRequest, u64, st.lists(st.tuples(item, u32), min_size=1, max_size=MAX_BATCH).map(tuple))
+line_results = st.builds(LineResult, st.sampled_from(Status), u64, u64)
+batch_replies = st.one_of(
+    st.builds(
+        BatchReply,
+        u64,
+        st.just(Status.OK),
+        u32,
+        st.lists(line_results, min_size=1, max_size=MAX_BATCH).map(tuple),
+        u32,
+        u16,
+    ),
+    st.builds(BatchReply, u64, st.sampled_from([Status.MALFORMED, Status.BUSY]), u32, st.just(()), u32, u16),
+)
+
+KINDS: list[
+    tuple[
+        st.SearchStrategy[Any],
+        Callable[[Any], bytes],
+        Callable[[Any], bytes],
+        Callable[[bytes], Any],
+        Callable[[bytes], Any],
+    ]
+] = [
+    (requests, wf.encode_request, wf.reference_encode_request, wf.decode_request, wf.reference_decode_request),
+    (replies, wf.encode_reply, wf.reference_encode_reply, wf.decode_reply, wf.reference_decode_reply),
+    (
+        batch_requests,
+        wf.encode_batch_request,
+        wf.reference_encode_batch_request,
+        wf.decode_batch_request,
+        wf.reference_decode_batch_request,
+    ),
+    (
+        batch_replies,
+        wf.encode_batch_reply,
+        wf.reference_encode_batch_reply,
+        wf.decode_batch_reply,
+        wf.reference_decode_batch_reply,
+    ),
+]
+
+
+def outcome(decode: Callable[[bytes], Any], data: bytes) -> Any:
+    try:
+        return decode(data)
+    except MalformedDatagram as e:
+        return ("malformed", e.reason, e.request_id)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_fast_encoders_are_byte_identical_to_construct(data: st.DataObject) -> None:
+    for strategy, fast, reference, _, _ in KINDS:
+        message = data.draw(strategy)
+        assert fast(message) == reference(message)
+
+
+@settings(max_examples=300)
+@given(st.data(), st.integers(0, 2000), st.integers(0, 255), st.booleans(), st.integers(-3, 40))
+def test_fast_decoders_decide_like_construct(data: st.DataObject, pos: int, value: int, reseal: bool, cut: int) -> None:
+    for strategy, fast_encode, _, fast, reference in KINDS:
+        good = fast_encode(data.draw(strategy))
+        assert outcome(fast, good) == outcome(reference, good)
+        body = bytearray(good[:-4])
+        body[pos % len(body)] = value
+        if cut > 0:
+            body = body[: max(0, len(body) - cut)]
+        mutated = bytes(body) + (struct.pack(">I", zlib.crc32(bytes(body))) if reseal else good[-4:])
+        assert outcome(fast, mutated) == outcome(reference, mutated)
+
+
+@given(st.binary(max_size=1300))
+def test_fast_decoders_on_arbitrary_bytes(data: bytes) -> None:
+    for _, _, _, fast, reference in KINDS:
+        assert outcome(fast, data) == outcome(reference, data)
