@@ -31,6 +31,8 @@ from wire_format import (
     BatchReply,
     BatchRequest,
     LineResult,
+    ListReply,
+    ListRequest,
     MalformedDatagram,
     QuoteError,
     QuoteReply,
@@ -40,6 +42,7 @@ from wire_format import (
     Status,
     decode_any_reply,
     encode_batch_request,
+    encode_list_request,
     encode_request,
     lines_digest,
     normalize_item,
@@ -245,6 +248,32 @@ class QuoteClient:
         results = reply.results or tuple(LineResult(reply.status) for _ in request.lines)
         return BatchResult(request.lines, results, ex.attempts, request.request_id, latency, reply.catalog_version)
 
+    async def list_items(self) -> tuple[int, list[tuple[str, int]]]:
+        """The server's whole catalog as (catalog version, [(item, unit price in cents)]) sorted by name.
+
+        Pages are fetched concurrently; if the catalog changes between pages (a reload), the
+        listing starts over so it never mixes two versions. Raises NoAnswer like ``quote``.
+        """
+        for _ in range(3):
+            first = await self._list_page(0)
+            pages = [first, *await asyncio.gather(*(self._list_page(p) for p in range(1, first.pages)))]
+            if all(p.catalog_version == first.catalog_version and p.status is Status.OK for p in pages):
+                return first.catalog_version, [entry for p in pages for entry in p.entries]
+            self.stats["list_restarts"] += 1
+        raise QuoteError("the catalog kept changing while it was being listed")
+
+    async def _list_page(self, page: int) -> ListReply:
+        request = ListRequest(self._new_request_id(), page)
+
+        def accepts(reply: Reply) -> bool:
+            return (isinstance(reply, ListReply) and reply.page == page) or (
+                isinstance(reply, ListReply) and reply.status is not Status.OK and not reply.entries
+            )
+
+        reply, _, _ = await self._call(request, encode_list_request(request), accepts)
+        assert isinstance(reply, ListReply)
+        return reply
+
     async def _call(
         self, request: Request, datagram: bytes, accepts: Callable[[Reply], bool]
     ) -> tuple[Reply, Exchange, float]:
@@ -359,7 +388,8 @@ class QuoteClient:
         self.last_answer_at = now
         if reply.status is Status.BUSY:
             self.stats["busy"] += 1
-            pending.exchange.on_busy(now, reply.retry_after_ms / 1000)
+            retry_after_ms = 0 if isinstance(reply, ListReply) else reply.retry_after_ms  # pages carry no hint
+            pending.exchange.on_busy(now, retry_after_ms / 1000)
             return
         pending.exchange.on_answer(now)
         if self.budget is not None:
@@ -397,6 +427,8 @@ examples:
   python udp_client.py --json quote banana 12          # one JSON object on stdout
   python udp_client.py --server [::1]:9999 --timeout 0.1 --retries 6 --deadline 3 quote pear 1
   python udp_client.py bulk orders.csv -o quotes.csv   # every row, in order; summary on stderr
+  python udp_client.py items                           # the server's catalog, sorted by name
+  python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
 
 exit codes:
   {EXIT_OK}  quoted
@@ -497,6 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quote", help="quote one item", description="Quote QUANTITY x ITEM.")
     q.add_argument("item", help="item name as in the catalog (quote names with spaces)")
     q.add_argument("quantity", type=parse_quantity, help=f"whole number, 1 to {MAX_QUANTITY}")
+    sub.add_parser(
+        "items",
+        help="list the server's catalog",
+        description="List every item the server quotes, "
+        "with its unit price, sorted by name (one line each; --json: one JSON array).",
+    )
+    w = sub.add_parser(
+        "web",
+        help="serve a quote page on loopback",
+        description="Serve a small web page for quotes: pick an item, enter a quantity, see the total. "
+        "The page talks HTTP to this process; this process talks UDP to the quote server.",
+    )
+    w.add_argument(
+        "--listen",
+        type=parse_address,
+        default=("127.0.0.1", 8080),
+        help="HTTP address for the page (default 127.0.0.1:8080)",
+    )
     b = sub.add_parser(
         "bulk",
         help="quote every row of a CSV file",
@@ -584,10 +634,42 @@ def main(argv: list[str] | None = None) -> int:
             return run_quote(args)
         if args.command == "bulk":
             return run_bulk_command(args)
+        if args.command == "items":
+            return run_items(args)
+        if args.command == "web":
+            import web
+
+            return web.serve(args.listen, args.server, policy_from_args(args))
     except KeyboardInterrupt:
         print("udp_client: interrupted", file=sys.stderr)
         return 130
     return EXIT_USAGE
+
+
+def list_once(server: Address, policy: RetryPolicy | None = None) -> tuple[int, list[tuple[str, int]]]:
+    """Blocking convenience: the server's catalog, (version, [(item, cents)])."""
+
+    async def run() -> tuple[int, list[tuple[str, int]]]:
+        async with QuoteClient(server, policy) as client:
+            return await client.list_items()
+
+    return asyncio.run(run())
+
+
+def run_items(args: argparse.Namespace) -> int:
+    try:
+        version, entries = list_once(args.server, policy_from_args(args))
+    except QuoteError as e:
+        print(f"udp_client: {e}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if args.json:
+        print(json.dumps([{"item": i, "unit_price": format_money(p)} for i, p in entries], ensure_ascii=False))
+        return EXIT_OK
+    width = max((len(i) for i, _ in entries), default=0)
+    for item, price in entries:
+        print(f"{item:<{width}}  {format_money(price):>10}")
+    print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
+    return EXIT_OK
 
 
 def run_bulk_command(args: argparse.Namespace) -> int:

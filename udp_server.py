@@ -32,6 +32,7 @@ from catalog import Catalog, CatalogError, load_catalog, price_total
 from guards import RateLimiter, ReplyCache, Verdict
 from metrics import start_metrics
 from wire_format import (
+    LIST_PAGE_SIZE,
     MAX_QUANTITY,
     MAX_RETRY_AFTER_MS,
     MESSAGE_SIZE,
@@ -39,6 +40,8 @@ from wire_format import (
     BatchReply,
     BatchRequest,
     LineResult,
+    ListReply,
+    ListRequest,
     MalformedDatagram,
     MessageKind,
     QuoteReply,
@@ -48,6 +51,7 @@ from wire_format import (
     Status,
     decode_any_request,
     encode_batch_reply,
+    encode_list_reply,
     encode_reply,
     lines_digest,
     peek_header,
@@ -59,6 +63,11 @@ RECV_BUFFER = 2048
 """Bigger than any valid request, so oversized datagrams are seen whole and counted, not truncated."""
 RECV_QUEUE_BYTES = 4 * 1024 * 1024
 _STATUS_KEY = {status: f"status.{status.name}" for status in Status}
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    QuoteReply: encode_reply,
+    BatchReply: encode_batch_reply,
+    ListReply: encode_list_reply,
+}
 DRAIN_LIMIT = 256
 """Datagrams handled per wake-up before checking for signals again."""
 
@@ -75,6 +84,7 @@ class QuoteServer:
     limiter: RateLimiter | None = None
     cache: ReplyCache | None = None
     stats: Counter[str] = field(default_factory=Counter)
+    _listing: tuple[int, tuple[tuple[str, int], ...]] = field(default=(0, ()), repr=False)
 
     def handle_datagram(self, data: bytes, addr: Address, now: float) -> bytes | None:
         """The reply to send back to ``addr``, or None to stay silent.
@@ -103,7 +113,7 @@ class QuoteServer:
                 self.stats["cache_hits"] += 1
                 self.stats["replies"] += 1
                 return cached
-        reply = self.quote(request) if isinstance(request, QuoteRequest) else self.quote_batch(request, data)
+        reply = self.answer(request, data)
         out = self._send_reply(data, reply)
         if out is not None and self.cache is not None:
             self.cache.put(key, request_crc, out, now)
@@ -114,7 +124,7 @@ class QuoteServer:
         if reply is None:
             self.stats["dropped"] += 1
             return None
-        out = encode_reply(reply) if isinstance(reply, QuoteReply) else encode_batch_reply(reply)
+        out = _ENCODERS[type(reply)](reply)
         # The one place that enforces "never amplify": a reply is never bigger than its request.
         if len(out) > len(data):
             self.stats["dropped.amplification"] += 1
@@ -123,8 +133,34 @@ class QuoteServer:
         self.stats[_STATUS_KEY[reply.status]] += 1
         return out
 
+    def answer(self, request: Request, data: bytes) -> Reply:
+        """The reply to a well-formed request of any kind."""
+        if isinstance(request, QuoteRequest):
+            return self.quote(request)
+        if isinstance(request, BatchRequest):
+            return self.quote_batch(request, data)
+        return self.list_page(request)
+
+    def list_page(self, request: ListRequest) -> ListReply:
+        """One page of the catalog, sorted by name; BAD_PAGE past the end."""
+        entries = self._sorted_entries()
+        pages = max(1, -(-len(entries) // LIST_PAGE_SIZE))
+        version = self.catalog.version
+        if request.page >= pages:
+            return ListReply(request.request_id, Status.BAD_PAGE, request.page, pages, catalog_version=version)
+        chunk = entries[request.page * LIST_PAGE_SIZE : (request.page + 1) * LIST_PAGE_SIZE]
+        return ListReply(request.request_id, Status.OK, request.page, pages, chunk, version)
+
+    def _sorted_entries(self) -> tuple[tuple[str, int], ...]:
+        # Sorted once per catalog version, not once per request.
+        if self._listing[0] != self.catalog.version or not self._listing[1]:
+            self._listing = (self.catalog.version, tuple(sorted(self.catalog.prices.items())))
+        return self._listing[1]
+
     def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
         retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
+        if isinstance(request, ListRequest):
+            return ListReply(request.request_id, Status.BUSY, request.page, 0, catalog_version=self.catalog.version)
         if isinstance(request, QuoteRequest):
             return QuoteReply(
                 request.request_id,
@@ -191,6 +227,8 @@ class QuoteServer:
         )
         if data[3] == MessageKind.BATCH_REQUEST:
             return BatchReply(request_id, status, 0, catalog_version=self.catalog.version)
+        if data[3] == MessageKind.LIST_REQUEST:
+            return ListReply(request_id, status, 0, 0, catalog_version=self.catalog.version)
         return QuoteReply(request_id, status, "", 0, catalog_version=self.catalog.version)
 
     def counters(self) -> dict[str, int]:

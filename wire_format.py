@@ -21,6 +21,7 @@ import re
 import struct
 import unicodedata
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -59,6 +60,11 @@ BATCH_REQUEST_FIXED = 20
 BATCH_REQUEST_LINE = 36
 BATCH_REPLY_FIXED = 28
 BATCH_REPLY_LINE = 17
+LIST_PAGE_SIZE = 16
+"""Catalog entries per list page: 26 + 40 * 16 = 666 bytes, so a list request is padded to 666."""
+LIST_REPLY_FIXED = 26
+LIST_REPLY_ENTRY = 40
+LIST_REQUEST_SIZE = LIST_REPLY_FIXED + LIST_REPLY_ENTRY * LIST_PAGE_SIZE
 
 
 class MessageKind(IntEnum):
@@ -66,6 +72,8 @@ class MessageKind(IntEnum):
     QUOTE_REPLY = 2
     BATCH_REQUEST = 3
     BATCH_REPLY = 4
+    LIST_REQUEST = 5
+    LIST_REPLY = 6
 
 
 class Status(IntEnum):
@@ -78,6 +86,7 @@ class Status(IntEnum):
     UNSUPPORTED_VERSION = 4
     MALFORMED = 5
     BUSY = 6
+    BAD_PAGE = 7
 
 
 class QuoteError(Exception):
@@ -156,6 +165,23 @@ QUOTE_REPLY_BODY = QUOTE_REPLY_DEF.compile()
 BATCH_REQUEST_BODY = BATCH_REQUEST_DEF.compile()
 BATCH_REPLY_BODY = BATCH_REPLY_DEF.compile()
 
+LIST_REQUEST_DEF = Struct(
+    *_HEADER,
+    "page" / Int16ub,
+    # Pads the request to the size of the largest page, so a listing never amplifies; must be zero.
+    "reserved" / Bytes(LIST_REQUEST_SIZE - HEADER_SIZE - 2 - CRC_SIZE),
+)
+_LIST_ENTRY = Struct("item" / Bytes(ITEM_SIZE), "unit_price" / Int64ub)
+LIST_REPLY_DEF = Struct(
+    *_HEADER,
+    "status" / Int8ub,
+    "count" / Int8ub,
+    "page" / Int16ub,
+    "pages" / Int16ub,
+    "catalog_version" / Int32ub,
+    "entries" / Array(this.count, _LIST_ENTRY),
+)
+
 _CRC = Int32ub
 _ZERO_RESERVED = bytes(_REQUEST_RESERVED)
 
@@ -209,6 +235,26 @@ class BatchReply:
     results: tuple[LineResult, ...] = ()
     catalog_version: int = 0
     retry_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """Ask for one page of the catalog (0-based), LIST_PAGE_SIZE items a page, sorted by name."""
+
+    request_id: int
+    page: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListReply:
+    """One page of (item, unit price in cents). ``pages`` is the page count of this catalog version."""
+
+    request_id: int
+    status: Status
+    page: int
+    pages: int
+    entries: tuple[tuple[str, int], ...] = ()
+    catalog_version: int = 0
 
 
 def batch_request_size(count: int) -> int:
@@ -485,8 +531,8 @@ def reference_decode_batch_reply(data: bytes) -> BatchReply:
     )
 
 
-Request = QuoteRequest | BatchRequest
-Reply = QuoteReply | BatchReply
+Request = QuoteRequest | BatchRequest | ListRequest
+Reply = QuoteReply | BatchReply | ListReply
 
 
 # ---------------------------------------------------------------- the fast codec
@@ -548,6 +594,10 @@ _F_BATCH_REPLY = _derive(
     BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest")
 )
 _F_BATCH_RESULT = _derive(_array_element(BATCH_REPLY_DEF), ("status", "unit_price", "total"))
+_F_LIST_REQUEST = _derive(LIST_REQUEST_DEF, (*_HDR, "page", "reserved"))
+_F_LIST_REPLY = _derive(LIST_REPLY_DEF, (*_HDR, "status", "count", "page", "pages", "catalog_version"))
+_F_LIST_ENTRY = _derive(_array_element(LIST_REPLY_DEF), ("item", "unit_price"))
+_LIST_RESERVED = bytes(_F_LIST_REQUEST.size - HEADER_SIZE - 2)
 _F_CRC = struct.Struct(">I")
 _STATUS = {s.value: s for s in Status}
 
@@ -721,14 +771,107 @@ def decode_batch_reply(data: bytes) -> BatchReply:
     return BatchReply(request_id, _STATUS[status], digest, results, version, retry)
 
 
+def encode_list_request(req: ListRequest) -> bytes:
+    """Bytes of a list request (always LIST_REQUEST_SIZE). Raises ValueError for a bad page number."""
+    return _sealed(
+        _pack(_F_LIST_REQUEST, MAGIC, VERSION, MessageKind.LIST_REQUEST, req.request_id, req.page, _LIST_RESERVED)
+    )
+
+
+def decode_list_request(data: bytes) -> ListRequest:
+    """Decode untrusted bytes into a ListRequest; raises MalformedDatagram on any defect."""
+    request_id = _check_frame(data, MessageKind.LIST_REQUEST, LIST_REQUEST_SIZE)
+    page, reserved = _F_LIST_REQUEST.unpack_from(data)[4:]
+    if reserved != _LIST_RESERVED:
+        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
+    return ListRequest(request_id, page)
+
+
+def encode_list_reply(rep: ListReply) -> bytes:
+    """Bytes of one catalog page. Raises ValueError for values that cannot be encoded."""
+    if len(rep.entries) > LIST_PAGE_SIZE:
+        raise ValueError(f"a list page holds at most {LIST_PAGE_SIZE} entries")
+    parts = [
+        _pack(
+            _F_LIST_REPLY,
+            MAGIC,
+            VERSION,
+            MessageKind.LIST_REPLY,
+            rep.request_id,
+            rep.status,
+            len(rep.entries),
+            rep.page,
+            rep.pages,
+            rep.catalog_version,
+        )
+    ]
+    parts += [_pack(_F_LIST_ENTRY, _item_field(item), price) for item, price in rep.entries]
+    return _sealed(b"".join(parts))
+
+
+def decode_list_reply(data: bytes) -> ListReply:
+    """Decode untrusted bytes into a ListReply; raises MalformedDatagram on any defect."""
+    count, extra = divmod(len(data) - LIST_REPLY_FIXED, LIST_REPLY_ENTRY)
+    if len(data) < LIST_REPLY_FIXED or extra or count > LIST_PAGE_SIZE:
+        raise MalformedDatagram("bad_length", f"{len(data)} bytes is no valid list page size")
+    request_id = _check_frame(data, MessageKind.LIST_REPLY, len(data))
+    status, n, page, pages, version = _F_LIST_REPLY.unpack_from(data)[4:]
+    if n != count:
+        raise MalformedDatagram("count_mismatch", request_id=request_id)
+    if status not in _STATUS:
+        raise MalformedDatagram("unknown_status", str(status), request_id=request_id)
+    body = memoryview(data)[_F_LIST_REPLY.size : -CRC_SIZE]
+    entries = tuple((_item(bytes(item), request_id), price) for item, price in _F_LIST_ENTRY.iter_unpack(body))
+    return ListReply(request_id, _STATUS[status], page, pages, entries, version)
+
+
+def reference_encode_list_reply(rep: ListReply) -> bytes:
+    """The construct build of a list page, for the byte-identity tests of the fast codec."""
+    body = LIST_REPLY_DEF.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.LIST_REPLY,
+            "request_id": rep.request_id,
+            "status": int(rep.status),
+            "count": len(rep.entries),
+            "page": rep.page,
+            "pages": rep.pages,
+            "catalog_version": rep.catalog_version,
+            "entries": [{"item": encode_item(i), "unit_price": p} for i, p in rep.entries],
+        }
+    )
+    return _seal(body)
+
+
+def reference_encode_list_request(req: ListRequest) -> bytes:
+    body = LIST_REQUEST_DEF.build(
+        {
+            "version": VERSION,
+            "kind": MessageKind.LIST_REQUEST,
+            "request_id": req.request_id,
+            "page": req.page,
+            "reserved": _LIST_RESERVED,
+        }
+    )
+    return _seal(body)
+
+
+_REQUEST_DECODERS: dict[int, Callable[[bytes], Request]] = {}
+_REPLY_DECODERS: dict[int, Callable[[bytes], Reply]] = {}
+
+
 def decode_any_request(data: bytes) -> Request:
     """Dispatch on the kind byte; the chosen decoder re-checks everything, CRC first."""
-    if len(data) > 3 and data[3] == MessageKind.BATCH_REQUEST:
-        return decode_batch_request(data)
-    return decode_request(data)
+    decoder = _REQUEST_DECODERS.get(data[3]) if len(data) > 3 else None
+    return (decoder or decode_request)(data)
 
 
 def decode_any_reply(data: bytes) -> Reply:
-    if len(data) > 3 and data[3] == MessageKind.BATCH_REPLY:
-        return decode_batch_reply(data)
-    return decode_reply(data)
+    decoder = _REPLY_DECODERS.get(data[3]) if len(data) > 3 else None
+    return (decoder or decode_reply)(data)
+
+
+_REQUEST_DECODERS.update(
+    {MessageKind.BATCH_REQUEST: decode_batch_request, MessageKind.LIST_REQUEST: decode_list_request}
+)
+_REPLY_DECODERS.update({MessageKind.BATCH_REPLY: decode_batch_reply, MessageKind.LIST_REPLY: decode_list_reply})

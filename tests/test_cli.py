@@ -163,3 +163,18 @@ def test_demo_quotes_survive_loss() -> None:
     assert "12 quotes: 12 exact (checked against the catalog), 0 wrong, 0 failed;" in r.stdout
     assert "2 x café crème @ 3.80 = 7.60" in r.stdout
     assert " 0 retransmissions" not in r.stdout, "at 30% loss the demo must show retries it survived"
+
+
+def test_items_lists_the_server_catalog(server_addr: str) -> None:
+    from conftest import expected_prices
+
+    r = run("udp_client.py", "--server", server_addr, "items")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    prices = expected_prices()
+    assert [line.rsplit(None, 1)[0].strip() for line in lines] == sorted(prices)
+    first = prices[sorted(prices)[0]]
+    assert lines[0].split()[-1] == f"{first // 100}.{first % 100:02d}"
+    assert f"{len(prices)} items, catalog version" in r.stderr
+    as_json = json.loads(run("udp_client.py", "--server", server_addr, "--json", "items").stdout)
+    assert len(as_json) == len(prices) and as_json[0]["item"] == sorted(prices)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from collections.abc import Callable
@@ -103,3 +104,37 @@ def test_fast_decoders_decide_like_construct(data: st.DataObject, pos: int, valu
 def test_fast_decoders_on_arbitrary_bytes(data: bytes) -> None:
     for _, _, _, fast, reference in KINDS:
         assert outcome(fast, data) == outcome(reference, data)
+
+
+list_requests = st.builds(wf.ListRequest, u64, u16)
+list_replies = st.builds(
+    wf.ListReply,
+    u64,
+    st.sampled_from(Status),
+    u16,
+    u16,
+    st.lists(st.tuples(item, u64), max_size=wf.LIST_PAGE_SIZE).map(tuple),
+    u32,
+)
+
+
+@given(list_requests, list_replies)
+def test_list_messages_match_construct_and_round_trip(req: wf.ListRequest, rep: wf.ListReply) -> None:
+    data = wf.encode_list_request(req)
+    assert data == wf.reference_encode_list_request(req) and len(data) == wf.LIST_REQUEST_SIZE
+    assert wf.decode_list_request(data) == req
+    page = wf.encode_list_reply(rep)
+    assert page == wf.reference_encode_list_reply(rep)
+    assert wf.decode_list_reply(page) == rep
+    assert len(page) <= len(data), "a page is never larger than the request for it"
+
+
+@given(st.binary(max_size=800), st.integers(0, 700), st.integers(0, 255))
+def test_list_decoders_only_raise_malformed(data: bytes, pos: int, value: int) -> None:
+    good = bytearray(wf.encode_list_reply(wf.ListReply(1, Status.OK, 0, 1, (("apple", 50),) * 3, 7))[:-4])
+    good[pos % len(good)] = value
+    resealed = bytes(good) + struct.pack(">I", zlib.crc32(bytes(good)))
+    for candidate in (data, resealed):
+        for decode in (wf.decode_list_request, wf.decode_list_reply, wf.decode_any_request, wf.decode_any_reply):
+            with contextlib.suppress(MalformedDatagram):
+                decode(candidate)

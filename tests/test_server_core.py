@@ -119,3 +119,21 @@ def test_malformed_batch_gets_a_small_batch_error(core: QuoteServer) -> None:
     assert out is not None and len(out) < len(bad)
     reply = decode_batch_reply(out)
     assert (reply.request_id, reply.status, reply.results) == (9, Status.MALFORMED, ())
+
+
+def test_catalog_listing_pages(core: QuoteServer) -> None:
+    from wire_format import LIST_PAGE_SIZE, ListRequest, decode_list_reply, encode_list_request
+
+    everything = sorted(core.catalog.prices.items())
+    pages = -(-len(everything) // LIST_PAGE_SIZE)
+    got: list[tuple[str, int]] = []
+    for page in range(pages):
+        data = encode_list_request(ListRequest(page + 100, page))
+        out = core.handle_datagram(data, ADDR, 0.0)
+        assert out is not None and len(out) <= len(data)
+        reply = decode_list_reply(out)
+        assert (reply.status, reply.page, reply.pages, reply.request_id) == (Status.OK, page, pages, page + 100)
+        got += reply.entries
+    assert got == everything
+    past = decode_list_reply(core.handle_datagram(encode_list_request(ListRequest(1, pages)), ADDR, 0.0) or b"")
+    assert (past.status, past.entries) == (Status.BAD_PAGE, ())

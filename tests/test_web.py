@@ -1,0 +1,137 @@
+"""The quote page: items from the server, a quote, errors in words, driven in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, expected_prices
+
+PY = sys.executable
+PRICES = expected_prices()
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", ROOT / "tests" / "artifacts"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def need_browser() -> str:
+    """Debian's chromium and Playwright's Python package; skip elsewhere, but never under CI=true."""
+    chromium = shutil.which("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        reason = "needs Debian's chromium and the playwright package (.ci/run installs both)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return chromium
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert marker in line, line
+    return proc, line
+
+
+@pytest.fixture
+def page_and_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    server, line = start(["udp_server.py", "--port", "0"], "listening on")
+    udp = line.split("listening on ")[1].split()[0]
+    web, web_line = start(
+        [
+            "udp_client.py",
+            "--server",
+            udp,
+            "--timeout",
+            "0.05",
+            "--deadline",
+            "1.5",
+            "web",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        "quote page on",
+    )
+    url = web_line.split("quote page on ")[1].split()[0]
+    try:
+        yield url, server
+    finally:
+        for proc in (web, server):
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate(timeout=10)
+
+
+def test_item_list_comes_from_the_server(page_and_server: tuple[str, subprocess.Popen[str]]) -> None:
+    url, _ = page_and_server
+    items = json.loads(urllib.request.urlopen(url + "api/items", timeout=10).read())
+    assert [i["item"] for i in items] == sorted(PRICES)
+    assert all(i["unit_price"] == f"{PRICES[i['item']] // 100}.{PRICES[i['item']] % 100:02d}" for i in items)
+
+
+def test_page_without_a_browser(page_and_server: tuple[str, subprocess.Popen[str]]) -> None:
+    url, _ = page_and_server
+    html = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert '<label for="item">Item</label>' in html and '<label for="quantity">Quantity</label>' in html
+    assert html.count("<option") == len(PRICES)
+    bad = urllib.request.urlopen(url + "?item=apple&quantity=0", timeout=10).read().decode()
+    assert 'role="alert"' in bad and "Bad quantity" in bad
+    unknown = urllib.request.urlopen(url + "?item=kiwi&quantity=2", timeout=10).read().decode()
+    assert "Unknown item" in unknown
+
+
+def test_quote_in_headless_chromium(page_and_server: tuple[str, subprocess.Popen[str]]) -> None:
+    chromium = need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, server = page_and_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 640, "height": 560})
+        page.goto(url)
+        page.get_by_label("Item").select_option("café crème")  # found by its label: the label is wired up
+        page.get_by_label("Quantity").fill("3")
+        page.get_by_role("button", name="Get quote").click()
+        cents = PRICES["café crème"] * 3
+        expect(page.locator("#total")).to_have_text(f"3 x café crème @ 3.80 = {cents // 100}.{cents % 100:02d}")
+        expect(page.locator("#attempts")).to_contain_text("1 attempt, round trip")
+        page.screenshot(path=str(ARTIFACTS / "web-quote.png"))
+
+        page.get_by_label("Quantity").fill("12")
+        page.get_by_label("Quantity").press("Enter")  # the keyboard alone submits
+        expect(page.locator("#total")).to_have_text("12 x café crème @ 3.80 = 45.60")
+
+        server.terminate()
+        server.communicate(timeout=10)
+        page.get_by_role("button", name="Get quote").click()
+        alert = page.get_by_role("alert").first
+        expect(alert).to_contain_text("unreachable")
+        expect(alert).to_contain_text("attempt(s) in")
+        page.screenshot(path=str(ARTIFACTS / "web-unreachable.png"))
+        browser.close()
