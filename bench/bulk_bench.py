@@ -122,6 +122,7 @@ def main() -> int:
     p.add_argument("--loss", type=float, nargs="+", default=[0.0, 0.1])
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--no-proxy", action="store_true", help="client straight to the server (loss must be 0)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per setting; the run with the median rows/s is kept")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     results = []
@@ -131,7 +132,14 @@ def main() -> int:
         print(f"{'batch':>5} {'loss':>5} {'rows/s':>9} {'ok/s':>9} {'seconds':>8} {'retrans':>8} {'peak RSS MB':>11}")
         for loss in args.loss:
             for batch in args.batch:
-                r = run_once(orders, args.rows, batch, loss, args.window, not args.no_proxy)
+                runs = sorted(
+                    (
+                        run_once(orders, args.rows, batch, loss, args.window, not args.no_proxy)
+                        for _ in range(args.repeat)
+                    ),
+                    key=lambda run: run["goodput_per_s"],
+                )
+                r = runs[len(runs) // 2]
                 results.append(r)
                 print(
                     f"{batch:>5} {loss:>5.0%} {r['rows_per_s']:>9,} {r['goodput_per_s']:>9,} {r['seconds']:>8} "
