@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -35,10 +36,9 @@ class RunningServer:
     sock: socket.socket
 
 
-@pytest.fixture
-def server() -> Iterator[RunningServer]:
-    """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""
-    core = QuoteServer(load_catalog(CATALOG))
+@contextmanager
+def serving(core: QuoteServer) -> Iterator[RunningServer]:
+    """Run ``core`` on 127.0.0.1:<free port> in a thread; stop it and check it stopped."""
     sock = bind_socket("127.0.0.1", 0)
     control = Control()
     thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
@@ -51,3 +51,10 @@ def server() -> Iterator[RunningServer]:
         assert not thread.is_alive(), "server thread did not stop"
         sock.close()
         control.close()
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""
+    with serving(QuoteServer(load_catalog(CATALOG))) as running:
+        yield running

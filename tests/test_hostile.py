@@ -6,17 +6,16 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import CATALOG, ROOT, RunningServer, expected_prices
+from conftest import CATALOG, ROOT, RunningServer, expected_prices, serving
 
 from catalog import load_catalog
 from guards import RateLimiter
 from retry import RetryPolicy
 from udp_client import NoAnswer, QuoteClient, QuoteResult
-from udp_server import Control, QuoteServer, bind_socket, serve
+from udp_server import QuoteServer
 
 PRICES = expected_prices()
 
@@ -40,18 +39,8 @@ def test_live_fuzz_short_run() -> None:
 @pytest.fixture
 def limited_server() -> Iterator[RunningServer]:
     """A server allowing each source IP 300 requests/s (bursts of 100)."""
-    core = QuoteServer(load_catalog(CATALOG), limiter=RateLimiter(rate=300, burst=100))
-    sock = bind_socket("127.0.0.1", 0)
-    control = Control()
-    thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
-    thread.start()
-    try:
-        yield RunningServer(core, sock.getsockname()[:2], sock)
-    finally:
-        control.stop()
-        thread.join(5)
-        sock.close()
-        control.close()
+    with serving(QuoteServer(load_catalog(CATALOG), limiter=RateLimiter(rate=300, burst=100))) as running:
+        yield running
 
 
 def test_flooded_server_still_serves_another_source(limited_server: RunningServer) -> None:
