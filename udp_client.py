@@ -183,6 +183,7 @@ class QuoteClient:
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._by_send: OrderedDict[int, _Pending] = OrderedDict()
         self._send_seq = 0
+        self._busy_until = 0.0
         self._transport: asyncio.DatagramTransport | None = None
         self._opened_at = 0.0
 
@@ -350,6 +351,8 @@ class QuoteClient:
         With many requests in flight this finds a loss in about one RTT, not one RTO."""
         if answered.exchange.attempts != 1:
             return  # which transmission was answered is ambiguous (Karn); do not infer from it
+        if now < self._busy_until:
+            return  # the server is rate limiting us: a missing answer is its silence, not loss
         horizon = answered.exchange.sent_at - self.rtt.reorder_window
         seq_horizon = answered.send_seq - REORDER_THRESHOLD
         while self._by_send:
@@ -390,6 +393,9 @@ class QuoteClient:
             self.stats["busy"] += 1
             retry_after_ms = 0 if isinstance(reply, ListReply) else reply.retry_after_ms  # pages carry no hint
             pending.exchange.on_busy(now, retry_after_ms / 1000)
+            # A rate limiter answers only some over-limit requests and drops the rest, so the
+            # others' silence is no loss signal either: no early retransmissions for a while.
+            self._busy_until = max(self._busy_until, now + max(retry_after_ms / 1000, self.rtt.rto))
             return
         pending.exchange.on_answer(now)
         if self.budget is not None:
