@@ -267,12 +267,18 @@ class QuoteClient:
         request = ListRequest(self._new_request_id(), page)
 
         def accepts(reply: Reply) -> bool:
-            return (isinstance(reply, ListReply) and reply.page == page) or (
-                isinstance(reply, ListReply) and reply.status is not Status.OK and not reply.entries
+            if isinstance(reply, QuoteReply):  # a server older than list messages says MALFORMED
+                return reply.status in (Status.MALFORMED, Status.UNSUPPORTED_VERSION) and reply.item == ""
+            return isinstance(reply, ListReply) and (
+                reply.page == page or (reply.status is not Status.OK and not reply.entries)
             )
 
         reply, _, _ = await self._call(request, encode_list_request(request), accepts)
-        assert isinstance(reply, ListReply)
+        if not isinstance(reply, ListReply):
+            raise QuoteError(
+                f"the server answered {reply.status.name} to a list request: "
+                "it may be a udp-price too old to list its catalog"
+            )
         return reply
 
     async def _call(
@@ -568,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--batch",
         type=_at_least_one,
-        default=16,
-        help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 16)",
+        default=32,
+        help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 32)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
     return p
@@ -649,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("udp_client: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. 'items | head': the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OUTPUT
     return EXIT_USAGE
 
 

@@ -178,3 +178,16 @@ def test_rack_retransmits_a_lost_request_once_later_ones_are_answered(server: Ru
     assert [r.total for r in results] == [50 * q for q in range(1, 11)]
     assert results[0].attempts == 2 and all(r.attempts == 1 for r in results[1:])
     assert stats["fast_retransmissions"] == 1 and stats["retransmissions"] == 1
+
+
+def test_listing_against_a_server_without_list_messages_fails_fast() -> None:
+    """A server that predates list messages answers MALFORMED with our id: say so, do not time out."""
+    from udp_client import list_once
+    from wire_format import QuoteError
+
+    def old_server(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        rid = int.from_bytes(data[4:12], "big")
+        sock.sendto(encode_reply(QuoteReply(rid, Status.MALFORMED, "", 0)), addr)
+
+    with fake_server(old_server) as addr, pytest.raises(QuoteError, match="too old to list its catalog"):
+        list_once(addr, FAST)
