@@ -122,30 +122,37 @@ def main() -> int:
     p.add_argument("--loss", type=float, nargs="+", default=[0.0, 0.1])
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--no-proxy", action="store_true", help="client straight to the server (loss must be 0)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per setting; the run with the median rows/s is kept")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over all settings; per setting the run with the median rows/s is kept",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
-    results = []
+    if not all(1 <= b <= 32 for b in args.batch):
+        p.error("--batch values must be 1 to 32")
+    settings = [(loss, batch) for loss in args.loss for batch in args.batch]
+    runs: dict[tuple[float, int], list[dict[str, float]]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as tmp:
         orders = Path(tmp) / "orders.csv"
         write_orders(orders, args.rows)
-        print(f"{'batch':>5} {'loss':>5} {'rows/s':>9} {'ok/s':>9} {'seconds':>8} {'retrans':>8} {'peak RSS MB':>11}")
-        for loss in args.loss:
-            for batch in args.batch:
-                runs = sorted(
-                    (
-                        run_once(orders, args.rows, batch, loss, args.window, not args.no_proxy)
-                        for _ in range(args.repeat)
-                    ),
-                    key=lambda run: run["goodput_per_s"],
-                )
-                r = runs[len(runs) // 2]
-                results.append(r)
-                print(
-                    f"{batch:>5} {loss:>5.0%} {r['rows_per_s']:>9,} {r['goodput_per_s']:>9,} {r['seconds']:>8} "
-                    f"{r['retransmissions']:>8} {r['peak_rss_mb']:>11}",
-                    flush=True,
-                )
+        # Rounds over every setting, not all repeats of one setting in a row: the machine's load
+        # drifts over minutes, and interleaving lets that drift touch every setting alike.
+        for _ in range(args.repeat):
+            for loss, batch in settings:
+                runs[(loss, batch)].append(run_once(orders, args.rows, batch, loss, args.window, not args.no_proxy))
+    results = []
+    print(f"{'batch':>5} {'loss':>5} {'rows/s':>9} {'ok/s':>9} {'seconds':>8} {'retrans':>8} {'peak RSS MB':>11}")
+    for setting in settings:
+        ordered = sorted(runs[setting], key=lambda run: run["goodput_per_s"])
+        r = ordered[len(ordered) // 2]  # the median run
+        results.append(r)
+        print(
+            f"{r['batch']:>5} {r['loss']:>5.0%} {r['rows_per_s']:>9,} {r['goodput_per_s']:>9,} {r['seconds']:>8} "
+            f"{r['retransmissions']:>8} {r['peak_rss_mb']:>11}",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
