@@ -105,11 +105,13 @@ class ReplyCache:
         return entry.reply
 
     def put(self, key: tuple[str, int, int], request_crc: int, reply: bytes, now: float) -> None:
-        self._entries[key] = _Entry(request_crc, reply, now)
-        self._entries.move_to_end(key)
+        entries = self._entries
+        if key in entries:
+            entries.move_to_end(key)  # assignment alone would leave it at its old place in the age order
+        entries[key] = _Entry(request_crc, reply, now)
         self._puts += 1
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        if len(entries) > self.max_entries:
+            entries.popitem(last=False)
             self.evictions += 1
         # Sweeping by age on every put cost more than the lookup itself. get() never serves an
         # old entry anyway, so old ones only need to leave memory eventually: every 64th put.
