@@ -11,6 +11,9 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+MAX_HINT_S = 65.0
+"""Longest retry-after a BUSY reply can carry (its u16 field counts milliseconds)."""
+
 
 class Verdict(enum.Enum):
     ALLOW = "allow"
@@ -23,6 +26,8 @@ class _Bucket:
     tokens: float
     updated: float
     over: int = 0
+    queue: float = 0.0
+    """Over-limit requests told to come back, draining at ``rate``: the n-th is told n / rate."""
 
 
 @dataclass
@@ -54,19 +59,31 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(source)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            refill = (now - bucket.updated) * self.rate
+            bucket.tokens = min(self.burst, bucket.tokens + refill)
+            bucket.queue = max(0.0, bucket.queue - refill)
             bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return Verdict.ALLOW
         bucket.over += 1
-        return Verdict.SLIP if self.slip and bucket.over % self.slip == 0 else Verdict.DROP
+        if self.slip and bucket.over % self.slip == 0:
+            bucket.queue = min(self.rate * MAX_HINT_S, bucket.queue + 1.0)
+            return Verdict.SLIP
+        return Verdict.DROP
 
     def retry_after_ms(self, source: str) -> int:
-        """Milliseconds until ``source`` has a whole token again (at least 1)."""
+        """Milliseconds a BUSY reply tells ``source`` to wait (at least 1).
+
+        Not just until the next token: with many requests over the limit that would bring them all
+        back at once. Each one told to come back takes a place in a virtual queue that drains at
+        ``rate``, so the n-th is told about n / rate and their retries arrive spread out.
+        """
         bucket = self._buckets.get(source)
-        missing = 1.0 - (bucket.tokens if bucket else self.burst)
-        return max(1, math.ceil(max(0.0, missing) / self.rate * 1000))
+        if bucket is None:
+            return 1
+        wait = max(0.0, 1.0 - bucket.tokens) + max(0.0, bucket.queue - 1.0)
+        return max(1, math.ceil(wait / self.rate * 1000))
 
     def __len__(self) -> int:
         return len(self._buckets)

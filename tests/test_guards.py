@@ -29,6 +29,18 @@ def test_token_bucket_burst_then_slip_every_second() -> None:
     assert rl.retry_after_ms("a") == 100
 
 
+def test_busy_hints_spread_the_retries_out() -> None:
+    rl = RateLimiter(rate=100, burst=1, slip=1)
+    assert rl.check("a", 0.0) is Verdict.ALLOW
+    hints = []
+    for _ in range(5):
+        assert rl.check("a", 0.0) is Verdict.SLIP
+        hints.append(rl.retry_after_ms("a"))
+    assert hints == [10, 20, 30, 40, 50], "the n-th over-limit request is told n / rate"
+    assert rl.check("a", 0.5) is Verdict.ALLOW
+    assert rl.retry_after_ms("a") == 10, "the queue has drained at rate: back to one token's wait"
+
+
 def test_slip_zero_means_silence() -> None:
     rl = RateLimiter(rate=1, burst=1, slip=0)
     assert [rl.check("a", 0.0) for _ in range(4)] == [Verdict.ALLOW] + [Verdict.DROP] * 3

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,7 +85,7 @@ def test_flooded_server_still_serves_another_source(limited_server: RunningServe
     assert rate >= 0.99
 
 
-def test_client_honours_retry_after(limited_server: RunningServer) -> None:
+def test_quotes_complete_under_rate_limiting(limited_server: RunningServer) -> None:
     async def run() -> tuple[list[QuoteResult], dict[str, int]]:
         async with QuoteClient(limited_server.address, RetryPolicy(deadline_s=10)) as client:
             results = await asyncio.gather(*(client.quote("pear", q) for q in range(1, 401)))
@@ -92,5 +94,34 @@ def test_client_honours_retry_after(limited_server: RunningServer) -> None:
     results, stats = asyncio.run(run())
     assert [r.total for r in results] == [55 * q for q in range(1, 401)]
     assert stats["busy"] > 0, "400 at once from one source must meet the 100-request burst"
-    # Over-limit requests are answered BUSY or dropped; the client waits as told rather than hammering.
-    assert limited_server.core.stats["requests"] < 3 * 400
+
+
+def test_client_waits_the_retry_after_it_is_told() -> None:
+    """A server that answers every first attempt BUSY with retry-after 300 ms: no second attempt
+    of any request may arrive sooner (a lower bound, so a slow machine cannot break it)."""
+    from test_client_integration import fake_server, real_reply
+
+    from wire_format import QuoteReply, Status, decode_request, encode_reply
+
+    seen: dict[int, list[float]] = {}
+
+    def busy_first(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        req = decode_request(data)
+        arrivals = seen.setdefault(req.request_id, [])
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            sock.sendto(
+                encode_reply(QuoteReply(req.request_id, Status.BUSY, req.item, req.quantity, retry_after_ms=300)), addr
+            )
+        else:
+            sock.sendto(real_reply(data), addr)
+
+    async def run(addr: tuple[str, int]) -> list[QuoteResult]:
+        async with QuoteClient(addr) as client:
+            return list(await asyncio.gather(*(client.quote("apple", q) for q in range(1, 21))))
+
+    with fake_server(busy_first) as addr:
+        results = asyncio.run(run(addr))
+    assert [r.total for r in results] == [50 * q for q in range(1, 21)]
+    gaps = [times[1] - times[0] for times in seen.values()]
+    assert len(gaps) == 20 and min(gaps) >= 0.3, f"retransmitted before retry-after: {min(gaps):.3f} s"
