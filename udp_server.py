@@ -559,10 +559,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rate",
         type=_non_negative,
-        default=10_000,
-        help="requests per second allowed per source IP (default 10000; 0 turns limiting off)",
+        default=40_000,
+        help="requests per second allowed per source IP (default 40000; 0 turns limiting off)",
     )
-    p.add_argument("--burst", type=_non_negative, default=20_000, help="token bucket size per source (default 20000)")
+    p.add_argument("--burst", type=_non_negative, default=80_000, help="token bucket size per source (default 80000)")
     p.add_argument(
         "--cache-size",
         type=int,
