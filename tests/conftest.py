@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,24 @@ class RunningServer:
     core: QuoteServer
     address: tuple[str, int]
     sock: socket.socket
+
+
+def spawn(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python ARGS`` in the project; return it and its first stdout line, which must contain marker."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert marker in line, f"{args[0]} did not start: {line!r}"
+    return proc, line
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """``udp_server.py --port 0 ARGS``; returns it and the (host, port) its start line names."""
+    proc, line = spawn(["udp_server.py", "--port", "0", *args], "listening on")
+    host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
+    return proc, (host.strip("[]"), int(port))
 
 
 @contextmanager

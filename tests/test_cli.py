@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, start_server
 
 PY = sys.executable
 FAST = ["--timeout", "0.05", "--deadline", "1"]
@@ -28,24 +28,14 @@ def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [PY, "udp_server.py", "--port", "0", *extra],
-        cwd=ROOT,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on 127.0.0.1:" in line, line + proc.stderr.read() if proc.stderr else line
-    port = line.split("listening on 127.0.0.1:")[1].split()[0]
-    return proc, f"127.0.0.1:{port}"
+def start_cli_server(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    proc, (host, port) = start_server(*extra)
+    return proc, f"{host}:{port}"
 
 
 @pytest.fixture
 def server_addr() -> Iterator[str]:
-    proc, addr = start_server()
+    proc, addr = start_cli_server()
     try:
         yield addr
     finally:
@@ -146,7 +136,7 @@ def test_port_in_use_exits_5(server_addr: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_server_stops_cleanly_with_counters(sig: signal.Signals) -> None:
-    proc, addr = start_server()
+    proc, addr = start_cli_server()
     assert run("udp_client.py", "--server", addr, "quote", "apple", "1").returncode == 0
     assert run("udp_client.py", "--server", addr, "quote", "kiwi", "1").returncode == 1
     proc.send_signal(sig)

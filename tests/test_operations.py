@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, start_server
 
 from catalog import Catalog, load_catalog
 from fault_proxy import FaultPlan, FaultProxy
@@ -72,18 +72,6 @@ def test_reloads_under_load_never_give_a_wrong_quote(tmp_path: Path) -> None:
         assert r.total == versions[r.catalog_version].prices["apple"] * r.quantity
     assert {r.catalog_version for r in results} == set(versions), "both catalogs served during the run"
     assert core.stats["reloads.ok"] >= 4 and core.stats["reloads.failed"] >= 1
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
-    proc = subprocess.Popen(
-        [PY, "udp_server.py", "--port", "0", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on" in line, line
-    where = line.split("listening on ")[1].split()[0]
-    host, _, port = where.rpartition(":")
-    return proc, (host.strip("[]"), int(port))
 
 
 def quote(addr: tuple[str, int], item: str = "apple", qty: int = 1) -> QuoteResult:

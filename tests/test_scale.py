@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, expected_prices
+from conftest import ROOT, expected_prices, spawn
 from rootenv import require
 
 from udp_client import NoAnswer, QuoteClient, QuoteResult
@@ -26,13 +26,7 @@ PRICES = expected_prices()
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [PY, "udp_server.py", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "listening on" in line, line
-    return proc, line
+    return spawn(["udp_server.py", *args], "listening on")
 
 
 async def many_clients(addr: tuple[str, int], clients: int, each: int) -> list[QuoteResult | NoAnswer]:

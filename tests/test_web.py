@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, expected_prices
+from conftest import ROOT, expected_prices, spawn
 
 PY = sys.executable
 PRICES = expected_prices()
@@ -50,19 +50,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert marker in line, line
-    return proc, line
-
-
 @pytest.fixture
 def page_and_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    server, line = start(["udp_server.py", "--port", "0"], "listening on")
+    server, line = spawn(["udp_server.py", "--port", "0"], "listening on")
     udp = line.split("listening on ")[1].split()[0]
-    web, web_line = start(
+    web, web_line = spawn(
         [
             "udp_client.py",
             "--server",
