@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import IO, Any
 
@@ -237,10 +237,6 @@ class FaultProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def delivered(self, direction: Direction) -> int:
-        """Datagrams actually sent on in that direction, duplicates included."""
-        return self.stats[f"{direction.value}.sent"]
 
     def _flow_for(self, client: Address) -> _Flow:
         flow = self._flows.get(client)
@@ -498,13 +494,6 @@ def main(argv: list[str] | None = None) -> int:
             return 5
     print(f"fault_proxy: stopped; seed={seed} {proxy.summary()}", flush=True)
     return 0
-
-
-def with_faults(plan: FaultPlan, direction: Direction, **changes: Any) -> FaultPlan:
-    """A copy of ``plan`` with some faults of one direction changed, e.g. to start a blackhole now."""
-    if direction is Direction.UP:
-        return replace(plan, up=replace(plan.up, **changes))
-    return replace(plan, down=replace(plan.down, **changes))
 
 
 if __name__ == "__main__":
