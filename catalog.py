@@ -19,12 +19,18 @@ from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 
-from wire_format import ITEM_SIZE, MAX_TOTAL, QuoteError, normalize_item
+from wire_format import ITEM_SIZE, LIST_PAGE_SIZE, MAX_TOTAL, QuoteError, normalize_item
 
 MINOR_UNITS = 100
 """Minor units per major unit: prices are exact integer cents."""
 MAX_PRICE = 10**15
 """Largest unit price in minor units (10 trillion); keeps catalogs sane, totals still can overflow."""
+MAX_LIST_PAGES = 2**16 - 1
+"""The list reply's page-count field is a u16."""
+MAX_ITEMS = LIST_PAGE_SIZE * MAX_LIST_PAGES
+"""1,048,560: more items would need a page count the list reply cannot carry."""
+MAX_WIRE_PRICE = 2**64 - 1
+"""Unit prices travel in u64 fields."""
 _PRICE_RE = re.compile(r"^\d+(\.\d+)?$")
 
 
@@ -108,6 +114,7 @@ def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
         problems.append(f"line {reader.line_num}: broken CSV: {e}")
     if not prices and not problems:
         problems.append("no items: the catalog must list at least one")
+    problems += wire_limit_problems(prices)
     if problems:
         raise CatalogError(path, problems)
     return Catalog.from_prices(prices)
@@ -138,13 +145,39 @@ def _check_row(
     return None
 
 
+def wire_limit_problems(prices: Mapping[str, int]) -> list[str]:
+    """Whatever in ``prices`` the wire format cannot carry, one sentence naming the limit each.
+
+    Checked at every load and reload, so a catalog that loads can be served in full: no request
+    meets a value that does not fit its field. (Name size is checked per row by parse_catalog.)"""
+    problems = []
+    if len(prices) > MAX_ITEMS:
+        problems.append(
+            f"{len(prices):,} items; at most {MAX_ITEMS:,} fit the list messages "
+            f"({LIST_PAGE_SIZE} a page, page count in a 16-bit field: {MAX_LIST_PAGES:,} pages)"
+        )
+    too_big = [item for item, price in prices.items() if not 0 <= price <= MAX_WIRE_PRICE]
+    if too_big:
+        problems.append(f"{len(too_big)} price(s) do not fit the 64-bit price field, e.g. {too_big[0]!r}")
+    return problems
+
+
 def load_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog file; raises CatalogError (also for unreadable files)."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        raw = Path(path).read_bytes()
+    except OSError as e:
         raise CatalogError(str(path), [f"cannot read: {e}"]) from e
-    return parse_catalog(text, str(path))
+    return parse_catalog_bytes(raw, str(path))
+
+
+def parse_catalog_bytes(raw: bytes, path: str = "<catalog>") -> Catalog:
+    """Validate the bytes of a catalog file (UTF-8, optional BOM); raises CatalogError."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CatalogError(path, [f"cannot read: {e}"]) from e
+    return parse_catalog(text, path)
 
 
 def price_total(unit_price: int, quantity: int) -> int | None:

@@ -7,7 +7,9 @@ flood of new source addresses or request ids costs a fixed amount of memory.
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -93,7 +95,7 @@ class RateLimiter:
 
 @dataclass
 class _Entry:
-    request_crc: int
+    request_digest: bytes
     reply: bytes
     stored: float
 
@@ -103,8 +105,11 @@ class ReplyCache:
     """(source address, request id) -> the reply it got, as CoAP servers keep for duplicates.
 
     A retransmission gets byte-for-byte the reply the first transmission got, even if the
-    catalog was reloaded in between. An entry is used only if the request bytes are the same
-    (same CRC32), so a reused id with different content is answered afresh.
+    catalog was reloaded in between. An entry is used only for a byte-identical request: the
+    entry keeps a keyed BLAKE2b digest of every byte of the request that earned the reply. A CRC
+    would not do: anyone can choose 4 free bytes of a small request so that its CRC32 equals a
+    big request's, and be sent the big request's reply (an amplifier). The key is random per
+    process, so no one can even search for a collision offline.
     """
 
     max_entries: int = 100_000
@@ -112,22 +117,28 @@ class ReplyCache:
     evictions: int = 0
     _puts: int = 0
     _entries: OrderedDict[tuple[str, int, int], _Entry] = field(default_factory=OrderedDict, repr=False)
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)
 
-    def get(self, key: tuple[str, int, int], request_crc: int, now: float) -> bytes | None:
+    def digest(self, request: bytes) -> bytes:
+        """What an entry remembers of the request: 128 bits of keyed BLAKE2b over all of it."""
+        return hashlib.blake2b(request, digest_size=16, key=self._key).digest()
+
+    def get(self, key: tuple[str, int, int], request: bytes, now: float) -> bytes | None:
+        """The reply stored for exactly these request bytes from this source, or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if now - entry.stored > self.max_age_s or entry.request_crc != request_crc:
+        if now - entry.stored > self.max_age_s or entry.request_digest != self.digest(request):
             del self._entries[key]
             self.evictions += 1
             return None
         return entry.reply
 
-    def put(self, key: tuple[str, int, int], request_crc: int, reply: bytes, now: float) -> None:
+    def put(self, key: tuple[str, int, int], request: bytes, reply: bytes, now: float) -> None:
         entries = self._entries
         if key in entries:
             entries.move_to_end(key)  # assignment alone would leave it at its old place in the age order
-        entries[key] = _Entry(request_crc, reply, now)
+        entries[key] = _Entry(self.digest(request), reply, now)
         self._puts += 1
         if len(entries) > self.max_entries:
             entries.popitem(last=False)

@@ -21,6 +21,11 @@ LABELLED = {
     "malformed.": ("udp_price_malformed", "Datagrams that could not be decoded, by reason", "reason"),
     "rate_limited.": ("udp_price_rate_limited", "Requests over their source's rate, by what was done", "action"),
     "reloads.": ("udp_price_reloads", "Catalog reloads, by result", "result"),
+    "refused.": (
+        "udp_price_refused",
+        "Datagrams never answered: from a reflecting service's port (source_port) or not a request kind",
+        "reason",
+    ),
 }
 PLAIN = {
     "requests": "Datagrams received",
@@ -29,6 +34,9 @@ PLAIN = {
     "cache_evictions": "Reply cache entries evicted for size or age",
     "dropped": "Datagrams answered with silence",
     "send_errors": "Replies the kernel refused to send",
+    "internal_errors": "Datagrams (or duties) that raised an unexpected exception; the server went on",
+    "bytes_received": "Bytes of datagrams received",
+    "bytes_sent": "Bytes of datagrams sent; never more than bytes_received",
 }
 
 

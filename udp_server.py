@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from catalog import Catalog, CatalogError, load_catalog, price_total
+from catalog import Catalog, CatalogError, load_catalog, parse_catalog_bytes, price_total, wire_limit_problems
 from guards import RateLimiter, ReplyCache, Verdict
 from metrics import start_metrics
 from wire_format import (
@@ -36,7 +37,7 @@ from wire_format import (
     MAX_QUANTITY,
     MAX_RETRY_AFTER_MS,
     MAX_TOTAL,
-    MESSAGE_SIZE,
+    REQUEST_KINDS,
     VERSION,
     BatchReply,
     BatchRequest,
@@ -66,7 +67,48 @@ Address = tuple[str, int] | tuple[str, int, int, int]
 RECV_BUFFER = 2048
 """Bigger than any valid request, so oversized datagrams are seen whole and counted, not truncated."""
 RECV_QUEUE_BYTES = 4 * 1024 * 1024
-_STATUS_KEY = {status: f"status.{status.name}" for status in Status}
+_STATUS_KEY_BY_VALUE = {int(status): f"status.{status.name}" for status in Status}
+REPLY_STATUS_OFFSET = 12
+"""Every reply kind carries its status byte right after the 12-byte common header."""
+REFLECTOR_PORTS = frozenset(
+    {
+        0,  # not a real source port: nothing can answer it, so it is spoofed or broken
+        7,  # echo
+        9,  # discard
+        11,  # systat
+        13,  # daytime
+        17,  # qotd
+        19,  # chargen (the echo/chargen loop, CVE-1999-0103)
+        37,  # time
+        53,  # DNS
+        69,  # TFTP
+        111,  # portmap / rpcbind
+        123,  # NTP
+        137,  # NetBIOS name service
+        161,  # SNMP
+        162,  # SNMP trap
+        389,  # CLDAP
+        427,  # SLP
+        443,  # QUIC
+        500,  # IKE
+        520,  # RIP
+        1194,  # OpenVPN
+        1434,  # MS SQL browser
+        1900,  # SSDP
+        3283,  # Apple Remote Desktop
+        3478,  # STUN / TURN
+        3702,  # WS-Discovery
+        5060,  # SIP
+        5353,  # mDNS
+        5683,  # CoAP
+        10001,  # Ubiquiti discovery
+        11211,  # memcached
+    }
+)
+"""Source ports of UDP services that answer whatever they receive. A datagram "from" one of them is
+a reflection attempt (spoofed, to make us and that service answer each other) or at best a
+misconfiguration: real clients send from ephemeral ports. Dropped silently, counted as
+``refused.source_port``."""
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     QuoteReply: encode_reply,
     BatchReply: encode_batch_reply,
@@ -101,9 +143,28 @@ class QuoteServer:
         """The reply to send back to ``addr``, or None to stay silent.
 
         Never raises on remote input: garbage is counted under ``malformed.<reason>``.
-        ``now`` is seconds on a monotonic clock.
+        ``now`` is seconds on a monotonic clock. Every reply leaves through ``_checked``.
         """
         self.stats["requests"] += 1
+        return self._checked(data, self._respond(data, addr, now))
+
+    def _checked(self, data: bytes, out: bytes | None) -> bytes | None:
+        """The one place every outgoing datagram passes, cached or fresh, error or answer: it is
+        never larger than the request that caused it (no amplification toward a spoofed source)."""
+        if out is None:
+            return None
+        if len(out) > len(data):
+            self.stats["dropped.amplification"] += 1
+            return None
+        self.stats["replies"] += 1
+        self.stats[_STATUS_KEY_BY_VALUE.get(out[REPLY_STATUS_OFFSET], "status.unknown")] += 1
+        return out
+
+    def _respond(self, data: bytes, addr: Address, now: float) -> bytes | None:
+        if addr[1] in REFLECTOR_PORTS:
+            # Checked before the rate limiter, so these cost no tokens of a real client behind the same IP.
+            self.stats["refused.source_port"] += 1
+            return None
         verdict = self.limiter.check(addr[0], now) if self.limiter is not None else Verdict.ALLOW
         if verdict is Verdict.DROP:
             self.stats["rate_limited.dropped"] += 1
@@ -116,22 +177,20 @@ class QuoteServer:
             request = decode_any_request(data)
         except MalformedDatagram as e:
             self.stats[f"malformed.{e.reason}"] += 1
-            return self._send_reply(data, self._error_reply(e, data) if verdict is Verdict.ALLOW else None)
+            return self._encoded(self._error_reply(e, data) if verdict is Verdict.ALLOW else None)
         if verdict is Verdict.SLIP:
             self.stats["rate_limited.busy"] += 1
             assert self.limiter is not None
-            return self._send_reply(data, self._busy_reply(request, self.limiter.retry_after_ms(addr[0])))
-        key, request_crc = (addr[0], addr[1], request.request_id), int.from_bytes(data[-4:], "big")
+            return self._encoded(self._busy_reply(request, self.limiter.retry_after_ms(addr[0])))
+        key = (addr[0], addr[1], request.request_id)
         if self.cache is not None:
-            cached = self.cache.get(key, request_crc, now)
+            cached = self.cache.get(key, data, now)
             if cached is not None:
                 self.stats["cache_hits"] += 1
-                self.stats["replies"] += 1
                 return cached
-        reply = self.answer(request, data)
-        out = self._send_reply(data, reply)
-        if out is not None and self.cache is not None:
-            self.cache.put(key, request_crc, out, now)
+        out = self._encoded(self.answer(request, data))
+        if out is not None and self.cache is not None and len(out) <= len(data):
+            self.cache.put(key, data, out, now)
         return out
 
     def quote_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
@@ -145,34 +204,23 @@ class QuoteServer:
         unit = self._wire_prices.get(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
             return None
-        key, request_crc = (addr[0], addr[1], request_id), int.from_bytes(data[-4:], "big")
+        key = (addr[0], addr[1], request_id)
         if self.cache is not None:
-            cached = self.cache.get(key, request_crc, now)
+            cached = self.cache.get(key, data, now)
             if cached is not None:
                 self.stats["cache_hits"] += 1
-                self.stats["replies"] += 1
                 return cached
-        reply = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, self.catalog.version)
-        out = self._emit(data, reply, Status.OK)
-        if out is not None and self.cache is not None:
-            self.cache.put(key, request_crc, out, now)
+        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, self.catalog.version)
+        if self.cache is not None and len(out) <= len(data):
+            self.cache.put(key, data, out, now)
         return out
 
-    def _send_reply(self, data: bytes, reply: Reply | None) -> bytes | None:
-        """Encode and count ``reply``; None (silence) if there is none or it would amplify."""
+    def _encoded(self, reply: Reply | None) -> bytes | None:
+        """The bytes of ``reply``; None (silence, counted) if there is none."""
         if reply is None:
             self.stats["dropped"] += 1
             return None
-        return self._emit(data, _ENCODERS[type(reply)](reply), reply.status)
-
-    def _emit(self, data: bytes, out: bytes, status: Status) -> bytes | None:
-        # The one place that enforces "never amplify": a reply is never bigger than its request.
-        if len(out) > len(data):
-            self.stats["dropped.amplification"] += 1
-            return None
-        self.stats["replies"] += 1
-        self.stats[_STATUS_KEY[status]] += 1
-        return out
+        return _ENCODERS[type(reply)](reply)
 
     def answer(self, request: Request, data: bytes) -> Reply:
         """The reply to a well-formed request of any kind."""
@@ -216,7 +264,13 @@ class QuoteServer:
         )
 
     def set_catalog(self, catalog: Catalog) -> None:
-        """Swap in a new, already validated catalog; requests after this see only the new one."""
+        """Swap in a new, already validated catalog; requests after this see only the new one.
+
+        Raises ValueError for a catalog the wire cannot carry (load_catalog never returns one):
+        better refused here than met by the first list request."""
+        problems = wire_limit_problems(catalog.prices)
+        if problems:
+            raise ValueError("; ".join(problems))
         self._wire_prices = {encode_item(name): price for name, price in catalog.prices.items()}
         self.catalog = catalog
 
@@ -256,12 +310,19 @@ class QuoteServer:
         request_id = error.request_id
         version_ok = True
         if request_id is None:
-            # Another protocol version may use another length or checksum; its fixed 12-byte header
-            # still tells us whom to answer (the size check below keeps that from amplifying).
+            # Another protocol version may use another length; its 12-byte header and trailing CRC32
+            # are shared by all versions and tell us whom to answer (_checked keeps it from amplifying).
+            # peek_header checks the version-independent seal (CRC32) first: a datagram of our
+            # version with a flipped version byte fails it and is dropped, never told UNSUPPORTED_VERSION.
             header = peek_header(data)
-            if header is None or header[0] == VERSION or len(data) < MESSAGE_SIZE:
+            if header is None or header[0] == VERSION:
                 return None
             request_id, version_ok = header[1], False
+        if data[3] not in REQUEST_KINDS:
+            # Replies (and unknown kinds) are never answered, however intact: answering a reply
+            # lets one spoofed datagram start an endless exchange between two peers (or with itself).
+            self.stats["refused.not_a_request"] += 1
+            return None
         status = (
             Status.UNSUPPORTED_VERSION
             if error.reason == "unsupported_version" or not version_ok
@@ -371,16 +432,23 @@ def serve(
                 control.drain()
             if control.reload_requested and duties is not None:
                 control.reload_requested = False
-                duties.reload()
+                try:
+                    duties.reload()
+                except Exception as e:
+                    internal_error(server, e, "reloading the catalog")
             _drain(sock, server, control, clock)
             if duties is not None and next_tick is not None and clock() >= next_tick:
-                next_tick = duties.tick(clock())
+                try:
+                    next_tick = duties.tick(clock())
+                except Exception as e:
+                    internal_error(server, e, "running periodic duties")
+                    next_tick = clock() + 1.0
 
 
 def _drain(sock: socket.socket, server: QuoteServer, control: Control, clock: Callable[[], float]) -> None:
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
-    recvfrom, sendto, handle = sock.recvfrom, sock.sendto, server.handle_datagram
+    recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
     for _ in range(DRAIN_LIMIT):
         if control.stopped:
             return
@@ -389,16 +457,46 @@ def _drain(sock: socket.socket, server: QuoteServer, control: Control, clock: Ca
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED: not fatal
-            server.stats["socket_errors"] += 1
+            stats["socket_errors"] += 1
             log.debug("recvfrom failed: %s", e)
             continue
-        reply = handle(data, addr, clock())
+        stats["bytes_received"] += len(data)
+        try:
+            reply = handle(data, addr, clock())
+        except Exception as e:  # a bug met by one datagram must not stop the service for everyone
+            internal_error(server, e, "handling a datagram")
+            continue
         if reply is not None:
             try:
                 sendto(reply, addr)
             except OSError as e:  # a full buffer or a vanished peer loses one reply, not the server
-                server.stats["send_errors"] += 1
+                stats["send_errors"] += 1
                 log.debug("sendto %s failed: %s", addr, e)
+                continue
+            stats["bytes_sent"] += len(reply)
+
+
+_logged_errors: set[tuple[str, str, int | None]] = set()
+
+
+def internal_error(server: QuoteServer, error: Exception, doing: str) -> None:
+    """Count ``error`` as ``internal_errors`` and log its traceback the first time this kind of
+    error is raised at this place; repeats are only counted (one bad datagram sent a million times
+    must not flood the log)."""
+    server.stats["internal_errors"] += 1
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (type(error).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else None)
+    if where in _logged_errors:
+        return
+    _logged_errors.add(where)
+    log.error(
+        "internal error while %s (serving goes on; repeats of this error are only counted as internal_errors)",
+        doing,
+        exc_info=error,
+        extra={"event": "internal_error"},
+    )
 
 
 @contextmanager
@@ -420,6 +518,55 @@ def handle_signals(control: Control) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+WATCH_POLL_S = 0.5
+"""How often --watch looks at the catalog file (a stat; the file is read only when it changed)."""
+WATCH_SETTLE_S = 2.0
+"""Default --watch-settle: an edited-in-place file must stay unchanged this long before it is loaded."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What --watch compares: the file's identity, size and mtime, and (once read) its content hash."""
+
+    inode: tuple[int, int]
+    size: int
+    mtime_ns: int
+    digest: bytes = b""
+
+    @classmethod
+    def of(cls, st: os.stat_result, raw: bytes | None = None) -> FileState:
+        digest = hashlib.blake2b(raw, digest_size=16).digest() if raw is not None else b""
+        return cls((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns, digest)
+
+    def same_stat(self, other: FileState) -> bool:
+        return (self.inode, self.size, self.mtime_ns) == (other.inode, other.size, other.mtime_ns)
+
+
+def watch_decision(
+    loaded: FileState | None,
+    seen: FileState,
+    last_inode: tuple[int, int] | None,
+    pending: tuple[FileState, float] | None,
+    now: float,
+    settle_s: float,
+) -> str:
+    """Pure --watch policy: "idle" (nothing new), "wait" (changed, not settled yet) or "load".
+
+    ``seen`` is the file now, content hashed; ``last_inode`` the file's identity at the previous
+    look; ``pending`` a changed version and when it was first seen. A file put in place by a rename
+    (another inode since the last look) is complete by construction and is loaded at once. A file
+    rewritten in place may be caught between two writes, so it is loaded only after size, mtime
+    and content hash stayed the same for ``settle_s`` seconds. (The caller also never loads a file
+    whose last byte is not a newline: a cut-off last line is the usual half-written file.)"""
+    if loaded is not None and loaded.digest == seen.digest:
+        return "idle"
+    if seen.inode != last_inode:
+        return "load"
+    if pending is None or pending[0] != seen:
+        return "wait"
+    return "load" if now - pending[1] >= settle_s else "wait"
+
+
 @dataclass
 class Operations:
     """The server's duties besides quoting: catalog reload (SIGHUP, --watch) and stats logging."""
@@ -428,25 +575,43 @@ class Operations:
     catalog_path: str
     watch_interval_s: float | None = None
     stats_interval_s: float | None = None
-    _file_stamp: tuple[float, int] | None = None
+    settle_s: float = WATCH_SETTLE_S
+    _loaded: FileState | None = None
+    """The file as last loaded (or rejected as a bad catalog: it is not retried until it changes)."""
+    _idle: FileState | None = None
+    _pending: tuple[FileState, float] | None = None
+    _refused: FileState | None = None
+    """Last version refused for its missing final newline."""
+    _last_inode: tuple[int, int] | None = None
     _next_watch: float = 0.0
     _next_stats: float = 0.0
 
     def __post_init__(self) -> None:
-        self._file_stamp = self._stamp()
+        read = self._read()
+        self._loaded = self._idle = read[0] if read else None
+        self._last_inode = self._loaded.inode if self._loaded else None
 
-    def _stamp(self) -> tuple[float, int] | None:
+    def _read(self) -> tuple[FileState, bytes] | None:
+        """The file's state and bytes, read once so what is hashed is exactly what gets loaded."""
         try:
-            st = os.stat(self.catalog_path)
+            with open(self.catalog_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
         except OSError:
-            return None
-        return st.st_mtime, st.st_size
+            return None  # mid-rename, or removed: keep serving what we have
+        return FileState.of(st, raw), raw
 
     def reload(self) -> None:
-        """Validate the file completely, then swap it in; a bad file changes nothing."""
+        """SIGHUP: read the file now, validate it completely, then swap it in; a bad file changes nothing."""
+        self._install(self._read(), self.catalog_path)
+
+    def _install(self, read: tuple[FileState, bytes] | None, path: str) -> None:
         old = self.server.catalog
+        if read is not None:
+            self._loaded, self._idle, self._pending, self._last_inode = read[0], read[0], None, read[0].inode
         try:
-            new = load_catalog(self.catalog_path)
+            # load_catalog on an unreadable file reports why it cannot be read
+            new = load_catalog(path) if read is None else parse_catalog_bytes(read[1], path)
         except CatalogError as e:
             self.server.stats["reloads.failed"] += 1
             log.error(
@@ -468,13 +633,40 @@ class Operations:
             extra={"event": "reloaded", "items": len(new), "version": new.version},
         )
 
+    def watch(self, now: float) -> None:
+        """One --watch look at the file (policy in watch_decision)."""
+        try:
+            quick = FileState.of(os.stat(self.catalog_path))
+        except OSError:
+            return  # mid-rename, or removed: keep serving what we have
+        if any(known is not None and known.same_stat(quick) for known in (self._refused, self._idle)):
+            return  # unchanged since we last read it: not worth reading again
+        read = self._read()
+        if read is None:
+            return
+        seen, raw = read
+        decision = watch_decision(self._loaded, seen, self._last_inode, self._pending, now, self.settle_s)
+        self._last_inode = seen.inode
+        if decision == "idle":
+            self._pending, self._idle = None, seen
+        elif decision == "wait":
+            if self._pending is None or self._pending[0] != seen:
+                self._pending = (seen, now)
+        elif not raw.endswith(b"\n"):
+            self._refused, self._pending = seen, None
+            self.server.stats["reloads.no_final_newline"] += 1
+            log.warning(
+                "catalog %s changed but its last line has no newline (still being written?); not loaded",
+                self.catalog_path,
+                extra={"event": "reload_incomplete"},
+            )
+        else:
+            self._install(read, self.catalog_path)
+
     def tick(self, now: float) -> float | None:
         if self.watch_interval_s is not None and now >= self._next_watch:
             self._next_watch = now + self.watch_interval_s
-            stamp = self._stamp()
-            if stamp != self._file_stamp:
-                self._file_stamp = stamp
-                self.reload()
+            self.watch(now)
         if self.stats_interval_s is not None and now >= self._next_stats:
             if self._next_stats:  # not at start-up: nothing has happened yet
                 log.info(
@@ -570,7 +762,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="replies kept for retransmitted requests (default 100000; 0 turns the cache off)",
     )
     p.add_argument("--cache-age", type=_non_negative, default=60.0, help="seconds a cached reply lives (default 60)")
-    p.add_argument("--watch", action="store_true", help="reload the catalog when the file changes (checked every 1 s)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help=f"reload the catalog when the file changes (checked every {WATCH_POLL_S} s; a file replaced by "
+        "a rename is loaded at once, one edited in place once it has settled)",
+    )
+    p.add_argument(
+        "--watch-settle",
+        type=_non_negative,
+        default=WATCH_SETTLE_S,
+        metavar="S",
+        help=f"with --watch: seconds a file edited in place must stay unchanged before it is loaded "
+        f"(default {WATCH_SETTLE_S:g})",
+    )
     p.add_argument(
         "--stats-interval",
         type=_non_negative,
@@ -598,6 +803,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def operations(server: QuoteServer, args: argparse.Namespace) -> Operations:
+    return Operations(
+        server,
+        args.catalog,
+        watch_interval_s=WATCH_POLL_S if args.watch else None,
+        stats_interval_s=args.stats_interval or None,
+        settle_s=args.watch_settle,
+    )
+
+
 def build_server(args: argparse.Namespace, catalog: Catalog) -> QuoteServer:
     limiter = RateLimiter(rate=args.rate, burst=max(1.0, args.burst)) if args.rate > 0 else None
     cache = ReplyCache(max_entries=args.cache_size, max_age_s=args.cache_age) if args.cache_size > 0 else None
@@ -622,9 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:
         return run_workers(args, catalog, sock)
     server, control = build_server(args, catalog), Control()
-    ops = Operations(
-        server, args.catalog, watch_interval_s=1.0 if args.watch else None, stats_interval_s=args.stats_interval or None
-    )
+    ops = operations(server, args)
     if args.metrics_port is not None:
         try:
             metrics_at = start_metrics(server, args.metrics_port)
@@ -660,9 +873,7 @@ def _worker(
 ) -> None:
     """One worker process: its own server core and loop on its own SO_REUSEPORT socket."""
     server, control = build_server(args, catalog), Control()
-    ops = Operations(
-        server, args.catalog, watch_interval_s=1.0 if args.watch else None, stats_interval_s=args.stats_interval or None
-    )
+    ops = operations(server, args)
     with sock, handle_signals(control):
         serve(sock, server, control, duties=ops)
     results.put((index, server.counters()))

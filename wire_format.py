@@ -5,9 +5,10 @@ construct ``Struct`` for everything before the trailing CRC32, compiled for
 speed; the CRC32 (zlib polynomial, big-endian) over those bytes is appended
 outside construct because ``Checksum`` does not compile.
 
-Untrusted bytes are decoded in the order DESIGN.md section 5 prescribes:
-exact length, then CRC32, then a guarded parse, then meaning (known message
-kind, no NUL inside names, valid UTF-8, zero reserved bytes). Any bad input
+Untrusted bytes are decoded in this order: exact length, then CRC32 (the
+version-independent seal, see ``is_sealed``), then magic, version and kind,
+then a guarded parse, then meaning (no NUL inside names, valid UTF-8, zero
+reserved bytes). Any bad input
 raises :class:`MalformedDatagram`; nothing else escapes the decoders.
 
 Requests and replies have the same size, so a reply is never larger than the
@@ -408,13 +409,28 @@ def reference_decode_reply(data: bytes) -> QuoteReply:
     )
 
 
+REQUEST_KINDS = frozenset({MessageKind.QUOTE_REQUEST, MessageKind.BATCH_REQUEST, MessageKind.LIST_REQUEST})
+"""Kinds a server may answer. Kind numbers are stable across protocol versions (requests odd,
+replies even); anything else, replies above all, is never answered, so no two peers can be made to
+answer each other forever (the echo/chargen loop, CVE-1999-0103)."""
+
+
+def is_sealed(data: bytes) -> bool:
+    """The framing every protocol version shares: a full header, and a last 4 bytes that are the
+    CRC32 of everything before them. Checkable before the version is judged, so a corrupted
+    version byte reads as noise (bad checksum), never as another version."""
+    return len(data) >= HEADER_SIZE + CRC_SIZE and zlib.crc32(memoryview(data)[:-CRC_SIZE]) == int.from_bytes(
+        data[-CRC_SIZE:], "big"
+    )
+
+
 def peek_header(data: bytes) -> tuple[int, int] | None:
-    """(version, request_id) of a datagram that carries our magic and a full header, else None.
+    """(version, request_id) of a sealed datagram (see is_sealed) that carries our magic, else None.
 
     Used only to answer UNSUPPORTED_VERSION: the first 12 bytes (magic, version,
-    kind, request id) are promised stable across protocol versions.
+    kind, request id) and the trailing CRC32 are promised stable across protocol versions.
     """
-    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+    if len(data) < HEADER_SIZE or data[:2] != MAGIC or not is_sealed(data):
         return None
     return data[2], int.from_bytes(data[4:12], "big")
 

@@ -55,23 +55,23 @@ def test_limiter_memory_is_bounded() -> None:
 
 def test_cache_hit_needs_same_request_bytes_and_youth() -> None:
     cache = ReplyCache(max_entries=10, max_age_s=5.0)
-    cache.put(("h", 1, 7), 111, b"reply", 0.0)
-    assert cache.get(("h", 1, 7), 111, 4.0) == b"reply"
-    assert cache.get(("h", 1, 7), 222, 4.0) is None, "same id, different request: answered afresh"
-    cache.put(("h", 1, 8), 111, b"r8", 0.0)
-    assert cache.get(("h", 1, 8), 111, 5.5) is None, "too old"
+    cache.put(("h", 1, 7), b"request-a", b"reply", 0.0)
+    assert cache.get(("h", 1, 7), b"request-a", 4.0) == b"reply"
+    assert cache.get(("h", 1, 7), b"request-b", 4.0) is None, "same id, different request: answered afresh"
+    cache.put(("h", 1, 8), b"request-a", b"r8", 0.0)
+    assert cache.get(("h", 1, 8), b"request-a", 5.5) is None, "too old"
     assert cache.evictions == 2
 
 
 def test_cache_is_bounded_in_entries_and_age() -> None:
     cache = ReplyCache(max_entries=100, max_age_s=1.0)
     for i in range(1000):
-        cache.put(("h", 1, i), 0, b"x", i * 0.001)
+        cache.put(("h", 1, i), b"q", b"x", i * 0.001)
     assert len(cache) == 100 and cache.evictions == 900
     for i in range(64):  # the age sweep runs every 64th put
-        cache.put(("h", 2, i), 0, b"x", 10.0)
+        cache.put(("h", 2, i), b"q", b"x", 10.0)
     assert len(cache) == 64, "everything older than max_age is gone"
-    assert cache.get(("h", 1, 999), 0, 10.0) is None
+    assert cache.get(("h", 1, 999), b"q", 10.0) is None
 
 
 def test_invalid_settings_are_refused() -> None:

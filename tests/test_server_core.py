@@ -77,13 +77,51 @@ def test_intact_header_with_bad_body_gets_malformed_status(core: QuoteServer) ->
 def test_other_version_is_told_so(core: QuoteServer) -> None:
     body = encode_request(QuoteRequest(77, "apple", 1))[:-4]
     same_length = reseal(body[:2] + b"\x09" + body[3:])
-    longer = body[:2] + b"\x02" + body[3:] + bytes(40)  # a future layout we cannot check
+    longer = reseal(body[:2] + b"\x02" + body[3:] + bytes(40))  # a future layout, sealed as every version is
     for data in (same_length, longer):
         out = core.handle_datagram(data, ADDR, 0.0)
         assert out is not None and len(out) <= len(data)
         reply = decode_reply(out)
         assert (reply.status, reply.request_id) == (Status.UNSUPPORTED_VERSION, 77)
-    assert core.handle_datagram(body[:2] + b"\x02" + body[3:20], ADDR, 0.0) is None, "short: would amplify"
+    assert core.handle_datagram(reseal(body[:2] + b"\x02" + body[3:20]), ADDR, 0.0) is None, "short: would amplify"
+
+
+def test_a_corrupted_version_byte_is_noise_not_another_version(core: QuoteServer) -> None:
+    # The CRC32 seal is shared by every version and checked first: a flipped version byte (or any
+    # other datagram whose seal fails) is dropped, never told UNSUPPORTED_VERSION, which a client
+    # would take as a final answer.
+    good = encode_request(QuoteRequest(77, "apple", 1))
+    for version in (0, 2, 9, 255):
+        flipped = good[:2] + bytes([version]) + good[3:]
+        assert core.handle_datagram(flipped, ADDR, 0.0) is None
+        assert core.handle_datagram(flipped + bytes(40), ADDR, 0.0) is None, "longer, unsealed"
+    assert core.stats["replies"] == 0 and core.stats["malformed.bad_checksum"] == 4
+
+
+def test_replies_and_unknown_kinds_are_never_answered(core: QuoteServer) -> None:
+    # Answering a reply (even with MALFORMED) makes one spoofed datagram loop between two servers.
+    served = [
+        core.handle_datagram(encode_request(QuoteRequest(i, "apple", 1)), ("127.0.0.1", 40000 + i), 0.0)
+        for i in range(3)
+    ]
+    sealed_replies = [out for out in served if out is not None]
+    body = encode_request(QuoteRequest(9, "apple", 1))[:-4]
+    others = [reseal(body[:3] + bytes([kind]) + body[4:]) for kind in (0, 2, 4, 6, 7, 8, 200, 255)]
+    other_version = [reseal(body[:2] + b"\x02" + bytes([kind]) + body[4:]) for kind in (2, 4, 6, 9)]
+    before = core.stats["replies"]
+    for data in sealed_replies + others + other_version:
+        assert core.handle_datagram(data, ADDR, 0.0) is None
+    assert core.stats["replies"] == before
+    assert core.stats["refused.not_a_request"] == len(sealed_replies) + len(others) + len(other_version)
+
+
+def test_reflector_source_ports_are_dropped_before_anything_else(core: QuoteServer) -> None:
+    request = encode_request(QuoteRequest(5, "apple", 1))
+    ports = (0, 7, 13, 17, 19, 37, 53, 123, 161, 1900, 11211)
+    for port in ports:
+        assert core.handle_datagram(request, ("127.0.0.1", port), 0.0) is None
+    assert core.stats["refused.source_port"] == len(ports) and core.stats["replies"] == 0
+    assert core.handle_datagram(request, ("127.0.0.1", 40000), 0.0) is not None, "an ephemeral port is served"
 
 
 def test_no_reply_is_larger_than_its_request(core: QuoteServer) -> None:
