@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fuzz"))
 
 from spoof import forge_crc, raw_socket, reseal, send_spoofed  # noqa: E402
+
 from wire_format import (  # noqa: E402
     BatchRequest,
     ListRequest,

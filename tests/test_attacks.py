@@ -13,7 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "fuzz"))
 
-import attacks  # noqa: E402
+import attacks
 
 
 def need_root() -> None:

@@ -1,0 +1,213 @@
+"""The server never dies on one datagram, never loads a catalog the wire cannot carry, and --watch
+never serves a half-written file. Every server here is started from the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, start_server
+
+from catalog import MAX_ITEMS, Catalog, CatalogError, parse_catalog, wire_limit_problems
+from udp_server import QuoteServer
+from wire_format import (
+    ListRequest,
+    QuoteRequest,
+    Status,
+    decode_list_reply,
+    decode_reply,
+    encode_list_request,
+    encode_request,
+)
+
+
+def ask(addr: tuple[str, int], item: str, rid: int, timeout_s: float = 5.0) -> tuple[Status, int, int]:
+    """(status, total in cents, catalog version) of one quote of 1 ``item``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout_s)
+        s.sendto(encode_request(QuoteRequest(rid, item, 1)), addr)
+        reply = decode_reply(s.recv(2048))
+    return reply.status, reply.total, reply.catalog_version
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=10)
+
+
+# ---------------------------------------------------------------- wire limits
+
+
+def test_the_largest_catalog_the_list_messages_carry_is_served_to_its_last_page() -> None:
+    core = QuoteServer(Catalog.from_prices({f"i{n:07d}": 1 for n in range(MAX_ITEMS)}))
+    last = core.handle_datagram(encode_list_request(ListRequest(1, 65534)), ("127.0.0.1", 40000), 0.0)
+    reply = decode_list_reply(last or b"")
+    assert (reply.status, reply.pages, len(reply.entries)) == (Status.OK, 65535, 16)
+
+
+def test_one_item_more_is_refused_naming_the_limit() -> None:
+    problems = wire_limit_problems({f"i{n:07d}": 1 for n in range(MAX_ITEMS + 1)})
+    assert problems == [
+        "1,048,561 items; at most 1,048,560 fit the list messages (16 a page, page count in a 16-bit field: "
+        "65,535 pages)"
+    ]
+    with pytest.raises(ValueError, match="at most 1,048,560"):
+        QuoteServer(Catalog.from_prices({f"i{n:07d}": 1 for n in range(MAX_ITEMS + 1)}))
+
+
+def test_cli_refuses_a_catalog_over_the_limit_with_exit_4(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("item,price\n" + "".join(f"i{n},1\n" for n in range(MAX_ITEMS + 1)), encoding="utf-8")
+    r = subprocess.run(
+        [sys.executable, "udp_server.py", "--port", "0", "--catalog", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 4 and "Traceback" not in r.stderr
+    assert "1,048,561 items; at most 1,048,560 fit the list messages" in r.stderr
+
+
+def test_parse_catalog_reports_the_limit_with_other_problems() -> None:
+    text = "item,price\n" + "".join(f"i{n},1\n" for n in range(MAX_ITEMS + 1)) + "bad,-1\n"
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(text)
+    assert any("price '-1' is negative" in p for p in e.value.problems)
+    assert any("at most 1,048,560" in p for p in e.value.problems)
+
+
+# ---------------------------------------------------------------- exceptions inside one datagram
+
+_POISONED = """
+import sys
+import udp_server
+
+real = udp_server.QuoteServer.quote
+
+def quote(self, request):
+    if request.item == "poison":
+        raise RuntimeError("injected fault")
+    return real(self, request)
+
+udp_server.QuoteServer.quote = quote
+sys.exit(udp_server.main(sys.argv[1:]))
+"""
+
+
+def test_an_exception_while_handling_a_datagram_is_counted_and_serving_goes_on() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _POISONED, "--port", "0"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
+    addr = (host, int(port))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for rid in range(1, 4):
+                s.sendto(encode_request(QuoteRequest(rid, "poison", 1)), addr)
+        assert ask(addr, "apple", 99)[:2] == (Status.OK, 50), "alive and right after three poisoned datagrams"
+    finally:
+        out, err = stop(proc)
+    assert proc.returncode == 0
+    assert "internal_errors=3" in out
+    assert err.count("Traceback") == 1 and "RuntimeError: injected fault" in err, "logged once, with the traceback"
+
+
+# ---------------------------------------------------------------- --watch
+
+
+def catalog_text(gift_card: str) -> str:
+    return (ROOT / "catalog.csv").read_text(encoding="utf-8").replace("gift card,100\n", f"gift card,{gift_card}\n")
+
+
+def quotes_during(addr: tuple[str, int], seconds: float) -> set[tuple[Status, int]]:
+    """Ask for the gift card over and over for ``seconds`` (bounded in count too)."""
+    seen, end, rid = set(), time.monotonic() + seconds, 1000
+    while time.monotonic() < end and rid < 100_000:
+        rid += 1
+        seen.add(ask(addr, "gift card", rid)[:2])
+        time.sleep(0.02)
+    return seen
+
+
+def wait_for_price(addr: tuple[str, int], cents: int, timeout_s: float) -> set[tuple[Status, int]]:
+    seen, end, rid = set(), time.monotonic() + timeout_s, 200_000
+    while time.monotonic() < end:
+        rid += 1
+        got = ask(addr, "gift card", rid)[:2]
+        seen.add(got)
+        if got == (Status.OK, cents):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"price {cents} not served within {timeout_s} s; saw {seen}")
+
+
+@pytest.mark.parametrize("cut", ["mid-line", "line boundary"])
+def test_watch_never_serves_a_half_written_catalog(tmp_path: Path, cut: str) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(catalog_text("50.00"), encoding="utf-8")
+    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "1.5")
+    final = catalog_text("100.00")
+    # mid-line: the first write ends in "gift card,1" (1.00 if loaded); line boundary: it ends
+    # just before the gift card's line, so the half file has no gift card at all.
+    split = final.index("gift card,") + len("gift card,1") if cut == "mid-line" else final.index("gift card,")
+    try:
+        with path.open("w", encoding="utf-8") as f:
+            f.write(final[:split])
+            f.flush()
+            during = quotes_during(addr, 1.2)  # the gap between the two writes (shorter than the settle)
+            f.write(final[split:])
+        after = wait_for_price(addr, 10000, timeout_s=15)
+    finally:
+        out, err = stop(proc)
+    assert during == {(Status.OK, 5000)}, f"served something other than the old catalog: {during}"
+    assert after <= {(Status.OK, 5000), (Status.OK, 10000)}, after
+    assert "Traceback" not in err
+
+
+def test_watch_loads_a_renamed_file_at_once_and_sighup_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(catalog_text("50.00"), encoding="utf-8")
+    # A settle of 60 s: if the rename waited for it, the 15 s bound below would fail.
+    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "60")
+    try:
+        tmp = tmp_path / "catalog.csv.tmp"
+        tmp.write_text(catalog_text("70.00"), encoding="utf-8")
+        os.replace(tmp, path)
+        wait_for_price(addr, 7000, timeout_s=15)
+        path.write_text(catalog_text("80.00"), encoding="utf-8")  # in place: --watch would wait 60 s
+        proc.send_signal(signal.SIGHUP)
+        wait_for_price(addr, 8000, timeout_s=15)
+    finally:
+        stop(proc)
+
+
+def test_watch_never_loads_a_file_without_a_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(catalog_text("50.00"), encoding="utf-8")
+    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "0.2")
+    try:
+        tmp = tmp_path / "catalog.csv.tmp"
+        tmp.write_text(catalog_text("60.00").rstrip("\n"), encoding="utf-8")
+        os.replace(tmp, path)
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "no newline" in line and "not loaded" in line, line
+        assert ask(addr, "gift card", 5)[:2] == (Status.OK, 5000)
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n")
+        wait_for_price(addr, 6000, timeout_s=15)
+    finally:
+        stop(proc)
