@@ -171,7 +171,7 @@ def test_watch_never_serves_a_half_written_catalog(tmp_path: Path, cut: str) -> 
             f.write(final[split:])
         after = wait_for_price(addr, 10000, timeout_s=15)
     finally:
-        out, err = stop(proc)
+        _, err = stop(proc)
     assert during == {(Status.OK, 5000)}, f"served something other than the old catalog: {during}"
     assert after <= {(Status.OK, 5000), (Status.OK, 10000)}, after
     assert "Traceback" not in err
