@@ -33,6 +33,13 @@ from typing import IO, Any
 
 Address = tuple[str, int]
 MAX_DATAGRAM = 65535
+MAX_COPIES = 2
+"""At most this many datagrams leave per datagram received (duplication is the only fault that adds
+any), and none is larger than what came in: the proxy amplifies by at most 2x, by design."""
+MAX_FLOWS = 1024
+"""Client addresses with an upstream socket at once; the least recently active is closed first, so
+a flood of (spoofed) source addresses costs bounded memory and file descriptors."""
+_WILDCARD = {"0.0.0.0", "::", ""}
 
 
 class Direction(StrEnum):
@@ -156,8 +163,8 @@ def decide(
     if u_reorder < f.reorder:
         delay += f.reorder_delay_s
         tags.append("reorder")
-    copies = 2 if u_dup < f.duplicate else 1
-    if copies == 2:
+    copies = MAX_COPIES if u_dup < f.duplicate else 1
+    if copies > 1:
         tags.append("duplicate")
     return Decision("deliver", copies, delay, payload, tuple(tags)), bad
 
@@ -191,8 +198,14 @@ class FaultProxy:
         upstream: Address,
         listen: Address = ("127.0.0.1", 0),
         log: IO[str] | None = None,
+        max_flows: int = MAX_FLOWS,
     ) -> None:
         self.plan = plan
+        self.max_flows = max_flows
+        self._flow_count = 0
+        self._own: set[Address] = set()
+        """Addresses of our own sockets: a datagram from one of them is never relayed."""
+        self._own_wildcard_ports: set[int] = set()
         self.upstream = upstream
         self.listen = listen
         self.log = log
@@ -214,6 +227,7 @@ class FaultProxy:
         self._loop = asyncio.get_running_loop()
         self._sock = _udp_socket(self.listen[0])
         self._sock.bind(self.listen)
+        self._remember_own(self._sock)
         self._loop.add_reader(self._sock, self._on_client_readable)
         self._started = time.monotonic()
         return self
@@ -228,6 +242,8 @@ class FaultProxy:
             self._loop.remove_reader(flow.sock)
             flow.sock.close()
         self._flows.clear()
+        self._own.clear()
+        self._own_wildcard_ports.clear()
         self._loop.remove_reader(self._sock)
         self._sock.close()
         self._sock = None
@@ -239,15 +255,47 @@ class FaultProxy:
         await self.stop()
 
     def _flow_for(self, client: Address) -> _Flow:
-        flow = self._flows.get(client)
+        flow = self._flows.pop(client, None)
         if flow is None:
             assert self._loop is not None
+            if len(self._flows) >= self.max_flows:
+                self._close_flow(next(iter(self._flows)))
             sock = _udp_socket(self.upstream[0])
             sock.connect(self.upstream)
-            flow = _Flow(len(self._flows), client, sock)
-            self._flows[client] = flow
+            self._remember_own(sock)
+            flow = _Flow(self._flow_count, client, sock)
+            self._flow_count += 1
             self._loop.add_reader(sock, self._on_upstream_readable, flow)
+        self._flows[client] = flow  # (re)inserted last: the dict is in least-recently-active order
         return flow
+
+    def _close_flow(self, client: Address) -> None:
+        flow = self._flows.pop(client)
+        assert self._loop is not None
+        self._loop.remove_reader(flow.sock)
+        self._own.discard(flow.sock.getsockname()[:2])
+        flow.sock.close()
+        self.stats["flows_evicted"] += 1
+
+    def _remember_own(self, sock: socket.socket) -> None:
+        host, port = sock.getsockname()[:2]
+        if host in _WILDCARD:
+            # Bound to every address: any local address with this port is us; matching the port
+            # alone may refuse a remote client that happens to use the same port, never loops.
+            self._own_wildcard_ports.add(port)
+        self._own.add((host, port))
+
+    def _refusal(self, source: Address) -> str | None:
+        """Why a datagram from ``source`` must not be relayed, or None.
+
+        From the upstream itself, relaying it back upstream would let the upstream talk to itself
+        through us; from one of our own sockets (a spoofed source, or --upstream pointing at the
+        proxy), every relay would create the next datagram: a loop with no end."""
+        if source == self.upstream:
+            return "from_upstream"
+        if source in self._own or (source[1] in self._own_wildcard_ports):
+            return "from_self"
+        return None
 
     def _on_client_readable(self) -> None:
         assert self._sock is not None
@@ -258,6 +306,10 @@ class FaultProxy:
                 return
             except OSError:
                 self.stats["listen_errors"] += 1
+                continue
+            refusal = self._refusal(addr[:2])
+            if refusal is not None:
+                self.stats[f"up.drop:{refusal}"] += 1
                 continue
             self._relay(Direction.UP, self._flow_for(addr[:2]), data)
 
