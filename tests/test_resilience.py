@@ -158,7 +158,7 @@ def wait_for_price(addr: tuple[str, int], cents: int, timeout_s: float) -> set[t
 def test_watch_never_serves_a_half_written_catalog(tmp_path: Path, cut: str) -> None:
     path = tmp_path / "catalog.csv"
     path.write_text(catalog_text("50.00"), encoding="utf-8")
-    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "1.5")
+    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "3")
     final = catalog_text("100.00")
     # mid-line: the first write ends in "gift card,1" (1.00 if loaded); line boundary: it ends
     # just before the gift card's line, so the half file has no gift card at all.
@@ -211,3 +211,20 @@ def test_watch_never_loads_a_file_without_a_final_newline(tmp_path: Path) -> Non
         wait_for_price(addr, 6000, timeout_s=15)
     finally:
         stop(proc)
+
+
+def test_watch_decision_is_a_pure_policy() -> None:
+    from udp_server import FileState, watch_decision
+
+    loaded = FileState((1, 10), 100, 5, b"a")
+    edited = FileState((1, 10), 120, 6, b"b")
+    renamed = FileState((1, 11), 120, 6, b"b")
+    assert watch_decision(loaded, loaded, (1, 10), None, 0.0, 2.0) == "idle"
+    assert watch_decision(loaded, renamed, (1, 10), None, 0.0, 2.0) == "load", "a rename is complete"
+    assert watch_decision(loaded, edited, (1, 10), None, 0.0, 2.0) == "wait", "first seen: not settled"
+    assert watch_decision(loaded, edited, (1, 10), (edited, 0.0), 1.9, 2.0) == "wait"
+    assert watch_decision(loaded, edited, (1, 10), (edited, 0.0), 2.0, 2.0) == "load"
+    changed_again = FileState((1, 10), 130, 7, b"c")
+    assert watch_decision(loaded, changed_again, (1, 10), (edited, 0.0), 5.0, 2.0) == "wait", "changed: start over"
+    same_size_same_mtime = FileState((1, 10), 120, 6, b"d")
+    assert watch_decision(loaded, same_size_same_mtime, (1, 10), (edited, 0.0), 5.0, 2.0) == "wait", "hash counts"
