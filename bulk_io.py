@@ -51,7 +51,8 @@ def check_encoding(name: str) -> str:
     except LookupError:
         raise BulkInputError(f"--encoding {name!r}: no such encoding") from None
     try:
-        same = _STRUCTURE.encode(info.name) == _STRUCTURE.encode("ascii")
+        codec = "utf-8" if info.name == "utf-8-sig" else info.name  # -sig only adds a BOM at the start
+        same = _STRUCTURE.encode(codec) == _STRUCTURE.encode("ascii")
     except (UnicodeError, LookupError):
         same = False
     if not same:
