@@ -135,6 +135,12 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     output_error: OSError | None = None
+    signalled: float | None = None
+    """When ``stop`` was seen set (a signal, or the output failing)."""
+    stopped: float | None = None
+    """When, after that, the requests in flight were cancelled and every answered row written."""
+    copied: int = 0
+    """Rows streamed out as NOT_ATTEMPTED after the stop without being validated or held."""
 
     def add(self, outcome: RowResult) -> None:
         self.rows += 1
@@ -158,8 +164,9 @@ class Summary:
     def lines(self, client_stats: Counter[str]) -> list[str]:
         failed = ", ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()) if k != OK) or "none"
         ignored = sum(v for k, v in client_stats.items() if k.startswith("ignored."))
-        rate = self.attempted / self.elapsed if self.elapsed > 0 else 0.0
-        return [
+        sending = (self.stopped or self.finished or time.monotonic()) - self.started
+        rate = self.attempted / sending if sending > 0 else 0.0
+        lines = [
             f"rows={self.rows} ok={self.ok} failed={self.failed} ({failed})",
             f"requests={client_stats['sent'] - client_stats['retransmissions']} "
             f"retransmissions={client_stats['retransmissions']} "
@@ -169,6 +176,13 @@ class Summary:
             f"{rate:,.0f} rows/s ({self.attempted} rows sent) in {self.elapsed:.2f} s",
             f"grand total of ok rows: {format_money(self.grand_total)}",
         ]
+        if self.signalled is not None and self.stopped is not None:
+            copy_s = (self.finished or self.stopped) - self.stopped
+            lines.append(
+                f"stopped sending {self.stopped - self.signalled:.2f} s after the interrupt; then copied the "
+                f"remaining {self.copied:,} rows as NOT_ATTEMPTED in {copy_s:.2f} s"
+            )
+        return lines
 
 
 class OrderedWriter:
@@ -272,7 +286,7 @@ async def run_bulk(
     chunk: list[Row] = []
     # Cancelling on the signal itself (not when the reading loop next looks) wakes a loop blocked
     # on the read-ahead gate or the window: the cancelled rows complete and free both.
-    canceller = asyncio.create_task(_cancel_when(stop, tasks))
+    canceller = asyncio.create_task(_cancel_when(stop, tasks, summary))
 
     async def dispatch(batch: list[Row]) -> None:
         await in_flight.acquire()
@@ -305,12 +319,15 @@ async def run_bulk(
         chunk = []
     await _finish(tasks, stop)
     canceller.cancel()
-    if writer.error is None:
+    if stop.is_set() and writer.error is None:
         _skip(writer, [*chunk, *unsent])
-        for row in rows:  # after a signal: the rest of the file, one row at a time, never held
+        summary.stopped = time.monotonic()
+        interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
+        for row in rows:  # the rest of the file, one row at a time, never held (not validated: see rows_of)
             if writer.error is not None:
                 break
-            _skip(writer, [row])
+            writer.complete(row, interrupted)
+            summary.copied += 1
     summary.finished = time.monotonic()
     summary.output_error = writer.error
     return summary
@@ -324,8 +341,9 @@ def _skip(writer: OrderedWriter, rows: list[Row]) -> None:
             writer.complete(row, RowResult(NOT_ATTEMPTED, error="interrupted"))
 
 
-async def _cancel_when(stop: asyncio.Event, tasks: set[asyncio.Task[None]]) -> None:
+async def _cancel_when(stop: asyncio.Event, tasks: set[asyncio.Task[None]], summary: Summary) -> None:
     await stop.wait()
+    summary.signalled = time.monotonic()
     for t in list(tasks):
         t.cancel()
 

@@ -15,11 +15,10 @@ import signal
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from typing import IO
 
 import bulk
-from bulk_io import BulkInputError, RecordReader, check_encoding, read_header, rows_of
+from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
 from bulk_out import Output, open_output
 from progress import ProgressBar, Snapshot
 from retry import RetryBudget
@@ -104,20 +103,22 @@ def run(args: argparse.Namespace) -> int:
             fail(output.name, f"cannot write: {e.strerror or e}")
             return EXIT_OUTPUT
         state.sink = sink
-        summary, stats, interrupted = asyncio.run(_pipeline(args, rows_of(reader, header), sink, options, state, bar))
+        summary, stats, interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))
         close_error = output.close()
     return _report(args, summary, stats, interrupted, reader, output, close_error)
 
 
 async def _pipeline(
     args: argparse.Namespace,
-    rows: Iterator[bulk.Row],
+    reader: RecordReader,
+    header: Header,
     sink: bulk.Sink,
     options: bulk.BulkOptions,
     state: _Run,
     bar: ProgressBar | None,
 ) -> tuple[bulk.Summary, Counter[str], bool]:
     stop = asyncio.Event()
+    rows = rows_of(reader, header, stop.is_set)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

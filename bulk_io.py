@@ -21,7 +21,7 @@ from __future__ import annotations
 import codecs
 import csv
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -316,9 +316,13 @@ def parse_row(header: Header, seq: int, line_no: int, cells: list[str], error: s
     return row
 
 
-def rows_of(reader: RecordReader, header: Header) -> Iterator[Row]:
-    """Validated rows, lazily, in file order."""
+def rows_of(reader: RecordReader, header: Header, skip_checks: Callable[[], bool] | None = None) -> Iterator[Row]:
+    """Rows in file order, lazily. While ``skip_checks()`` is true (after an interrupt, when the rest
+    is only copied out as NOT_ATTEMPTED) rows carry their cells and line but are not validated."""
     for seq, (line, cells, error) in enumerate(reader.records()):
-        row = parse_row(header, seq, line.number, cells, error)
+        if skip_checks is not None and skip_checks():
+            row = Row(seq, line.number, cells, error=error)
+        else:
+            row = parse_row(header, seq, line.number, cells, error)
         row.end = line.end
         yield row

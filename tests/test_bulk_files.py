@@ -360,3 +360,60 @@ def test_quoted_field_over_the_line_bound(server: RunningServer, tmp_path: Path)
     for i, row in enumerate(out[1:-1], start=1):
         assert_bad(row, [f"l{i}" + ('"' if i == 149 else ""), "", ""], i + 2, "expected 3 columns, got 1")
     assert_ok(out[-1], ["pear", "1", "x"], "pear", 1)
+
+
+# ------------------------------------------------------------------ 4. signals and memory
+
+
+def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp_path: Path) -> None:
+    """SIGTERM 1 s into 1,000,000 rows behind a 0.5 s delay: every row out once, in order, in bounded memory."""
+    import signal
+    import time
+
+    from conftest import spawn
+
+    n = 1_000_000
+    src, dst = tmp_path / "million.csv", tmp_path / "out.csv"
+    items = ["apple", "pear", "banana", "café crème"]
+    with src.open("w", encoding="utf-8") as f:
+        f.write("id,item,quantity,note\n")
+        f.writelines(f"{i},{items[i % 4]},{i % 97 + 1},n{i}\n" for i in range(n))
+    host, port = server.address
+    proxy, line = spawn(
+        ["fault_proxy.py", "--listen", "127.0.0.1:0", "--upstream", f"{host}:{port}", "--delay", "0.5", "--seed", "3"],
+        "fault_proxy:",
+    )
+    try:
+        client = subprocess.Popen(
+            [PY, "udp_client.py", "--server", line.split()[1], "bulk", str(src), "-o", str(dst), "--no-progress"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not (dst.exists() and dst.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the run to have started (header written), not a fixed wait
+        time.sleep(1.0)  # the scenario: the signal comes one second into the run
+        client.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(client.pid, 0)
+        client.returncode = os.waitstatus_to_exitcode(status)
+        assert client.stderr is not None
+        err = client.stderr.read().decode("utf-8")
+    finally:
+        proxy.terminate()
+        proxy.communicate(timeout=10)
+    assert client.returncode == 130 and "Traceback" not in err, err
+    peak_mb = usage.ru_maxrss / 1024
+    print(f"peak RSS {peak_mb:.1f} MB; {err.splitlines()[-1]}")
+    assert peak_mb < 60, f"peak RSS {peak_mb:.1f} MB"
+    assert f"udp_client: bulk: rows={n} " in err and "stopped sending" in err
+    statuses: dict[str, int] = {}
+    with dst.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["id", "item", "quantity", "note", "unit_price", "total", "status", "attempts", "error"]
+        for i, row in enumerate(reader):
+            assert row[:4] == [str(i), items[i % 4], str(i % 97 + 1), f"n{i}"], "every cell, in order"
+            statuses[row[6]] = statuses.get(row[6], 0) + 1
+    # Requests in flight at the signal are cancelled (NOT_ATTEMPTED); rows after them that had
+    # already been answered or given up are written with that status.
+    assert set(statuses) <= {"OK", "NO_ANSWER", "DEADLINE", "RETRY_BUDGET", "NOT_ATTEMPTED"}, statuses
+    assert sum(statuses.values()) == n and statuses["NOT_ATTEMPTED"] > 0.9 * n, statuses
