@@ -115,7 +115,8 @@ class Output:
     def __init__(self, fd: int, name: str, closefd: bool, before_write: Callable[[], None] | None = None) -> None:
         self.name = name
         buffered = io.BufferedWriter(_Raw(fd, closefd, before_write), buffer_size=1 << 16)
-        self.text = io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+        # A terminal sees each row as it is written; files and pipes get 64 KB writes.
+        self.text = io.TextIOWrapper(buffered, encoding="utf-8", newline="", line_buffering=os.isatty(fd))
 
     def close(self) -> OSError | None:
         """Flush and close; the first error at flush or close, else None."""
