@@ -444,27 +444,35 @@ examples:
   python udp_client.py items                           # the server's catalog, sorted by name
   python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
 
+quantity: a whole number from 1 to {MAX_QUANTITY} (1 to 10 digits, no sign); anything else is
+          rejected before sending (quote: exit 2; bulk: BAD_ROW)
+
 exit codes:
   {EXIT_OK}  quoted
-  {EXIT_STATUS}  the server answered with an error (unknown item, bad quantity, overflow, ...)
-  {EXIT_USAGE}  bad arguments
+  {EXIT_STATUS}  the server answered with an error (unknown item, total too large, ...)
+  {EXIT_USAGE}  bad arguments (including a quantity that breaks the rule above); nothing was sent
   {EXIT_NO_ANSWER}  no valid answer within the retries / deadline (server down or network lossy)
   for bulk: 0 every row OK, 1 some rows failed (bad rows or server errors), 2 unusable input,
-            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C)
+            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C, SIGTERM)
 """
 BULK_EPILOG = f"""\
 examples:
   python udp_client.py bulk orders.csv > quotes.csv
   python udp_client.py bulk --format jsonl --batch 32 --window 128 orders.csv -o quotes.jsonl
   cat orders.csv | python udp_client.py bulk - --no-progress
+  python udp_client.py bulk --encoding latin-1 --delimiter ';' export.csv -o quotes.csv
 
-Bad rows (missing item, bad quantity, item over 32 bytes, broken quoting) are written with
-status BAD_ROW and their line number in 'error'; the run goes on. Retransmissions share a
-budget (20% of requests + 1 per reply + 10), so a dead server fails the run fast.
+One record out per record in, in order, every input cell kept. Bad records (missing item, bad
+quantity, item over 32 bytes, broken quoting, bytes not valid in --encoding) are written with
+status BAD_ROW and their line number in 'error'; the run goes on. Quoted fields may span lines
+(at most 100 lines / 16 MiB per record). A result column whose name the input already uses is
+written as quote_<name>. Retransmissions share a budget (20% of requests + 1 per reply + 10),
+so a dead server fails the run fast. Ctrl-C / SIGTERM stop sending at once; the rest of the
+file is written as NOT_ATTEMPTED.
 
-exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags,
-            {EXIT_NO_ANSWER} server unreachable (no reply at all), {EXIT_OUTPUT} output not writable,
-            {EXIT_INTERRUPTED} interrupted
+exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags (also: output
+            is the input, read error), {EXIT_NO_ANSWER} server unreachable (no reply at all),
+            {EXIT_OUTPUT} output not writable (open, write, flush or close), {EXIT_INTERRUPTED} interrupted
 """
 
 
