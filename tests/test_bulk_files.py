@@ -364,6 +364,14 @@ def test_quoted_field_over_the_line_bound(server: RunningServer, tmp_path: Path)
 
 # ------------------------------------------------------------------ 4. signals and memory
 
+RSS_PARENT = """
+import resource, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+print(child.pid, flush=True)
+code = child.wait()
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+"""
+
 
 def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp_path: Path) -> None:
     """SIGTERM 1 s into 1,000,000 rows behind a 0.5 s delay: every row out once, in order, in bounded memory."""
@@ -384,25 +392,29 @@ def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp
         "fault_proxy:",
     )
     try:
-        client = subprocess.Popen(
-            [PY, "udp_client.py", "--server", line.split()[1], "bulk", str(src), "-o", str(dst), "--no-progress"],
+        # A small parent runs the client and reports its peak RSS: a child forked from pytest itself
+        # would count pytest's pages as its own until exec.
+        parent = subprocess.Popen(
+            [PY, "-c", RSS_PARENT, PY, "udp_client.py", "--server", line.split()[1], "bulk", str(src), "-o", str(dst)],
             cwd=ROOT,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            text=True,
         )
+        assert parent.stdout is not None
+        client_pid = int(parent.stdout.readline())
         deadline = time.monotonic() + 30
         while not (dst.exists() and dst.stat().st_size > 0) and time.monotonic() < deadline:
             time.sleep(0.01)  # polling for the run to have started (header written), not a fixed wait
         time.sleep(1.0)  # the scenario: the signal comes one second into the run
-        client.send_signal(signal.SIGTERM)
-        _, status, usage = os.wait4(client.pid, 0)
-        client.returncode = os.waitstatus_to_exitcode(status)
-        assert client.stderr is not None
-        err = client.stderr.read().decode("utf-8")
+        os.kill(client_pid, signal.SIGTERM)
+        out, err = parent.communicate(timeout=120)
+        returncode, peak_kb = map(int, out.split())
     finally:
         proxy.terminate()
         proxy.communicate(timeout=10)
-    assert client.returncode == 130 and "Traceback" not in err, err
-    peak_mb = usage.ru_maxrss / 1024
+    assert returncode == 130 and "Traceback" not in err, err
+    peak_mb = peak_kb / 1024
     print(f"peak RSS {peak_mb:.1f} MB; {err.splitlines()[-1]}")
     assert peak_mb < 60, f"peak RSS {peak_mb:.1f} MB"
     assert f"udp_client: bulk: rows={n} " in err and "stopped sending" in err
@@ -417,3 +429,28 @@ def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp
     # already been answered or given up are written with that status.
     assert set(statuses) <= {"OK", "NO_ANSWER", "DEADLINE", "RETRY_BUDGET", "NOT_ATTEMPTED"}, statuses
     assert sum(statuses.values()) == n and statuses["NOT_ATTEMPTED"] > 0.9 * n, statuses
+
+
+def test_output_that_cannot_be_opened_is_exit_4(tmp_path: Path) -> None:
+    src = tmp_path / "o.csv"
+    src.write_text("item,quantity\napple,1\n", "utf-8")
+    r = bulk(None, src, "-o", tmp_path / "no" / "such" / "dir.csv")
+    err = clean(r, 4)
+    assert err.count("\n") == 1 and "cannot open for writing: No such file or directory" in err
+
+
+def test_closed_pipe_is_exit_4_with_the_summary(server: RunningServer, tmp_path: Path) -> None:
+    src = tmp_path / "many.csv"
+    src.write_text("item,quantity\n" + "apple,1\n" * 50_000, "utf-8")
+    proc = subprocess.Popen(
+        [PY, "udp_client.py", *server_arg(server), "bulk", str(src), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"item,quantity,unit_price,total,status,attempts,error\n"
+    proc.stdout.close()  # like '| head -1'
+    err = proc.stderr.read().decode("utf-8")
+    assert proc.wait(timeout=60) == 4 and "Traceback" not in err and "Exception ignored" not in err
+    assert "udp_client: stdout: cannot write (" in err and "Broken pipe" in err and "udp_client: bulk: rows=" in err
