@@ -13,20 +13,22 @@ not yet written, so a million-row file costs no more than a thousand-row one.
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
-import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
+from bulk_io import BulkInputError, Header, RecordReader, Row, read_header, rows_of
+from bulk_out import CsvRecords, JsonlRecords
 from catalog import format_money
 from retry import Outcome
 from udp_client import NoAnswer, QuoteClient
-from wire_format import ITEM_SIZE, MAX_BATCH, LineResult, Status, normalize_item
+from wire_format import MAX_BATCH, LineResult, Status
+
+__all__ = ["BulkInputError", "Header", "Row", "read_rows"]
 
 RESULT_COLUMNS = ("unit_price", "total", "status", "attempts", "error")
 BAD_ROW = "BAD_ROW"
@@ -42,22 +44,6 @@ FAILURE_STATUS = {
 """Row status when no valid answer came, by why the client gave up."""
 
 
-class BulkInputError(Exception):
-    """The orders file itself is unusable (no header, no item/quantity column)."""
-
-
-@dataclass(slots=True)
-class Row:
-    """One input row. ``error`` set means it is not sent; it is still written out."""
-
-    seq: int
-    line: int
-    cells: list[str]
-    item: str = ""
-    quantity: int = 0
-    error: str = ""
-
-
 @dataclass(slots=True)
 class RowResult:
     status: str
@@ -67,81 +53,15 @@ class RowResult:
     error: str = ""
 
 
-@dataclass
-class Header:
-    columns: list[str]
-    item: int
-    quantity: int
-
-
-def parse_header(line: str) -> Header:
-    columns = next(csv.reader([line], strict=True), [])
-    names = [c.strip().lower() for c in columns]
-    if "item" not in names or "quantity" not in names:
-        raise BulkInputError(f"line 1: header must name 'item' and 'quantity' columns, got {columns}")
-    return Header(columns, names.index("item"), names.index("quantity"))
-
-
-def parse_row(header: Header, seq: int, line_no: int, text: str) -> Row:
-    """Validate one physical line. Never raises: problems go into ``Row.error``."""
-    try:
-        cells = next(csv.reader([text], strict=True))
-    except csv.Error as e:
-        return Row(seq, line_no, _fit([text.rstrip("\r\n")], header), error=f"line {line_no}: broken CSV: {e}")
-    row = Row(seq, line_no, _fit(cells, header))
-    if len(cells) != len(header.columns):
-        row.error = f"line {line_no}: expected {len(header.columns)} columns, got {len(cells)}"
-        return row
-    row.item = normalize_item(cells[header.item])
-    quantity = cells[header.quantity].strip()
-    size = len(row.item.encode("utf-8"))
-    if not row.item:
-        row.error = f"line {line_no}: missing item"
-    elif "\0" in row.item:
-        row.error = f"line {line_no}: item contains NUL"
-    elif size > ITEM_SIZE:
-        row.error = f"line {line_no}: item is {size} bytes in UTF-8; the wire field holds {ITEM_SIZE}"
-    elif quantity.startswith("-") and quantity[1:].isdigit():
-        row.error = f"line {line_no}: quantity {quantity} is negative"
-    elif not quantity.isascii() or not quantity.isdigit():
-        row.error = f"line {line_no}: quantity {quantity!r} is not a whole number"
-    elif int(quantity) >= 2**32:
-        row.error = f"line {line_no}: quantity {quantity} is too large"
-    else:
-        row.quantity = int(quantity)
-    return row
-
-
-def _fit(cells: list[str], header: Header) -> list[str]:
-    """Cells padded or cut to the header's width, so every output row has the same columns."""
-    width = len(header.columns)
-    return (cells + [""] * width)[:width]
-
-
-def read_rows(lines: Iterable[str]) -> tuple[Header, Iterator[Row]]:
-    """Header plus a lazy iterator of rows. One physical line is one row; blank lines are skipped.
-
-    Line by line (not one csv.reader over the file) so that one broken quote costs one row,
-    not every row after it.
-    """
-    it = iter(enumerate(lines, start=1))
-    for line_no, text in it:
-        if text.strip():
-            if line_no != 1:
-                raise BulkInputError(f"line {line_no}: expected the header on line 1")
-            header = parse_header(text)
-            break
-    else:
-        raise BulkInputError("empty input: expected a header naming 'item' and 'quantity'")
-
-    def rows() -> Iterator[Row]:
-        seq = 0
-        for line_no, text in it:
-            if text.strip():
-                yield parse_row(header, seq, line_no, text)
-                seq += 1
-
-    return header, rows()
+def read_rows(
+    source: IO[bytes] | IO[str], encoding: str = "utf-8", delimiter: str = "auto"
+) -> tuple[Header, Iterator[Row]]:
+    """Header plus a lazy iterator of validated rows (see bulk_io for the reading rules).
+    Text is accepted for convenience and read whole; bytes are streamed."""
+    stream = io.BytesIO(source.read().encode("utf-8")) if isinstance(source, io.TextIOBase) else source
+    reader = RecordReader(stream, encoding)  # type: ignore[arg-type]
+    header = read_header(reader, delimiter)
+    return header, rows_of(reader, header)
 
 
 # ---------------------------------------------------------------- output
@@ -153,28 +73,25 @@ class Sink(Protocol):
 
 class CsvSink:
     def __init__(self, out: IO[str], header: Header) -> None:
-        self.writer = csv.writer(out, lineterminator="\n")
-        self.writer.writerow([*header.columns, *RESULT_COLUMNS])
+        self.records: CsvRecords | JsonlRecords = CsvRecords(out, header, RESULT_COLUMNS)
+        self.done_bytes = 0
+        """Input bytes up to the end of the last row written (for progress)."""
 
     def write(self, row: Row, outcome: RowResult) -> None:
-        self.writer.writerow([*row.cells, *_result_cells(outcome)])
+        self.records.write(row.cells, row.line, _result_cells(outcome))
+        self.done_bytes = row.end
 
 
-class JsonlSink:
+class JsonlSink(CsvSink):
     def __init__(self, out: IO[str], header: Header) -> None:
-        self.out, self.columns = out, header.columns
-
-    def write(self, row: Row, outcome: RowResult) -> None:
-        record: dict[str, Any] = dict(zip(self.columns, row.cells, strict=True))
-        record["line"] = row.line
-        record.update(zip(RESULT_COLUMNS, _result_cells(outcome), strict=True))
-        record["attempts"] = outcome.attempts
-        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.records = JsonlRecords(out, header, RESULT_COLUMNS)
+        self.done_bytes = 0
 
 
-def _result_cells(o: RowResult) -> list[str]:
-    money = [format_money(v) if v is not None else "" for v in (o.unit_price, o.total)]
-    return [*money, o.status, str(o.attempts), o.error]
+def _result_cells(o: RowResult) -> list[object]:
+    """Result values in RESULT_COLUMNS order; None for money that is not known (blank in CSV, null in JSON)."""
+    money = [format_money(v) if v is not None else None for v in (o.unit_price, o.total)]
+    return [*money, o.status, o.attempts, o.error]
 
 
 class LatencyHistogram:
@@ -209,6 +126,8 @@ class LatencyHistogram:
 @dataclass
 class Summary:
     rows: int = 0
+    attempted: int = 0
+    """Rows sent to the server at least once (not BAD_ROW, not NOT_ATTEMPTED, not failed unsent)."""
     ok: int = 0
     grand_total: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
@@ -216,9 +135,16 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     output_error: OSError | None = None
+    signalled: float | None = None
+    """When ``stop`` was seen set (a signal, or the output failing)."""
+    stopped: float | None = None
+    """When, after that, the requests in flight were cancelled and every answered row written."""
+    copied: int = 0
+    """Rows streamed out as NOT_ATTEMPTED after the stop without being validated or held."""
 
     def add(self, outcome: RowResult) -> None:
         self.rows += 1
+        self.attempted += outcome.attempts > 0
         self.by_status[outcome.status] += 1
         if outcome.status == OK and outcome.total is not None:
             self.ok += 1
@@ -238,17 +164,25 @@ class Summary:
     def lines(self, client_stats: Counter[str]) -> list[str]:
         failed = ", ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()) if k != OK) or "none"
         ignored = sum(v for k, v in client_stats.items() if k.startswith("ignored."))
-        rate = self.rows / self.elapsed if self.elapsed > 0 else 0.0
-        return [
+        sending = (self.stopped or self.finished or time.monotonic()) - self.started
+        rate = self.attempted / sending if sending > 0 else 0.0
+        lines = [
             f"rows={self.rows} ok={self.ok} failed={self.failed} ({failed})",
             f"requests={client_stats['sent'] - client_stats['retransmissions']} "
             f"retransmissions={client_stats['retransmissions']} "
             f"duplicates_ignored={client_stats['ignored.duplicate']} other_replies_ignored="
             f"{ignored - client_stats['ignored.duplicate']}",
             f"latency p50={self.percentile_ms(0.5):.2f} ms p99={self.percentile_ms(0.99):.2f} ms; "
-            f"{rate:,.0f} rows/s in {self.elapsed:.2f} s",
+            f"{rate:,.0f} rows/s ({self.attempted} rows sent) in {self.elapsed:.2f} s",
             f"grand total of ok rows: {format_money(self.grand_total)}",
         ]
+        if self.signalled is not None and self.stopped is not None:
+            copy_s = (self.finished or self.stopped) - self.stopped
+            lines.append(
+                f"stopped sending {self.stopped - self.signalled:.2f} s after the interrupt; then copied the "
+                f"remaining {self.copied:,} rows as NOT_ATTEMPTED in {copy_s:.2f} s"
+            )
+        return lines
 
 
 class OrderedWriter:
@@ -335,7 +269,8 @@ async def run_bulk(
     progress: Callable[[Summary, Counter[str]], None] | None = None,
 ) -> Summary:
     """Quote every row, writing each exactly once, in order. ``stop`` set = interrupt cleanly:
-    answered rows are written, everything else is written as NOT_ATTEMPTED."""
+    nothing more is sent, requests in flight are cancelled at once, answered rows are written,
+    and the rest of the file is streamed out as NOT_ATTEMPTED in bounded memory."""
     summary = Summary()
     gate = _Gate(options.ahead)
 
@@ -349,20 +284,29 @@ async def run_bulk(
     in_flight = asyncio.Semaphore(options.window)
     tasks: set[asyncio.Task[None]] = set()
     chunk: list[Row] = []
+    # Cancelling on the signal itself (not when the reading loop next looks) wakes a loop blocked
+    # on the read-ahead gate or the window: the cancelled rows complete and free both.
+    canceller = asyncio.create_task(_cancel_when(stop, tasks, summary))
 
     async def dispatch(batch: list[Row]) -> None:
         await in_flight.acquire()
+        if stop.is_set():
+            in_flight.release()
+            _skip(writer, batch)
+            return
         task = asyncio.create_task(_quote_chunk(client, batch, options.batch, writer, summary))
         tasks.add(task)
-        task.add_done_callback(lambda t: _retire(t, tasks, in_flight))
+        task.add_done_callback(lambda t: _retire(t, batch, writer, tasks, in_flight))
 
+    unsent: list[Row] = []
     for row in rows:
-        if writer.error is not None:
-            break  # nowhere to write the rest: stop reading
         if stop.is_set():
-            writer.complete(row, RowResult(NOT_ATTEMPTED, error="interrupted"))
-            continue
+            unsent.append(row)
+            break
         await gate.take()
+        if stop.is_set():
+            unsent.append(row)
+            break
         if row.error:
             writer.complete(row, RowResult(BAD_ROW, error=row.error))
             continue
@@ -372,18 +316,49 @@ async def run_bulk(
             chunk = []
     if chunk and not stop.is_set():
         await dispatch(chunk)
-    elif chunk:
-        for row in chunk:
-            writer.complete(row, RowResult(NOT_ATTEMPTED, error="interrupted"))
+        chunk = []
     await _finish(tasks, stop)
+    canceller.cancel()
+    if stop.is_set() and writer.error is None:
+        _skip(writer, [*chunk, *unsent])
+        summary.stopped = time.monotonic()
+        interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
+        for row in rows:  # the rest of the file, one row at a time, never held (not validated: see rows_of)
+            if writer.error is not None:
+                break
+            writer.complete(row, interrupted)
+            summary.copied += 1
     summary.finished = time.monotonic()
     summary.output_error = writer.error
     return summary
 
 
-def _retire(task: asyncio.Task[None], tasks: set[asyncio.Task[None]], in_flight: asyncio.Semaphore) -> None:
+def _skip(writer: OrderedWriter, rows: list[Row]) -> None:
+    for row in rows:
+        if row.error:
+            writer.complete(row, RowResult(BAD_ROW, error=row.error))
+        else:
+            writer.complete(row, RowResult(NOT_ATTEMPTED, error="interrupted"))
+
+
+async def _cancel_when(stop: asyncio.Event, tasks: set[asyncio.Task[None]], summary: Summary) -> None:
+    await stop.wait()
+    summary.signalled = time.monotonic()
+    for t in list(tasks):
+        t.cancel()
+
+
+def _retire(
+    task: asyncio.Task[None],
+    rows: list[Row],
+    writer: OrderedWriter,
+    tasks: set[asyncio.Task[None]],
+    in_flight: asyncio.Semaphore,
+) -> None:
     tasks.discard(task)
     in_flight.release()
+    if task.cancelled():  # cancelled before it ever ran, so it could not write its rows itself
+        _skip(writer, rows)
 
 
 async def _finish(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
@@ -428,10 +403,3 @@ def _outcome(line: LineResult, attempts: int) -> RowResult:
         return RowResult(OK, line.unit_price, line.total, attempts)
     unit = line.unit_price if line.status in (Status.BAD_QUANTITY, Status.OVERFLOW) else None
     return RowResult(line.status.name, unit, None, attempts, error=line.status.name.lower().replace("_", " "))
-
-
-def open_text(path: str, stdin: IO[str]) -> IO[str]:
-    """'-' is stdin; files are read as UTF-8 (a BOM is skipped), newlines kept for the csv module."""
-    if path == "-":
-        return io.TextIOWrapper(stdin.buffer, encoding="utf-8-sig", newline="") if hasattr(stdin, "buffer") else stdin
-    return open(path, encoding="utf-8-sig", newline="")

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import secrets
-import signal
 import sys
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from catalog import format_money
+from quantity import BadQuantity, check_quantity
+from quantity import parse_quantity as quantity_rule
 from retry import Exchange, Outcome, RetryBudget, RetryPolicy, RttEstimator
 from wire_format import (
     MAX_BATCH,
@@ -47,9 +47,6 @@ from wire_format import (
     lines_digest,
     normalize_item,
 )
-
-if TYPE_CHECKING:
-    import bulk
 
 Address = tuple[str, int]
 REORDER_THRESHOLD = 3
@@ -95,11 +92,12 @@ class QuoteResult:
         return self.status is Status.OK
 
     def as_json(self) -> dict[str, Any]:
+        """Money as decimal strings; null in a failure (whatever the reply's money fields held)."""
         return {
             "item": self.item,
             "quantity": self.quantity,
-            "unit_price": format_money(self.unit_price),
-            "total": format_money(self.total),
+            "unit_price": format_money(self.unit_price) if self.ok else None,
+            "total": format_money(self.total) if self.ok else None,
             "status": self.status.name,
             "attempts": self.attempts,
             "request_id": f"{self.request_id:016x}",
@@ -209,7 +207,9 @@ class QuoteClient:
 
     async def quote(self, item: str, quantity: int) -> QuoteResult:
         """Quote ``quantity`` x ``item``. Raises NoAnswer when no valid reply comes in time,
-        ValueError when the request cannot be encoded (item too long, quantity out of u32)."""
+        ValueError when the request cannot be encoded (item too long) or the quantity breaks the
+        rule in quantity.py (a whole number from 1 to MAX_QUANTITY): nothing is sent then."""
+        check_quantity(quantity)
         request = QuoteRequest(self._new_request_id(), normalize_item(item), quantity)
         datagram = encode_request(request)
 
@@ -233,6 +233,8 @@ class QuoteClient:
     async def quote_batch(self, lines: list[tuple[str, int]]) -> BatchResult:
         """Quote up to MAX_BATCH lines in one datagram; results in the same order.
         Raises NoAnswer or ValueError like ``quote``."""
+        for _, quantity in lines:
+            check_quantity(quantity)
         request = BatchRequest(self._new_request_id(), tuple((normalize_item(i), q) for i, q in lines))
         datagram = encode_batch_request(request)
         digest = lines_digest(datagram)
@@ -442,27 +444,35 @@ examples:
   python udp_client.py items                           # the server's catalog, sorted by name
   python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
 
+quantity: a whole number from 1 to {MAX_QUANTITY} (1 to 10 digits, no sign); anything else is
+          rejected before sending (quote: exit 2; bulk: BAD_ROW)
+
 exit codes:
   {EXIT_OK}  quoted
-  {EXIT_STATUS}  the server answered with an error (unknown item, bad quantity, overflow, ...)
-  {EXIT_USAGE}  bad arguments
+  {EXIT_STATUS}  the server answered with an error (unknown item, total too large, ...)
+  {EXIT_USAGE}  bad arguments (including a quantity that breaks the rule above); nothing was sent
   {EXIT_NO_ANSWER}  no valid answer within the retries / deadline (server down or network lossy)
   for bulk: 0 every row OK, 1 some rows failed (bad rows or server errors), 2 unusable input,
-            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C)
+            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C, SIGTERM)
 """
 BULK_EPILOG = f"""\
 examples:
   python udp_client.py bulk orders.csv > quotes.csv
   python udp_client.py bulk --format jsonl --batch 32 --window 128 orders.csv -o quotes.jsonl
   cat orders.csv | python udp_client.py bulk - --no-progress
+  python udp_client.py bulk --encoding latin-1 --delimiter ';' export.csv -o quotes.csv
 
-Bad rows (missing item, bad quantity, item over 32 bytes, broken quoting) are written with
-status BAD_ROW and their line number in 'error'; the run goes on. Retransmissions share a
-budget (20% of requests + 1 per reply + 10), so a dead server fails the run fast.
+One record out per record in, in order, every input cell kept. Bad records (missing item, bad
+quantity, item over 32 bytes, broken quoting, bytes not valid in --encoding) are written with
+status BAD_ROW and their line number in 'error'; the run goes on. Quoted fields may span lines
+(at most 100 lines / 16 MiB per record). A result column whose name the input already uses is
+written as quote_<name>. Retransmissions share a budget (20% of requests + 1 per reply + 10),
+so a dead server fails the run fast. Ctrl-C / SIGTERM stop sending at once; the rest of the
+file is written as NOT_ATTEMPTED.
 
-exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags,
-            {EXIT_NO_ANSWER} server unreachable (no reply at all), {EXIT_OUTPUT} output not writable,
-            {EXIT_INTERRUPTED} interrupted
+exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags (also: output
+            is the input, read error), {EXIT_NO_ANSWER} server unreachable (no reply at all),
+            {EXIT_OUTPUT} output not writable (open, write, flush or close), {EXIT_INTERRUPTED} interrupted
 """
 
 
@@ -474,18 +484,27 @@ def format_address(addr: Address) -> str:
 def parse_address(text: str) -> Address:
     """'127.0.0.1:9999', '[::1]:9999' or 'localhost:9999' -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not _digits(port_text, 5) or not 0 < int(port_text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9999 or [::1]:9999)")
     return host.strip("[]"), int(port_text)
 
 
 def parse_quantity(text: str) -> int:
-    if not text.isdigit() or int(text) >= 2**32:
-        raise argparse.ArgumentTypeError(f"quantity {text!r} must be a whole number from 1 to {MAX_QUANTITY}")
-    return int(text)
+    """The quantity rule (quantity.py): a whole number from 1 to MAX_QUANTITY, else a usage error (exit 2)."""
+    try:
+        return quantity_rule(text)
+    except BadQuantity as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _digits(text: str, limit: int = 9) -> bool:
+    """Whole number of at most ``limit`` digits: checked before int() so 5,000 digits cost nothing."""
+    return text.isascii() and text.isdigit() and len(text) <= limit
 
 
 def _positive_float(text: str) -> float:
+    if len(text) > 32:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r}... is not a number of seconds")
     try:
         value = float(text)
     except ValueError:
@@ -496,14 +515,14 @@ def _positive_float(text: str) -> float:
 
 
 def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    if not _digits(text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r} must be a whole number >= 1 (at most 9 digits)")
     return int(text)
 
 
 def _retries(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"--retries {text!r} must be a whole number >= 0")
+    if not _digits(text):
+        raise argparse.ArgumentTypeError(f"--retries {text[:32]!r} must be a whole number >= 0 (at most 9 digits)")
     return int(text)
 
 
@@ -577,7 +596,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 32)",
     )
-    b.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
+    b.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="input encoding, any ASCII-compatible one (default utf-8; a UTF-8 BOM is skipped; e.g. latin-1, cp1252)",
+    )
+    b.add_argument(
+        "--delimiter",
+        choices=["auto", ",", ";", "tab"],
+        default="auto",
+        help="field delimiter (default auto: whichever of , ; tab makes the header name item and quantity)",
+    )
+    b.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is drawn on stderr, only when a terminal)"
+    )
     return p
 
 
@@ -620,6 +652,8 @@ def run_quote(args: argparse.Namespace) -> int:
                     {
                         "item": args.item,
                         "quantity": args.quantity,
+                        "unit_price": None,
+                        "total": None,
                         "status": "NO_ANSWER",
                         "attempts": e.attempts,
                         "error": str(e),
@@ -688,70 +722,9 @@ def run_items(args: argparse.Namespace) -> int:
 
 
 def run_bulk_command(args: argparse.Namespace) -> int:
-    import bulk  # bulk builds on QuoteClient, so it imports this module: import it only when needed
+    import bulk_cli  # bulk builds on QuoteClient, so it imports this module: import it only when needed
 
-    with contextlib.ExitStack() as stack:
-        try:
-            options = bulk.BulkOptions(window=args.window, batch=args.batch)
-            source = stack.enter_context(bulk.open_text(args.orders, sys.stdin))
-            header, rows = bulk.read_rows(source)
-            out = sys.stdout
-            if args.output != "-":
-                out = stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
-        except (ValueError, bulk.BulkInputError) as e:
-            print(f"udp_client: {args.orders}: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        except OSError as e:
-            print(f"udp_client: {e.filename or args.orders}: {e.strerror}", file=sys.stderr)
-            return EXIT_USAGE
-        sink: bulk.Sink = bulk.CsvSink(out, header) if args.format == "csv" else bulk.JsonlSink(out, header)
-        show = not args.no_progress and sys.stderr.isatty()
-        summary, stats, interrupted = asyncio.run(_bulk(args, rows, sink, options, show))
-    for line in summary.lines(stats):
-        print(f"udp_client: bulk: {line}", file=sys.stderr)
-    if summary.output_error is not None:
-        print(f"udp_client: cannot write output: {summary.output_error.strerror}", file=sys.stderr)
-        if isinstance(summary.output_error, BrokenPipeError):
-            # Python flushes stdout again at exit; point it at /dev/null so that does not fail too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OUTPUT
-    if interrupted:
-        return EXIT_INTERRUPTED
-    if summary.failed == 0:
-        return EXIT_OK
-    return EXIT_NO_ANSWER if stats["sent"] > 0 and stats["accepted"] == 0 else EXIT_STATUS
-
-
-async def _bulk(
-    args: argparse.Namespace, rows: Iterator[bulk.Row], sink: bulk.Sink, options: bulk.BulkOptions, show: bool
-) -> tuple[bulk.Summary, Counter[str], bool]:
-    import bulk
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with _progress_bar(show) as progress:
-        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
-            summary = await bulk.run_bulk(rows, client, sink, options, stop, progress)
-            return summary, client.stats, stop.is_set()
-
-
-@contextlib.contextmanager
-def _progress_bar(show: bool) -> Iterator[Callable[[bulk.Summary, Counter[str]], None] | None]:
-    """A tqdm bar on stderr (rows done, rate, retransmissions), or None when not shown."""
-    if not show:
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True, mininterval=0.2) as bar:
-
-        def update(summary: bulk.Summary, stats: Counter[str]) -> None:
-            bar.update(summary.rows - bar.n)
-            bar.set_postfix_str(f"ok={summary.ok} retransmissions={stats['retransmissions']}", refresh=False)
-
-        yield update
+    return bulk_cli.run(args)
 
 
 if __name__ == "__main__":

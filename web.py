@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from catalog import format_money
+from quantity import BadQuantity, parse_quantity
 from retry import RetryPolicy
 from udp_client import Address, NoAnswer, describe_status, format_address, list_once, quote_once
 from wire_format import MAX_QUANTITY, QuoteError
@@ -86,10 +87,13 @@ def quote_for_page(
     server: Address, policy: RetryPolicy, item: str, quantity_text: str
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(result, None) or (None, error in words) for one form submission."""
-    if not quantity_text.isdigit() or not 1 <= int(quantity_text) <= MAX_QUANTITY:
-        return None, f"Bad quantity {quantity_text!r}: enter a whole number from 1 to {MAX_QUANTITY:,}."
     try:
-        r = quote_once(server, item, int(quantity_text), policy)
+        quantity = parse_quantity(quantity_text)  # the one quantity rule, as for quote and bulk
+    except BadQuantity:
+        shown = quantity_text if len(quantity_text) <= 20 else quantity_text[:20] + "..."
+        return None, f"Bad quantity {shown!r}: enter a whole number from 1 to {MAX_QUANTITY:,}."
+    try:
+        r = quote_once(server, item, quantity, policy)
     except NoAnswer as e:
         return None, f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in {e.elapsed_s:.1f} s."
     except (ValueError, QuoteError) as e:

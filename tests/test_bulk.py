@@ -38,9 +38,9 @@ def make_orders(n: int, seed: int = 1, bad_every: int = 0) -> tuple[str, dict[in
     bad_kinds = [
         ("", "7", "missing item"),
         ("apple", "x1", "not a whole number"),
-        ("apple", "-4", "negative"),
+        ("apple", "-4", "not a whole number"),
         ("y" * 40, "1", "the wire field holds 32"),
-        ('"broken', "1", "broken CSV"),
+        ('"broken', "1", "a quoted field is not closed"),
     ]
     for i in range(n):
         line_no = i + 2
@@ -78,6 +78,12 @@ def check_output(text: str, orders: str, bad: dict[int, str], allow_failed: bool
     return counts
 
 
+UNCLOSED = (
+    "a quoted field is not closed on this line, and with the lines after it "
+    "(at most 100 lines, 16 MiB) it does not make a valid record"
+)
+
+
 def test_read_rows_validates_each_line() -> None:
     text = 'item,quantity\napple,3\n,2\npear,abc\n"oops,1\n\nfig,-1\nbanana\n' + "é" * 17 + ",1\n"
     _, rows = read_rows(io.StringIO(text))
@@ -85,9 +91,9 @@ def test_read_rows_validates_each_line() -> None:
     assert got == [
         (2, "apple", 3, ""),
         (3, "", 0, "missing item"),
-        (4, "pear", 0, "quantity 'abc' is not a whole number"),
-        (5, "", 0, "broken CSV: unexpected end of data"),
-        (7, "fig", 0, "quantity -1 is negative"),
+        (4, "pear", 0, "quantity 'abc' is not a whole number from 1 to 1000000000"),
+        (5, "", 0, UNCLOSED),
+        (7, "fig", 0, "quantity '-1' is not a whole number from 1 to 1000000000"),
         (8, "", 0, "expected 2 columns, got 1"),
         (9, "é" * 17, 0, "item is 34 bytes in UTF-8; the wire field holds 32"),
     ]

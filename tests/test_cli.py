@@ -67,13 +67,38 @@ def test_quote_json(server_addr: str) -> None:
     ("item", "qty", "message"),
     [
         ("kiwi", "1", "udp_client: unknown item 'kiwi'\n"),
-        ("apple", "0", "udp_client: bad quantity 0: must be 1 to 1000000000\n"),
-        ("apple", "1000000001", "udp_client: bad quantity 1000000001: must be 1 to 1000000000\n"),
     ],
 )
 def test_server_error_status_exits_1(server_addr: str, item: str, qty: str, message: str) -> None:
     r = run("udp_client.py", "--server", server_addr, "quote", item, qty)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", message)
+
+
+def test_json_failure_has_null_money(server_addr: str) -> None:
+    r = run("udp_client.py", "--server", server_addr, "--json", "quote", "kiwi", "1")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["status"], out["unit_price"], out["total"]) == ("UNKNOWN_ITEM", None, None)
+
+
+@pytest.mark.parametrize(
+    ("qty", "why"),
+    [
+        ("0", "quantity 0 is out of range: a whole number from 1 to 1000000000"),
+        ("1000000001", "quantity 1000000001 is out of range: a whole number from 1 to 1000000000"),
+        ("-1", "quantity '-1' is not a whole number from 1 to 1000000000"),
+        ("-2", "quantity '-2' is not a whole number from 1 to 1000000000"),
+        ("+3", "quantity '+3' is not a whole number from 1 to 1000000000"),
+        ("1e3", "quantity '1e3' is not a whole number from 1 to 1000000000"),
+        ("٣", "quantity '٣' is not a whole number from 1 to 1000000000"),
+        ("9" * 5000, "quantity '99999999999999999999...' has 5,000 characters; at most 10 digits allowed"),
+    ],
+)
+def test_one_quantity_rule_quote_rejects_locally_exit_2(qty: str, why: str) -> None:
+    """The quantity rule is applied before anything is sent: port 9 (discard) is never asked."""
+    r = run("udp_client.py", "--server", "127.0.0.1:9", "quote", "apple", qty)
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.endswith(f"argument quantity: {why}\n") and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
