@@ -10,16 +10,20 @@ one pass.
 from __future__ import annotations
 
 import csv
+import hashlib
+import heapq
 import io
+import os
 import re
-import zlib
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
-from wire_format import ITEM_SIZE, LIST_PAGE_SIZE, MAX_TOTAL, QuoteError, normalize_item
+from wire_format import ITEM_SIZE, LIST_PAGE_SIZE, MAX_TOTAL, QuoteError, encode_item, normalize_item
 
 MINOR_UNITS = 100
 """Minor units per major unit: prices are exact integer cents."""
@@ -31,6 +35,13 @@ MAX_ITEMS = LIST_PAGE_SIZE * MAX_LIST_PAGES
 """1,048,560: more items would need a page count the list reply cannot carry."""
 MAX_WIRE_PRICE = 2**64 - 1
 """Unit prices travel in u64 fields."""
+MAX_CATALOG_BYTES = 128 * 1024 * 1024
+"""128 MiB: a catalog file larger than this is refused unread. The largest catalog the wire carries
+(1,048,560 items with 64-byte names and 16-digit prices) is about 90 MB; anything bigger is a mistake
+or an attack (a sparse file, a symlink to a device) and would cost seconds and gigabytes to parse."""
+_SORT_CHUNK = 16_384
+"""Items sorted per C call when the listing is built: each call holds the GIL for milliseconds only,
+so a reload in a worker thread never stalls the serving thread for long (see Catalog.listing)."""
 _PRICE_RE = re.compile(r"^\d+(\.\d+)?$")
 
 
@@ -45,7 +56,11 @@ class CatalogError(QuoteError):
 
 @dataclass(frozen=True)
 class Catalog:
-    """Item name (NFC) -> unit price in minor units, plus a version that changes with the content."""
+    """Item name (NFC) -> unit price in minor units, plus a version that changes with the content.
+
+    What serving needs besides the prices (the sorted listing, the wire-encoded names) is cached on
+    the catalog object itself, so swapping in a new catalog is one reference assignment and nothing
+    derived from an old catalog can outlive it (two catalogs may share a version: it is 32 bits)."""
 
     prices: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 0
@@ -53,16 +68,44 @@ class Catalog:
     @classmethod
     def from_prices(cls, prices: Mapping[str, int]) -> Catalog:
         frozen = MappingProxyType(dict(prices))
-        return cls(prices=frozen, version=_content_version(frozen))
+        listing = _sorted_items(frozen)
+        catalog = cls(prices=frozen, version=_content_version(listing))
+        object.__setattr__(catalog, "listing", listing)  # fills the cached_property: sorted once
+        return catalog
 
     def __len__(self) -> int:
         return len(self.prices)
 
+    @cached_property
+    def listing(self) -> tuple[tuple[str, int], ...]:
+        """(name, price) sorted by name: what the list messages page through."""
+        return _sorted_items(self.prices)
 
-def _content_version(prices: Mapping[str, int]) -> int:
-    # CRC32 of the canonical content: reloading an unchanged file keeps the version.
-    canonical = "\n".join(f"{k}\t{v}" for k, v in sorted(prices.items()))
-    return zlib.crc32(canonical.encode("utf-8"))
+    @cached_property
+    def wire_prices(self) -> dict[bytes, int]:
+        """Encoded item field -> price: the fast path looks up the request's bytes directly."""
+        return {encode_item(name): price for name, price in self.prices.items()}
+
+    def prepared(self) -> Catalog:
+        """This catalog with its derived data built, so serving never builds it (returns self)."""
+        _ = self.listing, self.wire_prices
+        return self
+
+
+def _sorted_items(prices: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    # Sorted in chunks, then merged by heapq.merge (Python code, so the GIL changes hands between
+    # items): one sorted() of a million items would hold it for most of a second.
+    items = list(prices.items())
+    chunks = [sorted(items[i : i + _SORT_CHUNK]) for i in range(0, len(items), _SORT_CHUNK)]
+    return tuple(heapq.merge(*chunks))
+
+
+def _content_version(listing: tuple[tuple[str, int], ...]) -> int:
+    # First 4 bytes of BLAKE2b of the canonical content: reloading an unchanged file keeps the
+    # version, and unlike a CRC (linear: anyone can pick prices that give any CRC) nobody can
+    # make two different catalogs share a version without a brute-force search of ~2^31 catalogs.
+    canonical = "".join(f"{name}\t{price}\n" for name, price in listing).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(canonical, digest_size=4).digest(), "big")
 
 
 def parse_price(text: str) -> int:
@@ -164,11 +207,45 @@ def wire_limit_problems(prices: Mapping[str, int]) -> list[str]:
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog file; raises CatalogError (also for unreadable files)."""
+    return parse_catalog_bytes(read_catalog_file(path)[1], str(path))
+
+
+def read_catalog_file(path: str | Path, limit: int = MAX_CATALOG_BYTES) -> tuple[os.stat_result, bytes]:
+    """The file's stat and bytes, never blocking and never reading more than ``limit`` bytes.
+
+    Only a regular file is read (a symlink to one is fine): a FIFO would block open() until a
+    writer appears, a device like /dev/zero never ends. Checked before opening, then again on the
+    opened descriptor (the name may be replaced in between); opened with O_NONBLOCK so even a FIFO
+    swapped in at that moment cannot block. Raises CatalogError with the reason."""
+    where = str(path)
     try:
-        raw = Path(path).read_bytes()
+        _require_regular(os.stat(where), where, limit)
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise CatalogError(str(path), [f"cannot read: {e}"]) from e
-    return parse_catalog_bytes(raw, str(path))
+        raise CatalogError(where, [f"cannot read: {e.strerror or e}"]) from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        _require_regular(st, where, limit)
+        try:
+            raw = f.read(limit + 1)
+        except OSError as e:
+            raise CatalogError(where, [f"cannot read: {e.strerror or e}"]) from e
+    if len(raw) > limit:
+        raise CatalogError(where, [f"file grew past the {limit:,}-byte limit for a catalog while being read"])
+    return st, raw
+
+
+def _require_regular(st: os.stat_result, where: str, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise CatalogError(where, [f"not a regular file ({_file_kind(st.st_mode)}); a catalog must be one"])
+    if st.st_size > limit:
+        raise CatalogError(where, [f"{st.st_size:,} bytes; a catalog file may have at most {limit:,}"])
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds |= {stat.S_ISDIR: "a directory", stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
 def parse_catalog_bytes(raw: bytes, path: str = "<catalog>") -> Catalog:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,9 +28,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-from catalog import Catalog, CatalogError, load_catalog, parse_catalog_bytes, price_total, wire_limit_problems
+from catalog import Catalog, CatalogError, load_catalog, price_total, wire_limit_problems
+from catalog_reload import WATCH_POLL_S, WATCH_SETTLE_S, Operations
 from guards import RateLimiter, ReplyCache, Verdict
 from metrics import start_metrics
+from reflectors import REFLECTOR_PORTS
 from wire_format import (
     LIST_PAGE_SIZE,
     MAX_QUANTITY,
@@ -53,7 +54,6 @@ from wire_format import (
     Status,
     decode_any_request,
     encode_batch_reply,
-    encode_item,
     encode_list_reply,
     encode_ok_reply,
     encode_reply,
@@ -70,45 +70,6 @@ RECV_QUEUE_BYTES = 4 * 1024 * 1024
 _STATUS_KEY_BY_VALUE = {int(status): f"status.{status.name}" for status in Status}
 REPLY_STATUS_OFFSET = 12
 """Every reply kind carries its status byte right after the 12-byte common header."""
-REFLECTOR_PORTS = frozenset(
-    {
-        0,  # not a real source port: nothing can answer it, so it is spoofed or broken
-        7,  # echo
-        9,  # discard
-        11,  # systat
-        13,  # daytime
-        17,  # qotd
-        19,  # chargen (the echo/chargen loop, CVE-1999-0103)
-        37,  # time
-        53,  # DNS
-        69,  # TFTP
-        111,  # portmap / rpcbind
-        123,  # NTP
-        137,  # NetBIOS name service
-        161,  # SNMP
-        162,  # SNMP trap
-        389,  # CLDAP
-        427,  # SLP
-        443,  # QUIC
-        500,  # IKE
-        520,  # RIP
-        1194,  # OpenVPN
-        1434,  # MS SQL browser
-        1900,  # SSDP
-        3283,  # Apple Remote Desktop
-        3478,  # STUN / TURN
-        3702,  # WS-Discovery
-        5060,  # SIP
-        5353,  # mDNS
-        5683,  # CoAP
-        10001,  # Ubiquiti discovery
-        11211,  # memcached
-    }
-)
-"""Source ports of UDP services that answer whatever they receive. A datagram "from" one of them is
-a reflection attempt (spoofed, to make us and that service answer each other) or at best a
-misconfiguration: real clients send from ephemeral ports. Dropped silently, counted as
-``refused.source_port``."""
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     QuoteReply: encode_reply,
     BatchReply: encode_batch_reply,
@@ -133,8 +94,6 @@ class QuoteServer:
     fast_path: bool = True
     """Answer plain quotes for known items through quote_fast (same bytes, same counters, ~5x less
     work); False sends everything through the general path, which the equivalence tests compare with."""
-    _listing: tuple[int, tuple[tuple[str, int], ...]] = field(default=(0, ()), repr=False)
-    _wire_prices: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.set_catalog(self.catalog)
@@ -201,7 +160,8 @@ class QuoteServer:
         if peeked is None:
             return None
         request_id, item_field, quantity = peeked
-        unit = self._wire_prices.get(item_field)
+        catalog = self.catalog
+        unit = catalog.wire_prices.get(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
             return None
         key = (addr[0], addr[1], request_id)
@@ -210,7 +170,7 @@ class QuoteServer:
             if cached is not None:
                 self.stats["cache_hits"] += 1
                 return cached
-        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, self.catalog.version)
+        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version)
         if self.cache is not None and len(out) <= len(data):
             self.cache.put(key, data, out, now)
         return out
@@ -232,19 +192,13 @@ class QuoteServer:
 
     def list_page(self, request: ListRequest) -> ListReply:
         """One page of the catalog, sorted by name; BAD_PAGE past the end."""
-        entries = self._sorted_entries()
+        entries = self.catalog.listing  # sorted once per catalog object, never keyed by version alone
         pages = max(1, -(-len(entries) // LIST_PAGE_SIZE))
         version = self.catalog.version
         if request.page >= pages:
             return ListReply(request.request_id, Status.BAD_PAGE, request.page, pages, catalog_version=version)
         chunk = entries[request.page * LIST_PAGE_SIZE : (request.page + 1) * LIST_PAGE_SIZE]
         return ListReply(request.request_id, Status.OK, request.page, pages, chunk, version)
-
-    def _sorted_entries(self) -> tuple[tuple[str, int], ...]:
-        # Sorted once per catalog version, not once per request.
-        if self._listing[0] != self.catalog.version or not self._listing[1]:
-            self._listing = (self.catalog.version, tuple(sorted(self.catalog.prices.items())))
-        return self._listing[1]
 
     def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
         retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
@@ -271,8 +225,12 @@ class QuoteServer:
         problems = wire_limit_problems(catalog.prices)
         if problems:
             raise ValueError("; ".join(problems))
-        self._wire_prices = {encode_item(name): price for name, price in catalog.prices.items()}
-        self.catalog = catalog
+        self.swap_catalog(catalog.prepared())
+
+    def swap_catalog(self, prepared: Catalog) -> None:
+        """Swap in a catalog already validated and prepared (off the serving thread, by the reload
+        worker): one reference assignment, so a datagram sees the old catalog or the new, never a mix."""
+        self.catalog = prepared
 
     def price(self, item: str, quantity: int) -> LineResult:
         """Price one line against the current catalog: exact integer cents."""
@@ -362,17 +320,18 @@ class Control:
     def fileno(self) -> int:
         return self._r
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Interrupt the loop's wait (from a signal handler or another thread)."""
         with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
             os.write(self._w, b"x")
 
     def stop(self) -> None:
         self.stopped = True
-        self._wake()
+        self.wake()
 
     def request_reload(self) -> None:
         self.reload_requested = True
-        self._wake()
+        self.wake()
 
     def drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -387,7 +346,13 @@ class Control:
 class Duties(Protocol):
     """What the loop does besides answering datagrams: reloads and periodic work."""
 
-    def reload(self) -> None: ...
+    def reload(self) -> None:
+        """Ask for a reload; must return at once (the work happens elsewhere)."""
+        ...
+
+    def swap_in_ready(self) -> None:
+        """Install a catalog prepared elsewhere, if one is ready; cheap when none is."""
+        ...
 
     def tick(self, now: float) -> float | None:
         """Do what is due at ``now``; return when to be called next (None: never)."""
@@ -436,6 +401,8 @@ def serve(
                     duties.reload()
                 except Exception as e:
                     internal_error(server, e, "reloading the catalog")
+            if duties is not None:
+                duties.swap_in_ready()
             _drain(sock, server, control, clock)
             if duties is not None and next_tick is not None and clock() >= next_tick:
                 try:
@@ -516,169 +483,6 @@ def handle_signals(control: Control) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-WATCH_POLL_S = 0.5
-"""How often --watch looks at the catalog file (a stat; the file is read only when it changed)."""
-WATCH_SETTLE_S = 2.0
-"""Default --watch-settle: an edited-in-place file must stay unchanged this long before it is loaded."""
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What --watch compares: the file's identity, size and mtime, and (once read) its content hash."""
-
-    inode: tuple[int, int]
-    size: int
-    mtime_ns: int
-    digest: bytes = b""
-
-    @classmethod
-    def of(cls, st: os.stat_result, raw: bytes | None = None) -> FileState:
-        digest = hashlib.blake2b(raw, digest_size=16).digest() if raw is not None else b""
-        return cls((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns, digest)
-
-    def same_stat(self, other: FileState) -> bool:
-        return (self.inode, self.size, self.mtime_ns) == (other.inode, other.size, other.mtime_ns)
-
-
-def watch_decision(
-    loaded: FileState | None,
-    seen: FileState,
-    last_inode: tuple[int, int] | None,
-    pending: tuple[FileState, float] | None,
-    now: float,
-    settle_s: float,
-) -> str:
-    """Pure --watch policy: "idle" (nothing new), "wait" (changed, not settled yet) or "load".
-
-    ``seen`` is the file now, content hashed; ``last_inode`` the file's identity at the previous
-    look; ``pending`` a changed version and when it was first seen. A file put in place by a rename
-    (another inode since the last look) is complete by construction and is loaded at once. A file
-    rewritten in place may be caught between two writes, so it is loaded only after size, mtime
-    and content hash stayed the same for ``settle_s`` seconds. (The caller also never loads a file
-    whose last byte is not a newline: a cut-off last line is the usual half-written file.)"""
-    if loaded is not None and loaded.digest == seen.digest:
-        return "idle"
-    if seen.inode != last_inode:
-        return "load"
-    if pending is None or pending[0] != seen:
-        return "wait"
-    return "load" if now - pending[1] >= settle_s else "wait"
-
-
-@dataclass
-class Operations:
-    """The server's duties besides quoting: catalog reload (SIGHUP, --watch) and stats logging."""
-
-    server: QuoteServer
-    catalog_path: str
-    watch_interval_s: float | None = None
-    stats_interval_s: float | None = None
-    settle_s: float = WATCH_SETTLE_S
-    _loaded: FileState | None = None
-    """The file as last loaded (or rejected as a bad catalog: it is not retried until it changes)."""
-    _idle: FileState | None = None
-    _pending: tuple[FileState, float] | None = None
-    _refused: FileState | None = None
-    """Last version refused for its missing final newline."""
-    _last_inode: tuple[int, int] | None = None
-    _next_watch: float = 0.0
-    _next_stats: float = 0.0
-
-    def __post_init__(self) -> None:
-        read = self._read()
-        self._loaded = self._idle = read[0] if read else None
-        self._last_inode = self._loaded.inode if self._loaded else None
-
-    def _read(self) -> tuple[FileState, bytes] | None:
-        """The file's state and bytes, read once so what is hashed is exactly what gets loaded."""
-        try:
-            with open(self.catalog_path, "rb") as f:
-                st = os.fstat(f.fileno())
-                raw = f.read()
-        except OSError:
-            return None  # mid-rename, or removed: keep serving what we have
-        return FileState.of(st, raw), raw
-
-    def reload(self) -> None:
-        """SIGHUP: read the file now, validate it completely, then swap it in; a bad file changes nothing."""
-        self._install(self._read(), self.catalog_path)
-
-    def _install(self, read: tuple[FileState, bytes] | None, path: str) -> None:
-        old = self.server.catalog
-        if read is not None:
-            self._loaded, self._idle, self._pending, self._last_inode = read[0], read[0], None, read[0].inode
-        try:
-            # load_catalog on an unreadable file reports why it cannot be read
-            new = load_catalog(path) if read is None else parse_catalog_bytes(read[1], path)
-        except CatalogError as e:
-            self.server.stats["reloads.failed"] += 1
-            log.error(
-                "catalog reload rejected, still serving version %d: %s",
-                old.version,
-                self.catalog_path,
-                extra={"event": "reload_rejected", "problems": e.problems},
-            )
-            for problem in e.problems:
-                log.error("  %s", problem, extra={"event": "reload_problem"})
-            return
-        self.server.set_catalog(new)
-        self.server.stats["reloads.ok"] += 1
-        log.info(
-            "catalog reloaded: %d items, version %d (was %d)",
-            len(new),
-            new.version,
-            old.version,
-            extra={"event": "reloaded", "items": len(new), "version": new.version},
-        )
-
-    def watch(self, now: float) -> None:
-        """One --watch look at the file (policy in watch_decision)."""
-        try:
-            quick = FileState.of(os.stat(self.catalog_path))
-        except OSError:
-            return  # mid-rename, or removed: keep serving what we have
-        if any(known is not None and known.same_stat(quick) for known in (self._refused, self._idle)):
-            return  # unchanged since we last read it: not worth reading again
-        read = self._read()
-        if read is None:
-            return
-        seen, raw = read
-        decision = watch_decision(self._loaded, seen, self._last_inode, self._pending, now, self.settle_s)
-        self._last_inode = seen.inode
-        if decision == "idle":
-            self._pending, self._idle = None, seen
-        elif decision == "wait":
-            if self._pending is None or self._pending[0] != seen:
-                self._pending = (seen, now)
-        elif not raw.endswith(b"\n"):
-            self._refused, self._pending = seen, None
-            self.server.stats["reloads.no_final_newline"] += 1
-            log.warning(
-                "catalog %s changed but its last line has no newline (still being written?); not loaded",
-                self.catalog_path,
-                extra={"event": "reload_incomplete"},
-            )
-        else:
-            self._install(read, self.catalog_path)
-
-    def tick(self, now: float) -> float | None:
-        if self.watch_interval_s is not None and now >= self._next_watch:
-            self._next_watch = now + self.watch_interval_s
-            self.watch(now)
-        if self.stats_interval_s is not None and now >= self._next_stats:
-            if self._next_stats:  # not at start-up: nothing has happened yet
-                log.info(
-                    "stats %s", self.server.summary(), extra={"event": "stats", "counters": self.server.counters()}
-                )
-            self._next_stats = now + self.stats_interval_s
-        due = [
-            t
-            for t, on in ((self._next_watch, self.watch_interval_s), (self._next_stats, self.stats_interval_s))
-            if on is not None
-        ]
-        return min(due) if due else None
 
 
 class JsonFormatter(logging.Formatter):
@@ -803,13 +607,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def operations(server: QuoteServer, args: argparse.Namespace) -> Operations:
+def operations(server: QuoteServer, args: argparse.Namespace, control: Control) -> Operations:
     return Operations(
         server,
         args.catalog,
         watch_interval_s=WATCH_POLL_S if args.watch else None,
         stats_interval_s=args.stats_interval or None,
         settle_s=args.watch_settle,
+        wake=control.wake,
     )
 
 
@@ -837,20 +642,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:
         return run_workers(args, catalog, sock)
     server, control = build_server(args, catalog), Control()
-    ops = operations(server, args)
-    if args.metrics_port is not None:
-        try:
-            metrics_at = start_metrics(server, args.metrics_port)
-        except OSError as e:
-            print(f"udp_server: cannot serve metrics on 127.0.0.1:{args.metrics_port}: {e.strerror}", file=sys.stderr)
-            return EXIT_BIND
-        log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
-    print(
-        f"udp_server: listening on {_shown(sock)} (udp), {len(catalog)} items, catalog version {catalog.version}",
-        flush=True,
-    )
+    # Handlers first, start line after: whoever reacts to the start line with a SIGHUP must find
+    # a server that reloads, not one killed by the signal's default action.
     with sock, handle_signals(control):
+        ops = operations(server, args, control)
+        if args.metrics_port is not None:
+            try:
+                metrics_at = start_metrics(server, args.metrics_port)
+            except OSError as e:
+                print(
+                    f"udp_server: cannot serve metrics on 127.0.0.1:{args.metrics_port}: {e.strerror}", file=sys.stderr
+                )
+                return EXIT_BIND
+            log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
+        print(
+            f"udp_server: listening on {_shown(sock)} (udp), {len(catalog)} items, catalog version {catalog.version}",
+            flush=True,
+        )
         serve(sock, server, control, duties=ops)
+        ops.close()
     print(f"udp_server: stopped; {server.summary()}", flush=True)
     control.close()
     return EXIT_OK
@@ -873,9 +683,10 @@ def _worker(
 ) -> None:
     """One worker process: its own server core and loop on its own SO_REUSEPORT socket."""
     server, control = build_server(args, catalog), Control()
-    ops = operations(server, args)
+    ops = operations(server, args, control)
     with sock, handle_signals(control):
         serve(sock, server, control, duties=ops)
+        ops.close()
     results.put((index, server.counters()))
     control.close()
 
@@ -889,6 +700,9 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
     sockets = [first] + [bind_socket(host, port, reuse_port=True) for _ in range(args.workers - 1)]
     ctx = multiprocessing.get_context("fork")
     results: multiprocessing.queues.Queue[tuple[int, dict[str, int]]] = ctx.Queue()
+    # Ignored until each worker installs its own handler (SIG_IGN survives fork): a SIGHUP
+    # forwarded to a worker still starting up must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     procs = [
         ctx.Process(target=_worker, args=(args, catalog, s, i, results), daemon=True) for i, s in enumerate(sockets)
     ]
@@ -896,13 +710,13 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
         proc.start()
     for s in sockets:
         s.close()  # each worker holds its own copy
-    print(
-        f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}, "
-        f"{args.workers} workers (pids {' '.join(str(p.pid) for p in procs)})",
-        flush=True,
-    )
     control = Control()
     with handle_signals(control):
+        print(
+            f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}, "
+            f"{args.workers} workers (pids {' '.join(str(p.pid) for p in procs)})",
+            flush=True,
+        )
         while not control.stopped and any(p.is_alive() for p in procs):
             if control.reload_requested:
                 control.reload_requested = False

@@ -185,6 +185,11 @@ def test_watch_loads_a_renamed_file_at_once_and_sighup_at_once(tmp_path: Path) -
     try:
         tmp = tmp_path / "catalog.csv.tmp"
         tmp.write_text(catalog_text("70.00"), encoding="utf-8")
+        # Written a while before the rename (as by hand, or cp -p): the rename then sets a ctime
+        # later than the mtime, which is what tells a renamed-in file from a fresh one. A rename in
+        # the same clock tick as the write is not told apart: it waits for the settle interval.
+        past = time.time() - 10
+        os.utime(tmp, (past, past))
         os.replace(tmp, path)
         wait_for_price(addr, 7000, timeout_s=15)
         path.write_text(catalog_text("80.00"), encoding="utf-8")  # in place: --watch would wait 60 s
@@ -214,17 +219,46 @@ def test_watch_never_loads_a_file_without_a_final_newline(tmp_path: Path) -> Non
 
 
 def test_watch_decision_is_a_pure_policy() -> None:
-    from udp_server import FileState, watch_decision
+    from catalog_reload import FileState, watch_decision
 
-    loaded = FileState((1, 10), 100, 5, b"a")
-    edited = FileState((1, 10), 120, 6, b"b")
-    renamed = FileState((1, 11), 120, 6, b"b")
+    loaded = FileState((1, 10), 100, 5, b"a", 5)
+    edited = FileState((1, 10), 120, 6, b"b", 6)
+    renamed = FileState((1, 11), 120, 6, b"b", 9)
+    created = FileState((1, 12), 120, 6, b"b", 6)
     assert watch_decision(loaded, loaded, (1, 10), None, 0.0, 2.0) == "idle"
     assert watch_decision(loaded, renamed, (1, 10), None, 0.0, 2.0) == "load", "a rename is complete"
+    assert watch_decision(loaded, created, (1, 10), None, 0.0, 2.0) == "wait", "created and written: may be half"
+    assert watch_decision(loaded, created, (1, 12), (created, 0.0), 1.9, 2.0) == "wait"
+    assert watch_decision(loaded, created, (1, 12), (created, 0.0), 2.0, 2.0) == "load", "settled"
     assert watch_decision(loaded, edited, (1, 10), None, 0.0, 2.0) == "wait", "first seen: not settled"
     assert watch_decision(loaded, edited, (1, 10), (edited, 0.0), 1.9, 2.0) == "wait"
     assert watch_decision(loaded, edited, (1, 10), (edited, 0.0), 2.0, 2.0) == "load"
     changed_again = FileState((1, 10), 130, 7, b"c")
     assert watch_decision(loaded, changed_again, (1, 10), (edited, 0.0), 5.0, 2.0) == "wait", "changed: start over"
-    same_size_same_mtime = FileState((1, 10), 120, 6, b"d")
+    same_size_same_mtime = FileState((1, 10), 120, 6, b"d", 6)
     assert watch_decision(loaded, same_size_same_mtime, (1, 10), (edited, 0.0), 5.0, 2.0) == "wait", "hash counts"
+
+
+def test_watch_never_serves_a_half_written_file_created_anew(tmp_path: Path) -> None:
+    # The way vim (backupcopy=no), install or cp --remove-destination replace a file: the old one
+    # goes away, a new inode is created and written in pieces. A new inode alone must not count as
+    # "renamed in, complete": its ctime equals its mtime, so it waits for the settle interval.
+    path = tmp_path / "catalog.csv"
+    path.write_text(catalog_text("50.00"), encoding="utf-8")
+    proc, addr = start_server("--catalog", str(path), "--watch", "--watch-settle", "3")
+    final = catalog_text("100.00")
+    split = final.index("gift card,")  # at a line boundary: the first half ends with a newline
+    try:
+        os.rename(path, tmp_path / "catalog.csv~")
+        with path.open("w", encoding="utf-8") as f:
+            f.write(final[:split])
+            f.flush()
+            during = quotes_during(addr, 1.2)  # the writer pauses (shorter than the settle)
+            f.write(final[split:])
+        os.unlink(tmp_path / "catalog.csv~")
+        after = wait_for_price(addr, 10000, timeout_s=15)
+    finally:
+        _, err = stop(proc)
+    assert during == {(Status.OK, 5000)}, f"served something other than the old catalog: {during}"
+    assert after <= {(Status.OK, 5000), (Status.OK, 10000)}, after
+    assert "Traceback" not in err

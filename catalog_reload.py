@@ -1,0 +1,319 @@
+"""Catalog reloads (SIGHUP, --watch) off the serving loop, and the server's periodic stats line.
+
+Reading, hashing, parsing, validating and indexing a catalog (up to 1,048,560 items: seconds of
+work) happen in one worker thread. The serving loop only asks for a reload and, when the worker
+has a prepared catalog ready, swaps it in with one reference assignment between two datagrams; the
+old catalog answers until then. At most one reload runs at a time: requests during a reload make
+it run once more afterwards. A file whose content hash equals the loaded one is a logged no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from catalog import Catalog, CatalogError, parse_catalog_bytes, read_catalog_file
+
+log = logging.getLogger("udp_price.server")
+
+WATCH_POLL_S = 0.5
+"""How often --watch looks at the catalog file (a stat; the file is read only when it changed)."""
+WATCH_SETTLE_S = 2.0
+"""Default --watch-settle: a file written in place (or created and written) must stay unchanged this
+long before it is loaded."""
+
+
+class Served(Protocol):
+    """What reloads need of the server core."""
+
+    catalog: Catalog
+    stats: Counter[str]
+
+    def swap_catalog(self, prepared: Catalog) -> None: ...
+
+    def summary(self) -> str: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What --watch compares: the file's identity, size, mtime and ctime, and (once read) its content hash."""
+
+    inode: tuple[int, int]
+    size: int
+    mtime_ns: int
+    digest: bytes = b""
+    ctime_ns: int = 0
+
+    @classmethod
+    def of(cls, st: os.stat_result, raw: bytes | None = None) -> FileState:
+        digest = hashlib.blake2b(raw, digest_size=16).digest() if raw is not None else b""
+        return cls((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns, digest, st.st_ctime_ns)
+
+    def same_stat(self, other: FileState) -> bool:
+        return (self.inode, self.size, self.mtime_ns, self.ctime_ns) == (
+            other.inode,
+            other.size,
+            other.mtime_ns,
+            other.ctime_ns,
+        )
+
+    @property
+    def looks_renamed(self) -> bool:
+        """rename(2) updates the file's ctime, not its mtime; a file created and written by its
+        writer has ctime == mtime (every write sets both). So ctime later than mtime means the
+        file was complete before it got this name. (Renamed within the same clock tick as its
+        last write, it looks fresh and simply waits for the settle interval.)"""
+        return self.ctime_ns > self.mtime_ns
+
+
+def watch_decision(
+    loaded: FileState | None,
+    seen: FileState,
+    last_inode: tuple[int, int] | None,
+    pending: tuple[FileState, float] | None,
+    now: float,
+    settle_s: float,
+) -> str:
+    """Pure --watch policy: "idle" (nothing new), "wait" (changed, not settled yet) or "load".
+
+    ``seen`` is the file now, content hashed; ``last_inode`` the file's identity at the previous
+    look; ``pending`` a changed version and when it was first seen. Another inode that looks renamed
+    in (ctime later than mtime, see FileState.looks_renamed) is complete by construction and is
+    loaded at once. Anything else - rewritten in place, or unlinked and created anew the way
+    vim (backupcopy=no), install or cp --remove-destination do - may be caught between two writes,
+    so it is loaded only after size, mtime, ctime and content hash stayed the same for ``settle_s``
+    seconds. (The caller also never loads a file whose last byte is not a newline.)"""
+    if loaded is not None and loaded.digest == seen.digest:
+        return "idle"
+    if seen.inode != last_inode and seen.looks_renamed:
+        return "load"
+    if pending is None or pending[0] != seen:
+        return "wait"
+    return "load" if now - pending[1] >= settle_s else "wait"
+
+
+@dataclass
+class _Ready:
+    """What the worker hands the serving loop: counters to add and maybe a catalog to swap in."""
+
+    counts: list[str] = field(default_factory=list)
+    catalog: Catalog | None = None
+
+
+@dataclass
+class Operations:
+    """The server's duties besides quoting: catalog reload (SIGHUP, --watch) and stats logging.
+
+    ``request_reload`` and ``tick`` never touch the file; ``swap_in_ready`` installs what the worker
+    prepared. ``wake`` (optional) interrupts the serving loop's wait when something is ready."""
+
+    server: Served
+    catalog_path: str
+    watch_interval_s: float | None = None
+    stats_interval_s: float | None = None
+    settle_s: float = WATCH_SETTLE_S
+    wake: Callable[[], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    _loaded: FileState | None = None
+    """The file as last loaded (or rejected as a bad catalog: it is not retried until it changes)."""
+    _idle: FileState | None = None
+    _pending: tuple[FileState, float] | None = None
+    _refused: FileState | None = None
+    """Last version refused for its missing final newline."""
+    _last_inode: tuple[int, int] | None = None
+    _next_stats: float = 0.0
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _forced: bool = False
+    _retired: list[Catalog] = field(default_factory=list, repr=False)
+    _ready: _Ready = field(default_factory=_Ready, repr=False)
+    _thread: threading.Thread | None = None
+    _closing: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            st, raw = read_catalog_file(self.catalog_path)
+        except CatalogError:
+            return
+        self._loaded = self._idle = FileState.of(st, raw)
+        self._last_inode = self._loaded.inode
+        if self.watch_interval_s is not None:
+            self._start()
+
+    # ------------------------------------------------ serving thread
+
+    def reload(self) -> None:
+        """SIGHUP: ask the worker to read, validate and prepare the file now; returns at once."""
+        with self._cond:
+            self._forced = True
+            self._cond.notify()
+        self._start()
+
+    def swap_in_ready(self) -> None:
+        """Install what the worker finished: one reference assignment, counters added. Cheap when
+        nothing is ready (one attribute test), so the loop calls it on every wake-up."""
+        if not self._ready.counts:
+            return
+        with self._cond:
+            ready, self._ready = self._ready, _Ready()
+        if ready.catalog is not None:
+            old = self.server.catalog
+            self.server.swap_catalog(ready.catalog)
+            with self._cond:  # freed by the worker: dropping a million-item dict takes a while
+                self._retired.append(old)
+                self._cond.notify()
+        self.server.stats.update(ready.counts)
+
+    def tick(self, now: float) -> float | None:
+        self.swap_in_ready()
+        if self.stats_interval_s is None:
+            return None
+        if now >= self._next_stats:
+            if self._next_stats:  # not at start-up: nothing has happened yet
+                log.info(
+                    "stats %s", self.server.summary(), extra={"event": "stats", "counters": self.server.counters()}
+                )
+            self._next_stats = now + self.stats_interval_s
+        return self._next_stats
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # ------------------------------------------------ worker thread
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="catalog-reload", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        next_watch = self.clock()
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._has_work, timeout=self._wait_s(next_watch))
+                if self._closing:
+                    return
+                forced, self._forced = self._forced, False
+                retired, self._retired = self._retired, []
+            retired.clear()  # old catalogs are freed here, outside the lock and off the serving thread
+            try:
+                if forced:
+                    self._reload_now()
+                elif self.watch_interval_s is not None and self.clock() >= next_watch:
+                    next_watch = self.clock() + self.watch_interval_s
+                    self._watch(self.clock())
+            except Exception:  # a bug here must not end reloads for the life of the process
+                log.exception("internal error while reloading the catalog", extra={"event": "internal_error"})
+                self._post(["internal_errors"])
+
+    def _has_work(self) -> bool:
+        return self._forced or self._closing or bool(self._retired)
+
+    def _wait_s(self, next_watch: float) -> float | None:
+        return None if self.watch_interval_s is None else max(0.0, next_watch - self.clock())
+
+    def _post(self, counts: list[str], catalog: Catalog | None = None) -> None:
+        with self._cond:
+            self._ready.counts += counts
+            if catalog is not None:
+                self._ready.catalog = catalog
+        if self.wake is not None:
+            self.wake()
+
+    def _read(self) -> tuple[FileState, bytes] | CatalogError:
+        """The file's state and bytes, read once so what is hashed is exactly what gets loaded."""
+        try:
+            st, raw = read_catalog_file(self.catalog_path)
+        except CatalogError as e:
+            return e
+        return FileState.of(st, raw), raw
+
+    def _reload_now(self) -> None:
+        self._install(self._read())
+
+    def _install(self, read: tuple[FileState, bytes] | CatalogError) -> None:
+        if isinstance(read, CatalogError):
+            self._reject(read)
+            return
+        state, raw = read
+        unchanged = self._loaded is not None and self._loaded.digest == state.digest
+        self._loaded, self._idle, self._pending, self._last_inode = state, state, None, state.inode
+        if unchanged:
+            log.info(
+                "catalog %s unchanged (same content hash); nothing to reload",
+                self.catalog_path,
+                extra={"event": "reload_unchanged"},
+            )
+            self._post(["reloads.unchanged"])
+            return
+        try:
+            new = parse_catalog_bytes(raw, self.catalog_path)  # every wire limit included
+        except CatalogError as e:
+            self._reject(e)
+            return
+        old = self.server.catalog
+        self._post(["reloads.ok"], new.prepared())
+        log.info(
+            "catalog reloaded: %d items, version %d (was %d)",
+            len(new),
+            new.version,
+            old.version,
+            extra={"event": "reloaded", "items": len(new), "version": new.version},
+        )
+
+    def _reject(self, error: CatalogError) -> None:
+        self._post(["reloads.failed"])
+        log.error(
+            "catalog reload rejected, still serving version %d: %s",
+            self.server.catalog.version,
+            self.catalog_path,
+            extra={"event": "reload_rejected", "problems": error.problems},
+        )
+        for problem in error.problems:
+            log.error("  %s", problem, extra={"event": "reload_problem"})
+
+    def _watch(self, now: float) -> None:
+        """One --watch look at the file (policy in watch_decision)."""
+        try:
+            quick = FileState.of(os.stat(self.catalog_path))
+        except OSError:
+            return  # mid-rename, or removed: keep serving what we have
+        if any(known is not None and known.same_stat(quick) for known in (self._refused, self._idle)):
+            return  # unchanged since we last read it: not worth reading again
+        read = self._read()
+        if isinstance(read, CatalogError):
+            if not os.path.lexists(self.catalog_path):
+                return  # renamed away between the stat and the open: look again next time
+            self._idle = self._refused = quick  # a FIFO, too big...: reported once, until it changes
+            self._reject(read)
+            return
+        seen, raw = read
+        decision = watch_decision(self._loaded, seen, self._last_inode, self._pending, now, self.settle_s)
+        self._last_inode = seen.inode
+        if decision == "idle":
+            self._pending, self._idle = None, seen
+        elif decision == "wait":
+            if self._pending is None or self._pending[0] != seen:
+                self._pending = (seen, now)
+        elif not raw.endswith(b"\n"):
+            self._refused, self._pending = seen, None
+            self._post(["reloads.no_final_newline"])
+            log.warning(
+                "catalog %s changed but its last line has no newline (still being written?); not loaded",
+                self.catalog_path,
+                extra={"event": "reload_incomplete"},
+            )
+        else:
+            self._install(read)
