@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import random
+import resource
 import signal
 import socket
 import sys
@@ -31,14 +33,18 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import IO, Any
 
+from proxy_guards import FLOW_IDLE_S, MAX_HELD, MAX_HELD_BYTES, HeldBudget, LoopGuard, flow_limit, normalise
+from reflectors import REFLECTOR_PORTS
+
 Address = tuple[str, int]
 MAX_DATAGRAM = 65535
 MAX_COPIES = 2
 """At most this many datagrams leave per datagram received (duplication is the only fault that adds
 any), and none is larger than what came in: the proxy amplifies by at most 2x, by design."""
 MAX_FLOWS = 1024
-"""Client addresses with an upstream socket at once; the least recently active is closed first, so
-a flood of (spoofed) source addresses costs bounded memory and file descriptors."""
+"""Client addresses with an upstream socket at once (fewer if the fd limit is lower, see
+proxy_guards.flow_limit); the least recently active is closed first, and flows idle for FLOW_IDLE_S
+are closed, so a flood of (spoofed) source addresses costs bounded memory and file descriptors."""
 _WILDCARD = {"0.0.0.0", "::", ""}
 
 
@@ -185,6 +191,7 @@ class _Flow:
     ident: int
     client: Address
     sock: socket.socket
+    last_active: float = 0.0
     index: dict[Direction, int] = field(default_factory=lambda: {Direction.UP: 0, Direction.DOWN: 0})
     bad: dict[Direction, bool] = field(default_factory=lambda: {Direction.UP: False, Direction.DOWN: False})
 
@@ -199,9 +206,18 @@ class FaultProxy:
         listen: Address = ("127.0.0.1", 0),
         log: IO[str] | None = None,
         max_flows: int = MAX_FLOWS,
+        max_held: int = MAX_HELD,
+        max_held_bytes: int = MAX_HELD_BYTES,
+        flow_idle_s: float = FLOW_IDLE_S,
     ) -> None:
         self.plan = plan
-        self.max_flows = max_flows
+        self.max_flows = flow_limit(max_flows, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.flow_idle_s = flow_idle_s
+        self.held = HeldBudget(max_held, max_held_bytes)
+        self.loop_guard = LoopGuard()
+        self._upstreams: set[Address] = set()
+        """Every numeric address the upstream name resolved to (at start), normalised."""
+        self._fd_error_logged = False
         self._flow_count = 0
         self._own: set[Address] = set()
         """Addresses of our own sockets: a datagram from one of them is never relayed."""
@@ -225,6 +241,9 @@ class FaultProxy:
 
     async def start(self) -> FaultProxy:
         self._loop = asyncio.get_running_loop()
+        # Resolved once, to numbers: sources are numeric, so a name ("localhost") compared as text
+        # would never match and the upstream's own datagrams would be relayed back to it.
+        self.upstream = self._resolve(self.upstream)
         self._sock = _udp_socket(self.listen[0])
         self._sock.bind(self.listen)
         self._remember_own(self._sock)
@@ -232,10 +251,17 @@ class FaultProxy:
         self._started = time.monotonic()
         return self
 
+    def _resolve(self, upstream: Address) -> Address:
+        infos = socket.getaddrinfo(upstream[0], upstream[1], type=socket.SOCK_DGRAM)
+        numeric = [(str(info[4][0]), int(info[4][1])) for info in infos]
+        self._upstreams = {normalise(a) for a in numeric}
+        return numeric[0]
+
     async def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        self.held.count = self.held.bytes = 0
         if self._loop is None or self._sock is None:
             return
         for flow in self._flows.values():
@@ -254,31 +280,61 @@ class FaultProxy:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _flow_for(self, client: Address) -> _Flow:
+    def _flow_for(self, client: Address, now: float) -> _Flow | None:
+        """The client's flow, created if needed; None if no socket can be had (counted)."""
+        self._expire_idle(now)
         flow = self._flows.pop(client, None)
         if flow is None:
             assert self._loop is not None
             if len(self._flows) >= self.max_flows:
                 self._close_flow(next(iter(self._flows)))
-            sock = _udp_socket(self.upstream[0])
-            sock.connect(self.upstream)
+            sock = self._upstream_socket()
+            if sock is None:
+                return None
             self._remember_own(sock)
             flow = _Flow(self._flow_count, client, sock)
             self._flow_count += 1
             self._loop.add_reader(sock, self._on_upstream_readable, flow)
+        flow.last_active = now
         self._flows[client] = flow  # (re)inserted last: the dict is in least-recently-active order
         return flow
 
-    def _close_flow(self, client: Address) -> None:
+    def _upstream_socket(self) -> socket.socket | None:
+        try:
+            sock = _udp_socket(self.upstream[0])
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            self.stats["up.drop:no_fd"] += 1
+            if not self._fd_error_logged:  # once: a flood would otherwise write a line per datagram
+                self._fd_error_logged = True
+                print(f"fault_proxy: cannot open a socket for a new flow ({e.strerror}); dropping", file=sys.stderr)
+            return None
+        try:
+            sock.connect(self.upstream)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _expire_idle(self, now: float) -> None:
+        # The dict is in least-recently-active order: only its front can be idle.
+        while self._flows:
+            client, oldest = next(iter(self._flows.items()))
+            if now - oldest.last_active < self.flow_idle_s:
+                return
+            self._close_flow(client, "flows_expired")
+
+    def _close_flow(self, client: Address, why: str = "flows_evicted") -> None:
         flow = self._flows.pop(client)
         assert self._loop is not None
         self._loop.remove_reader(flow.sock)
-        self._own.discard(flow.sock.getsockname()[:2])
+        self._own.discard(normalise(flow.sock.getsockname()[:2]))
         flow.sock.close()
-        self.stats["flows_evicted"] += 1
+        self.stats[why] += 1
 
     def _remember_own(self, sock: socket.socket) -> None:
-        host, port = sock.getsockname()[:2]
+        host, port = normalise(sock.getsockname()[:2])
         if host in _WILDCARD:
             # Bound to every address: any local address with this port is us; matching the port
             # alone may refuse a remote client that happens to use the same port, never loops.
@@ -290,11 +346,16 @@ class FaultProxy:
 
         From the upstream itself, relaying it back upstream would let the upstream talk to itself
         through us; from one of our own sockets (a spoofed source, or --upstream pointing at the
-        proxy), every relay would create the next datagram: a loop with no end."""
-        if source == self.upstream:
+        proxy), every relay would create the next datagram: a loop with no end. From a reflecting
+        service's port (echo, chargen, DNS...; reflectors.py), whatever we relay would be answered
+        back to us. Compared as normalised numbers: a dual-stack socket sees ::ffff:127.0.0.1."""
+        source = normalise(source)
+        if source in self._upstreams:
             return "from_upstream"
         if source in self._own or (source[1] in self._own_wildcard_ports):
             return "from_self"
+        if source[1] in REFLECTOR_PORTS:
+            return "reflector_port"
         return None
 
     def _on_client_readable(self) -> None:
@@ -308,10 +369,15 @@ class FaultProxy:
                 self.stats["listen_errors"] += 1
                 continue
             refusal = self._refusal(addr[:2])
+            now = time.monotonic()
+            if refusal is None and self.loop_guard.is_loop(data, normalise(addr[:2]), now):
+                refusal = "loop"  # our own datagram come back from another address: see proxy_guards
             if refusal is not None:
                 self.stats[f"up.drop:{refusal}"] += 1
                 continue
-            self._relay(Direction.UP, self._flow_for(addr[:2]), data)
+            flow = self._flow_for(addr[:2], now)
+            if flow is not None:
+                self._relay(Direction.UP, flow, data)
 
     def _on_upstream_readable(self, flow: _Flow) -> None:
         for _ in range(64):
@@ -322,6 +388,7 @@ class FaultProxy:
             except OSError:  # ICMP port unreachable from a server that is down: it is a loss
                 self.stats["upstream_errors"] += 1
                 continue
+            flow.last_active = time.monotonic()
             self._relay(Direction.DOWN, flow, data)
 
     def _relay(self, direction: Direction, flow: _Flow, data: bytes) -> None:
@@ -345,9 +412,13 @@ class FaultProxy:
 
     def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes) -> None:
         assert self._loop is not None
+        if not self.held.take(len(payload)):
+            self.stats[f"{direction.value}.drop:held_full"] += 1
+            return
 
         def fire() -> None:
             self._timers.discard(handle)
+            self.held.give_back(len(payload))
             if self._sock is not None:
                 self._send(direction, flow, payload)
 
@@ -361,6 +432,7 @@ class FaultProxy:
                 flow.sock.send(payload)
             else:
                 self._sock.sendto(payload, flow.client)
+                self.loop_guard.sent_down(payload, time.monotonic())
         except OSError:
             self.stats[f"{direction.value}.send_errors"] += 1
             return
@@ -541,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
         try:
             asyncio.run(_run(proxy, args.duration))
+        except socket.gaierror as e:
+            print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
+            return 2
         except OSError as e:
             print(f"fault_proxy: cannot listen on {_fmt(args.listen)}: {e.strerror or e}", file=sys.stderr)
             return 5
