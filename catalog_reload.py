@@ -185,11 +185,15 @@ class Operations:
         return self._next_stats
 
     def close(self) -> None:
+        """Stop the worker (a reload in flight is finished first, bounded) and count its outcome:
+        the exit summary then includes every reload that was asked for."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(10)
+        self._ready.catalog = None  # serving is over: only the counters matter now
+        self.swap_in_ready()
 
     # ------------------------------------------------ worker thread
 
@@ -203,10 +207,10 @@ class Operations:
         while True:
             with self._cond:
                 self._cond.wait_for(self._has_work, timeout=self._wait_s(next_watch))
-                if self._closing:
-                    return
                 forced, self._forced = self._forced, False
                 retired, self._retired = self._retired, []
+                if self._closing and not forced:  # a reload asked for before the stop still runs
+                    return
             retired.clear()  # old catalogs are freed here, outside the lock and off the serving thread
             try:
                 if forced:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def test_parse_catalog_reports_the_limit_with_other_problems() -> None:
 
 _POISONED = """
 import sys
+import threading
 import udp_server
 
 real = udp_server.QuoteServer.quote
@@ -262,3 +264,150 @@ def test_watch_never_serves_a_half_written_file_created_anew(tmp_path: Path) -> 
     assert during == {(Status.OK, 5000)}, f"served something other than the old catalog: {during}"
     assert after <= {(Status.OK, 5000), (Status.OK, 10000)}, after
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- found by a second review
+
+
+def reload_line(proc: subprocess.Popen[str], marker: str) -> str:
+    """The first stderr line containing ``marker`` (bounded: the server logs little)."""
+    assert proc.stderr is not None
+    for _ in range(50):
+        line = proc.stderr.readline()
+        if marker in line or not line:
+            return line
+    return ""
+
+
+@pytest.mark.parametrize("how", ["watch", "sighup"])
+def test_a_fifo_renamed_over_the_catalog_never_blocks_the_server(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(catalog_text("50.00"), encoding="utf-8")
+    proc, addr = start_server("--catalog", str(path), *(["--watch"] if how == "watch" else []))
+    try:
+        os.mkfifo(tmp_path / "new.fifo")
+        os.rename(tmp_path / "new.fifo", path)
+        if how == "sighup":
+            proc.send_signal(signal.SIGHUP)
+        line = reload_line(proc, "not a regular file")
+        assert "not a regular file (a FIFO); a catalog must be one" in line, line
+        assert ask(addr, "gift card", 1)[:2] == (Status.OK, 5000), "still serving the old catalog"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)  # stops on SIGTERM: nothing blocked in open()
+    assert proc.returncode == 0 and "reloads.failed=1" in out
+
+
+def test_a_symlink_to_a_device_or_an_oversized_file_is_refused_unread(tmp_path: Path) -> None:
+    from catalog import MAX_CATALOG_BYTES
+
+    zero = tmp_path / "zero.csv"
+    zero.symlink_to("/dev/zero")
+    sparse = tmp_path / "sparse.csv"
+    with sparse.open("wb") as f:
+        f.truncate(MAX_CATALOG_BYTES + 1)  # sparse: costs no disk, would cost memory if read
+    for path, message in (
+        (zero, "not a regular file (a character device); a catalog must be one"),
+        (sparse, f"{MAX_CATALOG_BYTES + 1:,} bytes; a catalog file may have at most {MAX_CATALOG_BYTES:,}"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "udp_server.py", "--port", "0", "--catalog", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 4 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_sighup_right_after_the_start_line_reloads_instead_of_killing() -> None:
+    for _ in range(5):
+        proc, addr = start_server()
+        proc.send_signal(signal.SIGHUP)  # the instant the start line is out
+        try:
+            assert ask(addr, "apple", 1)[0] is Status.OK
+        finally:
+            out, _ = stop(proc)
+        assert proc.returncode == 0, f"died on SIGHUP: rc {proc.returncode}"
+        assert "reloads.unchanged=1" in out, out
+
+
+def test_list_pages_follow_the_catalog_object_even_when_versions_collide() -> None:
+    # Versions are 32 bits: two catalogs may share one. Nothing derived may be keyed by it alone.
+    core = QuoteServer(Catalog({"apple": 50, "pear": 60}, version=7))
+    page = ListRequest(1, 0)
+    before = decode_list_reply(core.handle_datagram(encode_list_request(page), ("127.0.0.1", 40000), 0.0) or b"")
+    core.set_catalog(Catalog({"apple": 950, "pear": 60}, version=7))
+    after = decode_list_reply(
+        core.handle_datagram(encode_list_request(ListRequest(2, 0)), ("127.0.0.1", 40000), 0.0) or b""
+    )
+    assert dict(before.entries)["apple"] == 50 and dict(after.entries)["apple"] == 950
+
+
+def test_catalog_version_is_a_truncated_blake2b_not_a_crc() -> None:
+    import hashlib
+    import zlib
+
+    prices = {"apple": 50, "pear": 60}
+    canonical = b"apple\t50\npear\t60\n"
+    version = Catalog.from_prices(prices).version
+    assert version == int.from_bytes(hashlib.blake2b(canonical, digest_size=4).digest(), "big")
+    assert version != zlib.crc32(canonical)
+
+
+def test_reload_runs_off_the_serving_loop_and_an_unchanged_file_is_a_no_op(tmp_path: Path) -> None:
+    from catalog_reload import Operations
+
+    path = tmp_path / "catalog.csv"
+    path.write_text("item,price\napple,1.00\n", encoding="utf-8")
+    core = QuoteServer(parse_catalog(path.read_text(encoding="utf-8")))
+    woken = threading.Event()
+    ops = Operations(core, str(path), wake=woken.set)
+    try:
+        ops.reload()  # returns at once; the worker reads, hashes: the same content
+        assert woken.wait(10)
+        ops.swap_in_ready()
+        assert core.stats["reloads.unchanged"] == 1 and "reloads.ok" not in core.stats
+        path.write_text("item,price\napple,2.00\n", encoding="utf-8")
+        old = core.catalog
+        woken.clear()
+        ops.reload()
+        assert woken.wait(10)
+        assert core.catalog is old, "nothing changes until the serving loop swaps it in"
+        ops.swap_in_ready()
+        assert core.catalog.prices["apple"] == 200 and core.stats["reloads.ok"] == 1
+    finally:
+        ops.close()
+
+
+def test_requests_during_a_reload_run_it_once_more_afterwards(tmp_path: Path) -> None:
+    from catalog_reload import Operations
+
+    path = tmp_path / "catalog.csv"
+    path.write_text("item,price\napple,1.00\n", encoding="utf-8")
+    core = QuoteServer(parse_catalog(path.read_text(encoding="utf-8")))
+    runs: list[int] = []
+    started, release = threading.Event(), threading.Event()
+    ops = Operations(core, str(path))
+    original = ops._reload_now
+
+    def slow_reload() -> None:
+        runs.append(1)
+        started.set()
+        release.wait(10)
+        original()
+
+    ops._reload_now = slow_reload  # type: ignore[method-assign]
+    try:
+        ops.reload()
+        assert started.wait(10)
+        for _ in range(5):
+            ops.reload()  # five requests during the reload in flight
+        release.set()
+        for _ in range(500):
+            if len(runs) == 2 and not ops._forced:
+                break
+            time.sleep(0.01)
+        assert len(runs) == 2, runs
+    finally:
+        ops.close()
