@@ -110,3 +110,14 @@ def test_retransmission_gets_the_same_reply_across_a_reload() -> None:
     other_port = core.handle_datagram(first, ("127.0.0.1", 5556), 1.0)
     assert decode_reply(other_port or b"").total == 198, "the cache is per source address"
     assert core.stats["cache_hits"] == 1
+
+
+def test_cache_memory_is_bounded_in_bytes_too() -> None:
+    from guards import ENTRY_OVERHEAD
+
+    cache = ReplyCache(max_entries=1_000_000, max_bytes=100 * (ENTRY_OVERHEAD + 76))
+    for i in range(1000):
+        cache.put(("h", 1, i), b"request %d" % i, b"r" * 76, 0.0)
+    assert len(cache) == 100 and cache.bytes == 100 * (ENTRY_OVERHEAD + 76) and cache.evictions == 900
+    assert cache.get(("h", 1, 999), b"request 999", 0.0) == b"r" * 76, "the newest are kept"
+    assert cache.get(("h", 1, 0), b"request 0", 0.0) is None
