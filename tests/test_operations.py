@@ -18,9 +18,10 @@ import pytest
 from conftest import ROOT, start_server
 
 from catalog import Catalog, load_catalog
+from catalog_reload import Operations
 from fault_proxy import FaultPlan, FaultProxy
 from udp_client import QuoteClient, QuoteResult
-from udp_server import Control, Operations, QuoteServer, bind_socket, serve
+from udp_server import Control, QuoteServer, bind_socket, serve
 
 PY = sys.executable
 
