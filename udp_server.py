@@ -120,7 +120,7 @@ class QuoteServer:
         if verdict is Verdict.SLIP:
             self.stats["rate_limited.busy"] += 1
             assert self.limiter is not None
-            return self._send_reply(data, self._busy_reply(request, self.limiter.retry_after_ms(addr[0])))
+            return self._send_reply(data, self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])))
         key, request_crc = (addr[0], addr[1], request.request_id), int.from_bytes(data[-4:], "big")
         if self.cache is not None:
             cached = self.cache.get(key, request_crc, now)
@@ -141,7 +141,7 @@ class QuoteServer:
         peeked = peek_quote_request(data)
         if peeked is None:
             return None
-        request_id, item_field, quantity = peeked
+        request_id, item_field, quantity, transmission = peeked
         unit = self._wire_prices.get(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
             return None
@@ -152,7 +152,9 @@ class QuoteServer:
                 self.stats["cache_hits"] += 1
                 self.stats["replies"] += 1
                 return cached
-        reply = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, self.catalog.version)
+        reply = encode_ok_reply(
+            request_id, item_field, quantity, unit, unit * quantity, self.catalog.version, transmission
+        )
         out = self._emit(data, reply, Status.OK)
         if out is not None and self.cache is not None:
             self.cache.put(key, request_crc, out, now)
@@ -198,7 +200,7 @@ class QuoteServer:
             self._listing = (self.catalog.version, tuple(sorted(self.catalog.prices.items())))
         return self._listing[1]
 
-    def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
+    def _busy_reply(self, request: Request, data: bytes, retry_after_ms: int) -> Reply:
         retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
         if isinstance(request, ListRequest):
             return ListReply(request.request_id, Status.BUSY, request.page, 0, catalog_version=self.catalog.version)
@@ -210,9 +212,15 @@ class QuoteServer:
                 request.quantity,
                 catalog_version=self.catalog.version,
                 retry_after_ms=retry,
+                transmission=request.transmission,
             )
         return BatchReply(
-            request.request_id, Status.BUSY, 0, catalog_version=self.catalog.version, retry_after_ms=retry
+            request.request_id,
+            Status.BUSY,
+            lines_digest(data),
+            catalog_version=self.catalog.version,
+            retry_after_ms=retry,
+            transmission=request.transmission,
         )
 
     def set_catalog(self, catalog: Catalog) -> None:
@@ -243,13 +251,21 @@ class QuoteServer:
             unit_price=line.unit_price,
             total=line.total,
             catalog_version=self.catalog.version,
+            transmission=request.transmission,
         )
 
     def quote_batch(self, request: BatchRequest, data: bytes) -> BatchReply:
         """Answer a well-formed batch request, one result per line in order."""
         self.stats["batch_lines"] += len(request.lines)
         results = tuple(self.price(item, quantity) for item, quantity in request.lines)
-        return BatchReply(request.request_id, Status.OK, lines_digest(data), results, self.catalog.version)
+        return BatchReply(
+            request.request_id,
+            Status.OK,
+            lines_digest(data),
+            results,
+            self.catalog.version,
+            transmission=request.transmission,
+        )
 
     def _error_reply(self, error: MalformedDatagram, data: bytes) -> Reply | None:
         """Answer only when the sender can be told something useful and the header is trustworthy."""
@@ -268,7 +284,8 @@ class QuoteServer:
             else (Status.MALFORMED)
         )
         if data[3] == MessageKind.BATCH_REQUEST:
-            return BatchReply(request_id, status, 0, catalog_version=self.catalog.version)
+            # The lines digest binds even a whole-batch error to the request (a client ignores one without it).
+            return BatchReply(request_id, status, lines_digest(data), catalog_version=self.catalog.version)
         if data[3] == MessageKind.LIST_REQUEST:
             return ListReply(request_id, status, 0, 0, catalog_version=self.catalog.version)
         return QuoteReply(request_id, status, "", 0, catalog_version=self.catalog.version)

@@ -77,7 +77,7 @@ def test_intact_header_with_bad_body_gets_malformed_status(core: QuoteServer) ->
 def test_other_version_is_told_so(core: QuoteServer) -> None:
     body = encode_request(QuoteRequest(77, "apple", 1))[:-4]
     same_length = reseal(body[:2] + b"\x09" + body[3:])
-    longer = body[:2] + b"\x02" + body[3:] + bytes(40)  # a future layout we cannot check
+    longer = body[:2] + b"\x03" + body[3:] + bytes(40)  # a future layout we cannot check
     for data in (same_length, longer):
         out = core.handle_datagram(data, ADDR, 0.0)
         assert out is not None and len(out) <= len(data)
