@@ -134,7 +134,7 @@ def test_corrupted_and_mismatched_replies_are_ignored() -> None:
     assert isinstance(result, QuoteResult)
     assert (result.total, result.attempts) == (100, 3)
     assert stats["ignored.malformed.bad_checksum"] == 3
-    assert stats["ignored.mismatch"] == 3
+    assert stats["ignored.invalid.echo_mismatch"] == 3
 
 
 def test_duplicated_replies_are_used_once() -> None:
@@ -177,7 +177,7 @@ def test_rack_retransmits_a_lost_request_once_later_ones_are_answered(server: Ru
     results, stats = asyncio.run(run())
     assert [r.total for r in results] == [50 * q for q in range(1, 11)]
     assert results[0].attempts == 2 and all(r.attempts == 1 for r in results[1:])
-    assert stats["fast_retransmissions"] == 1 and stats["retransmissions"] == 1
+    assert stats["retransmissions.rack"] == 1 and stats["retransmissions"] == 1
 
 
 def test_listing_against_a_server_without_list_messages_fails_fast() -> None:

@@ -28,9 +28,7 @@ u64, u32, u16 = st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integer
 u8 = st.integers(0, 255)
 item = st.sampled_from(ITEMS)
 requests = st.builds(QuoteRequest, u64, item, u32, u8)
-replies = st.builds(
-    QuoteReply, u64, st.sampled_from(Status), st.one_of(item, st.just("")), u32, u64, u64, u32, u16, u8
-)
+replies = st.builds(QuoteReply, u64, st.sampled_from(Status), st.one_of(item, st.just("")), u32, u64, u64, u32, u16, u8)
 batch_requests = st.builds(
     BatchRequest, u64, st.lists(st.tuples(item, u32), min_size=1, max_size=MAX_BATCH).map(tuple), u8
 )

@@ -129,10 +129,9 @@ def test_forged_replies_are_never_accepted(server: RunningServer) -> None:
         assert client._transport is not None
         target = client._transport.get_extra_info("sockname")
         for _ in range(200):
-            for rid, pending in list(client._pending.items()):
-                req = pending.request
+            for req in client.session.outstanding():
                 assert isinstance(req, QuoteRequest)
-                fake = QuoteReply(rid, Status.OK, req.item, req.quantity, 1, 1, 0)
+                fake = QuoteReply(req.request_id, Status.OK, req.item, req.quantity, 1, 1, 0, transmission=1)
                 forger.sendto(encode_reply(fake), target)
                 forged += 1
             await asyncio.sleep(0.005)
