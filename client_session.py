@@ -149,6 +149,10 @@ class ClientSession:
         self._busy_until = 0.0
         self._outstanding_since = now
         self._last_probe_at = now
+        self._rto_restarted_at = now
+        """The RTO timer runs from the later of this and the oldest request's last transmission:
+        restarted when it fires and when a reply arrives (RFC 6298 5.3, 5.6), so one timeout
+        costs one retransmission, not one per request sent at the same moment."""
 
     # ------------------------------------------------------------ API
 
@@ -195,7 +199,7 @@ class ClientSession:
         if self.policy.deadline_s is not None:
             times.append(self._silence_start() + self.policy.deadline_s)
         if self._in_flight:
-            times.append(next(iter(self._in_flight.values())).sent_at[-1] + self.rtt.rto)
+            times.append(self._rto_at())
         elif self.probing and self._held:
             times.append(self._last_probe_at + self.rtt.rto)
         if self._reorder_at is not None:
@@ -208,11 +212,9 @@ class ClientSession:
 
     def handle_timer(self, now: float) -> list[Event]:
         events: list[Event] = []
-        if self._check_refused(now, events):
+        if self._check_refused(now, events) or self._check_silence(now, events):
             return events
         self._expire(now, events)
-        if self._check_silence(now, events):
-            return events
         self._on_rto(now)
         self._reorder_at = None
         self._detect_losses(now)
@@ -330,7 +332,8 @@ class ClientSession:
         oldest is answered. While probing a restarted server this is the only sender."""
         if self._in_flight:
             rid, p = next(iter(self._in_flight.items()))
-            if now >= p.sent_at[-1] + self.rtt.rto:
+            if now >= self._rto_at():
+                self._rto_restarted_at = now
                 self.stats["timeouts"] += 1
                 self.rtt.on_timeout(self._backoff_cap())
                 self._mark_lost(rid, "rto")
@@ -340,6 +343,10 @@ class ClientSession:
             self._last_probe_at = now
             self._transmit(self._pending[self._held.popleft()], now, "first")
 
+    def _rto_at(self) -> float:
+        oldest = next(iter(self._in_flight.values()))
+        return max(oldest.sent_at[-1], self._rto_restarted_at) + self.rtt.rto
+
     def _backoff_cap(self) -> float:
         return max(self.policy.max_timeout_s, self.rtt.base_rto)
 
@@ -347,6 +354,7 @@ class ClientSession:
 
     def _server_alive(self, now: float) -> None:
         self.last_answer_at = now
+        self._rto_restarted_at = now
         self.icmp_since_answer = 0
         self.unreachable = None
         if self.probing:
@@ -433,10 +441,8 @@ class ClientSession:
 
     def _fail_all(self, outcome: Outcome, now: float, events: list[Event]) -> None:
         for rid in list(self._pending):
-            p = self._pending[rid]
-            self._finish(rid, 0)
-            events.append(Failed(rid, outcome, len(p.sent_at), now - p.started_at, self.icmp_since_answer > 0))
-        self._held.clear()
+            # A request whose own deadline has passed too says so (a single quote: "deadline passed").
+            self._fail(rid, Outcome.DEADLINE if now >= self._pending[rid].deadline else outcome, now, events)
 
     def _check_refused(self, now: float, events: list[Event]) -> bool:
         if self.last_answer_at is not None or self.icmp_since_answer < REFUSED_LIMIT:

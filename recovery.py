@@ -106,7 +106,8 @@ class RetryBudget:
     """Retransmissions as a rate, as Finagle's RetryBudget and gRPC's retry throttling do.
 
     Tokens accrue at ``per_second`` (from 0 when the session opens), plus ``ratio`` per new
-    request; each retransmission spends one. Every reply earns ``per_reply`` back, and a
+    request; each retransmission spends one. Every reply earns ``per_reply`` back (3: enough for
+    50% loss each way, where a request needs 1 / 0.25 - 1 = 3 retransmissions on average), and a
     retransmission proven spurious is refunded. Against a silent server nothing is earned, so
     retransmissions stay under ratio x requests + per_second x run time (20% + 10/s). An empty
     budget only delays a retransmission: the session never fails a request for budget while
@@ -115,7 +116,7 @@ class RetryBudget:
 
     per_second: float = 10.0
     ratio: float = 0.2
-    per_reply: float = 1.0
+    per_reply: float = 3.0
     cap: float = 200.0
     tokens: float = 0.0
     spent: int = 0

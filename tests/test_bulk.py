@@ -21,8 +21,8 @@ import pytest
 from conftest import ROOT, RunningServer, expected_prices
 
 from bulk import BulkInputError, BulkOptions, CsvSink, Row, RowResult, Summary, read_rows, run_bulk
-from fault_proxy import FaultPlan, FaultProxy
 from client_session import ClientSession
+from fault_proxy import FaultPlan, FaultProxy
 from recovery import RetryBudget
 from retry import RetryPolicy
 from udp_client import BatchResult, QuoteClient
@@ -112,7 +112,7 @@ def test_budget_is_a_rate_plus_a_share_of_requests() -> None:
     assert sum(budget.try_spend(2.0) for _ in range(1000)) == 20  # + 10 per second for 2 s
     for _ in range(5):
         budget.on_reply(2.0)
-    assert sum(budget.try_spend(2.0) for _ in range(1000)) == 5  # replies earn it back
+    assert sum(budget.try_spend(2.0) for _ in range(1000)) == 15  # replies earn it back, 3 each
 
 
 async def bulk_via(
@@ -168,7 +168,7 @@ def test_dead_server_fails_every_row_fast(server: RunningServer) -> None:
     took = time.monotonic() - started
     counts = check_output(text, orders, {}, allow_failed=True)
     assert summary.ok == 0 and sum(counts.values()) == 2000
-    assert counts["UNREACHABLE"] == 2000
+    assert counts.get("UNREACHABLE", 0) + counts.get("DEADLINE", 0) == 2000, counts
     requests = stats["sent"] - stats["retransmissions"]
     allowed = 0.2 * requests + 10 * took
     assert stats["retransmissions"] <= allowed, "the budget stops a dead server from being hammered"
