@@ -14,9 +14,9 @@ and resolves each ``Answered`` / ``Failed`` event. Loss recovery, in short:
 - every transmission carries its number, echoed in the reply (RFC 9002 5): each reply is an
   RTT sample (RFC 6298 estimator, backed-off RTO kept until the next sample, 5.5), and a reply
   to an earlier transmission proves the later ones spurious;
-- RACK (RFC 8985): once a later transmission is answered, a request still unanswered RTT +
-  reorder window after its own transmission is lost and sent again; the window grows on
-  proven-spurious retransmissions (6.2);
+- RACK (RFC 8985): once a later transmission is answered, a request still unanswered RTT
+  (at least 9/8 SRTT, RFC 9002 6.1.2) + reorder window after its own transmission is lost
+  and sent again; the window grows on proven-spurious retransmissions (6.2);
 - the RTO timer retransmits only the oldest request and backs off (RFC 6298 5.4, 5.5): a
   slow or dead path costs one probe per RTO, not one per request;
 - the retry budget (recovery.RetryBudget) only delays retransmissions; requests fail at their
@@ -99,13 +99,15 @@ class _Pending:
     """Why each transmission went out: 'first', 'rto', 'rack', 'nack' (index = number - 1)."""
     not_before: float = 0.0
     error_status: Status | None = None
+    replied: set[int] = field(default_factory=set)
+    """Transmission numbers whose replies arrived (each counts once as proof of a spurious retransmission)."""
 
 
 @dataclass(slots=True)
 class _Done:
     sent_at: list[float]
     why: list[str]
-    lowest_answered: int
+    replied: set[int]
 
 
 def _predates_lists(request: Request, reply: Reply) -> bool:
@@ -149,10 +151,16 @@ class ClientSession:
         self._busy_until = 0.0
         self._outstanding_since = now
         self._last_probe_at = now
+        self._learning_until: float | None = None
+        """Until then (the initial RTO after the first reply) RACK waits at least the initial RTO and
+        every RTT sample's excess over min_RTT counts as reordering seen: the evidence a reorder
+        window grows from (a late reply) arrives one reordering delay after the first sends, and
+        guessing loss before it costs a burst of spurious retransmissions."""
         self._rto_restarted_at = now
         """The RTO timer runs from the later of this and the oldest request's last transmission:
-        restarted when it fires and when a reply arrives (RFC 6298 5.3, 5.6), so one timeout
-        costs one retransmission, not one per request sent at the same moment."""
+        restarted when it fires (RFC 6298 5.6), so one timeout costs one retransmission, not one
+        per request sent at the same moment. Replies to other requests do not restart it: they
+        acknowledge those requests only (like SACK blocks, not a cumulative ACK)."""
 
     # ------------------------------------------------------------ API
 
@@ -314,29 +322,49 @@ class ClientSession:
         answered one, and is unanswered RTT + reorder window after it, is lost."""
         if now < self._busy_until or self.probing:
             return  # a rate limiter's silence is no loss signal; nor is a restarting server's
-        window = self.reorder.window(self.rtt)
-        while self._in_flight:
-            rid, p = next(iter(self._in_flight.items()))
+        # RACK waits the RTT of the newest answered transmission plus the reorder window; like
+        # QUIC's time threshold (RFC 9002 6.1.2) it waits at least 9/8 SRTT, because replies queue
+        # behind each other in the socket buffer and one fast sample says little about the rest.
+        wait = max(self._rack_rtt, 9 / 8 * (self.rtt.srtt or 0.0)) + self.reorder.window(self.rtt)
+        lost: list[int] = []
+        for rid, p in self._in_flight.items():  # oldest transmission first
             sent = p.sent_at[-1]
             if sent > self._rack_xmit_ts:
-                return
-            lost_at = sent + self._rack_rtt + window
-            if now < lost_at:
+                break
+            lost_at = sent + self._rack_wait(wait, p.why.count("rack"), now)
+            if now >= lost_at:
+                lost.append(rid)
+            else:  # waits differ per request, so keep scanning; wake up for the earliest
                 self._reorder_at = lost_at if self._reorder_at is None else min(self._reorder_at, lost_at)
-                return
+        for rid in lost:
             self._mark_lost(rid, "rack")
 
+    def _rack_wait(self, wait: float, earlier: int, now: float) -> float:
+        """How long after its last transmission RACK declares a request lost. Each further RACK
+        resend of the same request waits twice as long, up to an RTO: if the last one was not
+        answered in time either, a long reordering delay grows likelier than loss after loss."""
+        if self._learning_until is None or now < self._learning_until:
+            wait = max(wait, self.policy.initial_timeout_s)
+        return float(min(wait * 2**earlier, max(wait, self.rtt.rto)))
+
     def _on_rto(self, now: float) -> None:
-        """Retransmission timeout: resend only the oldest request and back off (RFC 6298 5.4-5.5).
-        The other requests' timers restart from the backed-off RTO; RACK repairs them once the
-        oldest is answered. While probing a restarted server this is the only sender."""
+        """Retransmission timeout: back off (RFC 6298 5.5), resend the oldest request (5.4) and every
+        other one sent more than the backed-off RTO ago (RFC 8985 6.3). Requests sent together
+        are not all resent on the first timeout of a slow path: the backed-off RTO is longer than
+        their age. While probing a restarted server only the oldest goes, as the probe."""
         if self._in_flight:
-            rid, p = next(iter(self._in_flight.items()))
+            rid, _ = next(iter(self._in_flight.items()))
             if now >= self._rto_at():
                 self._rto_restarted_at = now
                 self.stats["timeouts"] += 1
                 self.rtt.on_timeout(self._backoff_cap())
-                self._mark_lost(rid, "rto")
+                stale = (
+                    []
+                    if self.probing
+                    else [r for r, p in self._in_flight.items() if p.sent_at[-1] <= now - self.rtt.rto]
+                )
+                for r in [rid, *stale]:
+                    self._mark_lost(r, "rto")
                 self._lost.move_to_end(rid, last=False)
         elif self.probing and self._held and now >= self._last_probe_at + self.rtt.rto:
             self.rtt.on_timeout(self._backoff_cap())
@@ -354,7 +382,6 @@ class ClientSession:
 
     def _server_alive(self, now: float) -> None:
         self.last_answer_at = now
-        self._rto_restarted_at = now
         self.icmp_since_answer = 0
         self.unreachable = None
         if self.probing:
@@ -369,19 +396,31 @@ class ClientSession:
             return
         k = tx or 1
         sample = now - p.sent_at[k - 1]
-        self.rtt.on_sample(sample)
+        self._learn(sample, now)
+        self.rtt.on_sample(sample, len(self._pending))
         self.budget.on_reply(now)
         self._rack_xmit_ts = max(self._rack_xmit_ts, p.sent_at[k - 1])
         self._rack_rtt = sample
-        if tx and tx < len(p.sent_at):
-            self._on_spurious(p.sent_at, p.why, tx, len(p.sent_at), sample)
+        self._proves_spurious(p.sent_at, p.why, p.replied, tx, sample)
 
-    def _on_spurious(self, sent_at: list[float], why: list[str], tx: int, upto: int, sample: float) -> None:
-        """Transmissions tx+1..upto were not needed: transmission tx was answered after all."""
-        self.stats["spurious"] += upto - tx
-        for _ in range(upto - tx):
-            self.budget.refund()
-        if "rack" in why[tx:upto]:
+    def _learn(self, sample: float, now: float) -> None:
+        """While learning the path, every sample's excess over min_RTT is reordering seen."""
+        if self._learning_until is None:
+            self._learning_until = now + self.policy.initial_timeout_s
+        elif now < self._learning_until and self.rtt.min_rtt is not None:
+            self.reorder.on_spurious(sample - self.rtt.min_rtt)
+
+    def _proves_spurious(self, sent_at: list[float], why: list[str], replied: set[int], tx: int, sample: float) -> None:
+        """A reply to transmission ``tx`` after a later one was sent: declaring ``tx`` lost was wrong,
+        so the retransmission it caused was not needed (the DSACK / Eifel signal, once per ``tx``)."""
+        if tx == 0 or tx in replied:
+            return
+        replied.add(tx)
+        if tx >= len(sent_at):
+            return
+        self.stats["spurious"] += 1
+        self.budget.refund()
+        if why[tx] == "rack":  # why[tx] is the reason for transmission tx + 1
             self.reorder.on_spurious(sample - (self.rtt.min_rtt or 0.0))
 
     def _on_busy(self, p: _Pending, reply: Reply, now: float) -> None:
@@ -399,8 +438,8 @@ class ClientSession:
         self._lost.pop(rid, None)
         self._exhausted.pop(rid, None)
         if len(p.sent_at) > 1 and tx == len(p.sent_at):
-            self.reorder.on_recovery()
-        self._recent[rid] = _Done(p.sent_at, p.why, tx or len(p.sent_at) + 1)
+            self.reorder.on_recovery(p.sent_at[-1], self.rtt.rto)
+        self._recent[rid] = _Done(p.sent_at, p.why, p.replied)
         if len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)
 
@@ -411,11 +450,11 @@ class ClientSession:
             return
         self.stats["ignored.duplicate"] += 1
         tx = getattr(reply, "transmission", 0)
-        if 0 < tx < done.lowest_answered:
+        if 0 < tx <= len(done.sent_at) and tx not in done.replied:
             sample = now - done.sent_at[tx - 1]
-            self.rtt.on_sample(sample)
-            self._on_spurious(done.sent_at, done.why, tx, done.lowest_answered, sample)
-            done.lowest_answered = tx
+            self._learn(sample, now)
+            self.rtt.on_sample(sample, len(self._pending))
+            self._proves_spurious(done.sent_at, done.why, done.replied, tx, sample)
 
     def _on_undecodable(self, data: bytes, error: MalformedDatagram, now: float) -> list[Event]:
         header = peek_header(data)

@@ -34,15 +34,20 @@ class RttEstimator:
     beta: float = field(default=1 / 4, repr=False)
     granularity_s: float = field(default=0.001, repr=False)
 
-    def on_sample(self, rtt_s: float) -> None:
+    def on_sample(self, rtt_s: float, per_rtt: int = 1) -> None:
+        """One RTT measurement. ``per_rtt``: how many samples arrive per round trip (requests in
+        flight); the gains are divided by it (RFC 7323 appendix G), or with 64 requests in flight
+        the estimator would forget a round trip's worth of history within one round trip."""
         rtt_s = max(rtt_s, 0.0)
+        n = max(1, per_rtt)
         self.latest_rtt = rtt_s
         self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt_s, rtt_s / 2
         else:
-            self.rttvar = (1 - self.beta) * self.rttvar + self.beta * abs(self.srtt - rtt_s)
-            self.srtt = (1 - self.alpha) * self.srtt + self.alpha * rtt_s
+            alpha, beta = self.alpha / n, self.beta / n
+            self.rttvar = (1 - beta) * self.rttvar + beta * abs(self.srtt - rtt_s)
+            self.srtt = (1 - alpha) * self.srtt + alpha * rtt_s
         self.samples += 1
         self.backoff = 0  # a fresh measurement replaces the backed-off value (RFC 6298 5.7 spirit)
 
@@ -68,7 +73,8 @@ class RttEstimator:
 @dataclass
 class ReorderWindow:
     """RACK's reorder window (RFC 8985 6.2): min_RTT / 4 to start, grown when a retransmission
-    is proven spurious, back to the start after REORDER_PERSIST loss recoveries without one.
+    is proven spurious, halved after ``persist`` loss recoveries without one (RFC 8985 resets it
+    after 16; halving keeps a path that reorders all the time from relearning it every time).
 
     RFC 8985 grows the window in steps of min_RTT / 4 and caps it at SRTT. Here a spurious
     retransmission comes with an exact measurement (the late reply's own RTT), so the window
@@ -82,10 +88,11 @@ class ReorderWindow:
     extent_s: float = 0.0
     """Largest lateness seen in a spurious retransmission, seconds; 0 = none recently."""
     recoveries_left: int = 0
+    last_recovery_at: float = float("-inf")
 
     def window(self, rtt: RttEstimator) -> float:
         base = max(0.001, (rtt.min_rtt or 0.0) / 4)
-        return max(base, min(self.extent_s * self.margin, rtt.rto))
+        return max(base, min(self.extent_s * self.margin, 2 * rtt.rto))
 
     def on_spurious(self, lateness_s: float) -> None:
         """A reply to an earlier transmission arrived ``lateness_s`` after the loss detector
@@ -93,12 +100,20 @@ class ReorderWindow:
         self.extent_s = max(self.extent_s, lateness_s)
         self.recoveries_left = self.persist
 
-    def on_recovery(self) -> None:
-        """A loss was repaired and no spurious retransmission came with it."""
+    def on_recovery(self, now: float, rto: float) -> None:
+        """A loss was repaired and no spurious retransmission came with it. Repairs less than an
+        RTO apart count as one recovery episode: TCP counts episodes, not segments, and with many
+        requests in flight under steady loss every round trip repairs several."""
+        if now < self.last_recovery_at + rto:
+            return
+        self.last_recovery_at = now
         if self.recoveries_left > 0:
             self.recoveries_left -= 1
             if self.recoveries_left == 0:
-                self.extent_s = 0.0
+                # Halve rather than forget: reordering that stopped fades out in a few rounds,
+                # reordering that goes on is not relearned from scratch (and paid for) each time.
+                self.extent_s /= 2
+                self.recoveries_left = self.persist if self.extent_s > 0.001 else 0
 
 
 @dataclass

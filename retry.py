@@ -28,9 +28,9 @@ class RetryPolicy:
     A server that answers nothing for this long while requests wait is declared unreachable."""
     min_timeout_s: float = 0.05
     """Floor for the RTO: loopback RTTs are microseconds, but scheduling hiccups are not."""
-    max_timeout_s: float = 0.5
-    """Ceiling for the exponential backoff of the RTO (RFC 6298 5.5). A measured RTO above it
-    wins, so slow paths still get enough time; below it a silent server is probed twice a second."""
+    max_timeout_s: float = 2.0
+    """Ceiling for the exponential backoff of the RTO (RFC 6298 5.5; a measured RTO above it wins).
+    A silent server is probed at 0.25, 0.75, 1.75, 3.75 s, ... then every 2 s."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

@@ -123,23 +123,31 @@ def test_rto_floor_and_min_rtt() -> None:
 # ---------------------------------------------------------------- RACK and the reorder window
 
 
+def warm(s: Sim) -> None:
+    """One clean exchange, then past the learning phase (the initial RTO after the first reply)."""
+    s.send(QuoteRequest(10_000, "apple", 1))
+    s.run(0.5)
+
+
 def test_rack_resends_a_lost_request_once_later_ones_are_answered() -> None:
-    s = sim(drop_up(0, delay=0.005))
+    s = sim(drop_up(1, delay=0.005))
+    warm(s)
     quotes(s, 10)
-    s.run(0.2)  # long before the 0.25 s RTO
+    s.run(0.7)  # long before the 0.25 s RTO would fire
     all_exact(s, 10)
-    assert s.session.stats["retransmissions.rack"] == 1 and len(s.sent_at) == 11
+    assert s.session.stats["retransmissions.rack"] == 1 and len(s.sent_at) == 12
 
 
 def test_reordering_grows_the_window_after_one_spurious_retransmission() -> None:
-    late = {5, 25}  # these replies are held 100 ms: reordering, not loss
+    late = {6, 26}  # these replies are held 100 ms: reordering, not loss
 
     def fate(d: str, i: int, now: float) -> list[float]:
         return [0.1] if d == "down" and i in late else [0.001]
 
     s = sim(fate)
+    warm(s)
     quotes(s, 20)
-    s.run(0.5)
+    s.run(1.0)
     first = s.session.stats["retransmissions.rack"]
     assert first == 1 and s.session.stats["spurious"] == 1
     assert s.session.reorder.window(s.session.rtt) >= 0.1
@@ -149,6 +157,16 @@ def test_reordering_grows_the_window_after_one_spurious_retransmission() -> None
     assert s.session.stats["retransmissions.rack"] == first, "the grown window covers the same reordering"
 
 
+def test_reordering_seen_while_learning_costs_no_retransmission() -> None:
+    """Before the session has watched the path for an initial RTO, RACK waits that long, and
+    the late replies it sees set the reorder window directly."""
+    s = sim(lambda d, i, now: [0.1] if d == "down" and i == 5 else [0.001])
+    quotes(s, 20)
+    s.run(1.0)
+    all_exact(s, 20)
+    assert s.session.stats["retransmissions.rack"] == 0 and s.session.reorder.window(s.session.rtt) >= 0.1
+
+
 def test_reorder_window_returns_to_its_start_after_16_clean_recoveries() -> None:
     rtt = RttEstimator()
     rtt.on_sample(0.04)
@@ -156,11 +174,15 @@ def test_reorder_window_returns_to_its_start_after_16_clean_recoveries() -> None
     assert w.window(rtt) == pytest.approx(0.01)  # min_RTT / 4
     w.on_spurious(0.08)
     assert w.window(rtt) == pytest.approx(0.1)  # the measured lateness, with a 25% margin
-    for _ in range(15):
-        w.on_recovery()
+    for i in range(15):
+        w.on_recovery(float(i), 0.04)
+        w.on_recovery(i + 0.01, 0.04)  # within one SRTT of the last: the same recovery episode
     assert w.window(rtt) == pytest.approx(0.1)
-    w.on_recovery()
-    assert w.window(rtt) == pytest.approx(0.01)
+    w.on_recovery(15.0, 0.04)
+    assert w.window(rtt) == pytest.approx(0.05)  # halved
+    for i in range(16, 16 * 8):
+        w.on_recovery(float(i), 0.04)
+    assert w.window(rtt) == pytest.approx(0.01)  # and faded back to min_RTT / 4
 
 
 # ---------------------------------------------------------------- budget and giving up
