@@ -56,7 +56,7 @@ from wire_format import (
     peek_header,
 )
 
-REFUSED_GRACE_S = 0.5
+REFUSED_GRACE_S = 0.25
 """ICMP errors before any reply fail requests only once the session is this old: a server that
 is still starting gets a moment, a port nobody listens on fails well inside a second."""
 REFUSED_LIMIT = 2
