@@ -9,21 +9,10 @@ In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping
     events = session.handle_timer(now)           # at or after session.timer()
     for data in session.datagrams_to_send(): sock.send(data)
 
-and resolves each ``Answered`` / ``Failed`` event. Loss recovery, in short:
-
-- every transmission carries its number, echoed in the reply (RFC 9002 5): each reply is an
-  RTT sample (RFC 6298 estimator, backed-off RTO kept until the next sample, 5.5), and a reply
-  to an earlier transmission proves the later ones spurious;
-- RACK (RFC 8985): once a later transmission is answered, a request still unanswered RTT
-  (at least 9/8 SRTT, RFC 9002 6.1.2) + reorder window after its own transmission is lost
-  and sent again; the window grows on proven-spurious retransmissions (6.2);
-- the RTO timer retransmits only the oldest request and backs off (RFC 6298 5.4, 5.5): a
-  slow or dead path costs one probe per RTO, not one per request;
-- the retry budget (recovery.RetryBudget) only delays retransmissions; requests fail at their
-  deadline, after their last attempt, or when the server has answered nothing for a whole
-  deadline (then every row fails at once);
-- ICMP port unreachable: before any reply, two of them after a short grace mean nothing
-  listens there (fail fast); after a reply they mean a restart: pause and probe.
+and resolves each ``Answered`` / ``Failed`` event. Which requests are lost is decided in
+loss_detection.py (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
+budget (it only delays), BUSY, ICMP (before any reply: nothing listens; after: a restart, so
+pause and probe) and every give-up decision. The README's client section has the rules.
 """
 
 from __future__ import annotations
@@ -31,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from recovery import ReorderWindow, RetryBudget, RttEstimator
+from loss_detection import LossDetection, Transmissions
+from recovery import RetryBudget, RttEstimator
 from reply_checks import UNREADABLE, violation
 from retry import Outcome, RetryPolicy
 from wire_format import (
@@ -88,26 +78,14 @@ class Failed:
 Event = Answered | Failed
 
 
-@dataclass(slots=True)
-class _Pending:
+@dataclass(slots=True, kw_only=True)
+class _Pending(Transmissions):
     request: Request
     digest: int
     started_at: float
     deadline: float
-    sent_at: list[float] = field(default_factory=list)
-    why: list[str] = field(default_factory=list)
-    """Why each transmission went out: 'first', 'rto', 'rack', 'nack' (index = number - 1)."""
     not_before: float = 0.0
     error_status: Status | None = None
-    replied: set[int] = field(default_factory=set)
-    """Transmission numbers whose replies arrived (each counts once as proof of a spurious retransmission)."""
-
-
-@dataclass(slots=True)
-class _Done:
-    sent_at: list[float]
-    why: list[str]
-    replied: set[int]
 
 
 def _predates_lists(request: Request, reply: Reply) -> bool:
@@ -122,7 +100,7 @@ class ClientSession:
         self.policy = policy or RetryPolicy()
         self.max_attempts = min(self.policy.max_attempts, MAX_TRANSMISSION)
         self.rtt = RttEstimator(initial_rto_s=self.policy.initial_timeout_s, min_rto_s=self.policy.min_timeout_s)
-        self.reorder = ReorderWindow()
+        self.loss = LossDetection(self.rtt, self.policy.initial_timeout_s, self.policy.max_timeout_s, now)
         self.budget = budget or RetryBudget()
         self.budget.start(now)
         self.stats: Counter[str] = Counter()
@@ -139,28 +117,13 @@ class ClientSession:
         """A server that answered sent ICMP errors (a restart): hold new requests, probe with the oldest."""
         self.icmp_since_answer = 0
         self._pending: dict[int, _Pending] = {}
-        self._in_flight: OrderedDict[int, _Pending] = OrderedDict()  # by last transmission, oldest first
         self._lost: OrderedDict[int, str] = OrderedDict()  # request id -> why it is to be sent again
         self._held: deque[int] = deque()
         self._exhausted: dict[int, float] = {}
-        self._recent: OrderedDict[int, _Done] = OrderedDict()
+        self._recent: OrderedDict[int, Transmissions] = OrderedDict()
         self._out: list[bytes] = []
-        self._rack_xmit_ts = float("-inf")
-        self._rack_rtt = 0.0
-        self._reorder_at: float | None = None
-        self._busy_until = 0.0
         self._outstanding_since = now
         self._last_probe_at = now
-        self._learning_until: float | None = None
-        """Until then (the initial RTO after the first reply) RACK waits at least the initial RTO and
-        every RTT sample's excess over min_RTT counts as reordering seen: the evidence a reorder
-        window grows from (a late reply) arrives one reordering delay after the first sends, and
-        guessing loss before it costs a burst of spurious retransmissions."""
-        self._rto_restarted_at = now
-        """The RTO timer runs from the later of this and the oldest request's last transmission:
-        restarted when it fires (RFC 6298 5.6), so one timeout costs one retransmission, not one
-        per request sent at the same moment. Replies to other requests do not restart it: they
-        acknowledge those requests only (like SACK blocks, not a cumulative ACK)."""
 
     # ------------------------------------------------------------ API
 
@@ -190,7 +153,7 @@ class ClientSession:
         deadline = now + self.policy.deadline_s if self.policy.deadline_s is not None else float("inf")
         if not self._pending:
             self._outstanding_since = now
-        p = _Pending(request, digest, now, deadline)
+        p = _Pending(request=request, digest=digest, started_at=now, deadline=deadline)
         self._pending[request.request_id] = p
         self.budget.on_request(now)
         if self.probing:
@@ -206,12 +169,9 @@ class ClientSession:
         times = [next(iter(self._pending.values())).deadline, *self._exhausted.values()]
         if self.policy.deadline_s is not None:
             times.append(self._silence_start() + self.policy.deadline_s)
-        if self._in_flight:
-            times.append(self._rto_at())
-        elif self.probing and self._held:
+        times += self.loss.timers()
+        if not self.loss.in_flight and self.probing and self._held:
             times.append(self._last_probe_at + self.rtt.rto)
-        if self._reorder_at is not None:
-            times.append(self._reorder_at)
         if self._lost and not self.probing:
             times.append(max(min(self._pending[r].not_before for r in self._lost), self.budget.next_token_at()))
         if self.icmp_since_answer and self.last_answer_at is None:
@@ -224,7 +184,6 @@ class ClientSession:
             return events
         self._expire(now, events)
         self._on_rto(now)
-        self._reorder_at = None
         self._detect_losses(now)
         self._retransmit_lost(now, events)
         return events
@@ -258,7 +217,9 @@ class ClientSession:
             self.stats[f"ignored.invalid.{why}"] += 1
             return []
         self._server_alive(now)
-        self._sample(p, tx, now)
+        self.budget.on_reply(now)
+        if self.loss.on_reply(p, tx, now, len(self._pending), latest=True):
+            self._spurious()
         events: list[Event] = []
         if reply.status is Status.BUSY:
             self._on_busy(p, reply, now)
@@ -287,9 +248,7 @@ class ClientSession:
             data = encode_list_request(request)  # list pages are not numbered (Karn's rule applies)
         p.sent_at.append(now)
         p.why.append(why)
-        rid = p.request.request_id
-        self._in_flight[rid] = p
-        self._in_flight.move_to_end(rid)
+        self.loss.on_sent(p.request.request_id, p)
         self.stats["sent"] += 1
         if why != "first":
             self.stats["retransmissions"] += 1
@@ -297,7 +256,7 @@ class ClientSession:
         self._out.append(data)
 
     def _mark_lost(self, rid: int, why: str) -> None:
-        self._in_flight.pop(rid, None)
+        self.loss.forget(rid)
         self._lost[rid] = why
 
     def _retransmit_lost(self, now: float, events: list[Event]) -> None:
@@ -315,68 +274,25 @@ class ClientSession:
             del self._lost[rid]
             self._transmit(p, now, why)
 
-    # ------------------------------------------------------------ loss detection
-
     def _detect_losses(self, now: float) -> None:
-        """RACK (RFC 8985 6.2): a request whose last transmission went out before the newest
-        answered one, and is unanswered RTT + reorder window after it, is lost."""
-        if now < self._busy_until or self.probing:
-            return  # a rate limiter's silence is no loss signal; nor is a restarting server's
-        # RACK waits the RTT of the newest answered transmission plus the reorder window; like
-        # QUIC's time threshold (RFC 9002 6.1.2) it waits at least 9/8 SRTT, because replies queue
-        # behind each other in the socket buffer and one fast sample says little about the rest.
-        wait = max(self._rack_rtt, 9 / 8 * (self.rtt.srtt or 0.0)) + self.reorder.window(self.rtt)
-        lost: list[int] = []
-        for rid, p in self._in_flight.items():  # oldest transmission first
-            sent = p.sent_at[-1]
-            if sent > self._rack_xmit_ts:
-                break
-            lost_at = sent + self._rack_wait(wait, p.why.count("rack"), now)
-            if now >= lost_at:
-                lost.append(rid)
-            else:  # waits differ per request, so keep scanning; wake up for the earliest
-                self._reorder_at = lost_at if self._reorder_at is None else min(self._reorder_at, lost_at)
-        for rid in lost:
-            self._mark_lost(rid, "rack")
-
-    def _rack_wait(self, wait: float, earlier: int, now: float) -> float:
-        """How long after its last transmission RACK declares a request lost. Each further RACK
-        resend of the same request waits twice as long, up to an RTO: if the last one was not
-        answered in time either, a long reordering delay grows likelier than loss after loss."""
-        if self._learning_until is None or now < self._learning_until:
-            wait = max(wait, self.policy.initial_timeout_s)
-        return float(min(wait * 2**earlier, max(wait, self.rtt.rto)))
+        # A restarting server's silence is no loss signal: while probing only the RTO sends.
+        for rid in self.loss.detect(now, paused=self.probing):
+            self._lost[rid] = "rack"
 
     def _on_rto(self, now: float) -> None:
-        """Retransmission timeout: back off (RFC 6298 5.5), resend the oldest request (5.4) and every
-        other one sent more than the backed-off RTO ago (RFC 8985 6.3). Requests sent together
-        are not all resent on the first timeout of a slow path: the backed-off RTO is longer than
-        their age. While probing a restarted server only the oldest goes, as the probe."""
-        if self._in_flight:
-            rid, _ = next(iter(self._in_flight.items()))
-            if now >= self._rto_at():
-                self._rto_restarted_at = now
-                self.stats["timeouts"] += 1
-                self.rtt.on_timeout(self._backoff_cap())
-                stale = (
-                    []
-                    if self.probing
-                    else [r for r, p in self._in_flight.items() if p.sent_at[-1] <= now - self.rtt.rto]
-                )
-                for r in [rid, *stale]:
-                    self._mark_lost(r, "rto")
-                self._lost.move_to_end(rid, last=False)
-        elif self.probing and self._held and now >= self._last_probe_at + self.rtt.rto:
-            self.rtt.on_timeout(self._backoff_cap())
+        """The RTO resends the oldest request (and stale ones while the server answers); while
+        probing a restarted server with nothing in flight, a held request goes out as the probe."""
+        lately = self.last_answer_at is not None and now - self.last_answer_at < self.rtt.rto
+        lost = self.loss.on_rto(now, answered_lately=lately and not self.probing)
+        if lost:
+            self.stats["timeouts"] += 1
+            for rid in reversed(lost):
+                self._lost[rid] = "rto"
+                self._lost.move_to_end(rid, last=False)  # the oldest goes first
+        elif not self.loss.in_flight and self.probing and self._held and now >= self._last_probe_at + self.rtt.rto:
+            self.rtt.on_timeout(self.policy.max_timeout_s)
             self._last_probe_at = now
             self._transmit(self._pending[self._held.popleft()], now, "first")
-
-    def _rto_at(self) -> float:
-        oldest = next(iter(self._in_flight.values()))
-        return max(oldest.sent_at[-1], self._rto_restarted_at) + self.rtt.rto
-
-    def _backoff_cap(self) -> float:
-        return max(self.policy.max_timeout_s, self.rtt.base_rto)
 
     # ------------------------------------------------------------ replies
 
@@ -389,57 +305,25 @@ class ClientSession:
             while self._held:
                 self._transmit(self._pending[self._held.popleft()], now, "first")
 
-    def _sample(self, p: _Pending, tx: int, now: float) -> None:
-        """RTT sample from the echoed transmission; tx 0 (list pages) samples only if sent once (Karn)."""
-        if tx == 0 and len(p.sent_at) != 1:
-            self.budget.on_reply(now)
-            return
-        k = tx or 1
-        sample = now - p.sent_at[k - 1]
-        self._learn(sample, now)
-        self.rtt.on_sample(sample, len(self._pending))
-        self.budget.on_reply(now)
-        self._rack_xmit_ts = max(self._rack_xmit_ts, p.sent_at[k - 1])
-        self._rack_rtt = sample
-        self._proves_spurious(p.sent_at, p.why, p.replied, tx, sample)
-
-    def _learn(self, sample: float, now: float) -> None:
-        """While learning the path, every sample's excess over min_RTT is reordering seen."""
-        if self._learning_until is None:
-            self._learning_until = now + self.policy.initial_timeout_s
-        elif now < self._learning_until and self.rtt.min_rtt is not None:
-            self.reorder.on_spurious(sample - self.rtt.min_rtt)
-
-    def _proves_spurious(self, sent_at: list[float], why: list[str], replied: set[int], tx: int, sample: float) -> None:
-        """A reply to transmission ``tx`` after a later one was sent: declaring ``tx`` lost was wrong,
-        so the retransmission it caused was not needed (the DSACK / Eifel signal, once per ``tx``)."""
-        if tx == 0 or tx in replied:
-            return
-        replied.add(tx)
-        if tx >= len(sent_at):
-            return
+    def _spurious(self) -> None:
         self.stats["spurious"] += 1
         self.budget.refund()
-        if why[tx] == "rack":  # why[tx] is the reason for transmission tx + 1
-            self.reorder.on_spurious(sample - (self.rtt.min_rtt or 0.0))
 
     def _on_busy(self, p: _Pending, reply: Reply, now: float) -> None:
         self.stats["busy"] += 1
         retry_after_s = getattr(reply, "retry_after_ms", 0) / 1000
         p.not_before = now + retry_after_s
-        # A rate limiter answers some over-limit requests and drops the rest: their silence is no loss.
-        self._busy_until = max(self._busy_until, now + max(retry_after_s, self.rtt.rto))
+        self.loss.on_busy(now, retry_after_s)
         self._mark_lost(p.request.request_id, "busy")
 
     def _finish(self, rid: int, tx: int) -> None:
         """Forget a request (answered by transmission ``tx``, or 0: failed or unnumbered)."""
         p = self._pending.pop(rid)
-        self._in_flight.pop(rid, None)
+        self.loss.forget(rid)
         self._lost.pop(rid, None)
         self._exhausted.pop(rid, None)
-        if len(p.sent_at) > 1 and tx == len(p.sent_at):
-            self.reorder.on_recovery(p.sent_at[-1], self.rtt.rto)
-        self._recent[rid] = _Done(p.sent_at, p.why, p.replied)
+        self.loss.on_recovered(p, tx)
+        self._recent[rid] = Transmissions(p.sent_at, p.why, p.replied)
         if len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)
 
@@ -450,11 +334,9 @@ class ClientSession:
             return
         self.stats["ignored.duplicate"] += 1
         tx = getattr(reply, "transmission", 0)
-        if 0 < tx <= len(done.sent_at) and tx not in done.replied:
-            sample = now - done.sent_at[tx - 1]
-            self._learn(sample, now)
-            self.rtt.on_sample(sample, len(self._pending))
-            self._proves_spurious(done.sent_at, done.why, done.replied, tx, sample)
+        late = 0 < tx <= len(done.sent_at) and tx not in done.replied
+        if late and self.loss.on_reply(done, tx, now, len(self._pending), latest=False):
+            self._spurious()
 
     def _on_undecodable(self, data: bytes, error: MalformedDatagram, now: float) -> list[Event]:
         header = peek_header(data)

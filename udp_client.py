@@ -343,7 +343,8 @@ examples:
 
 Bad rows (missing item, bad quantity, item over 32 bytes, broken quoting) are written with
 status BAD_ROW and their line number in 'error'; the run goes on. Retransmissions share a
-budget (20% of requests + 1 per reply + 10), so a dead server fails the run fast.
+budget (10 per second + 20% of requests, 3 back per reply) that only delays them; a server that
+answers nothing for a whole --deadline fails the rest of the run at once.
 
 exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags,
             {EXIT_NO_ANSWER} server unreachable (no reply at all), {EXIT_OUTPUT} output not writable,

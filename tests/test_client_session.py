@@ -150,7 +150,7 @@ def test_reordering_grows_the_window_after_one_spurious_retransmission() -> None
     s.run(1.0)
     first = s.session.stats["retransmissions.rack"]
     assert first == 1 and s.session.stats["spurious"] == 1
-    assert s.session.reorder.window(s.session.rtt) >= 0.1
+    assert s.session.loss.reorder.window(s.session.rtt) >= 0.1
     quotes(s, 20, first_id=100)
     s.run(2.0)
     all_exact(s, 20, first_id=100)
@@ -164,7 +164,7 @@ def test_reordering_seen_while_learning_costs_no_retransmission() -> None:
     quotes(s, 20)
     s.run(1.0)
     all_exact(s, 20)
-    assert s.session.stats["retransmissions.rack"] == 0 and s.session.reorder.window(s.session.rtt) >= 0.1
+    assert s.session.stats["retransmissions.rack"] == 0 and s.session.loss.reorder.window(s.session.rtt) >= 0.1
 
 
 def test_reorder_window_returns_to_its_start_after_16_clean_recoveries() -> None:
