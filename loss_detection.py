@@ -51,6 +51,10 @@ class LossDetection:
         grows from (a late reply) arrives one reordering delay after the first sends, and guessing
         loss before it costs a burst of spurious retransmissions."""
 
+    def learned(self, now: float) -> bool:
+        """Has the path been watched long enough for RACK to run at its own pace?"""
+        return self._learning_until is not None and now >= self._learning_until
+
     def on_sent(self, rid: int, t: Transmissions) -> None:
         self.in_flight[rid] = t
         self.in_flight.move_to_end(rid)
@@ -138,7 +142,7 @@ class LossDetection:
         """How long after its last transmission RACK declares a request lost. Each further RACK
         resend of the same request waits twice as long, up to an RTO: if the last one was not
         answered in time either, a long reordering delay grows likelier than loss after loss."""
-        if self._learning_until is None or now < self._learning_until:
+        if not self.learned(now):
             wait = max(wait, self.initial_rto_s)
         return float(min(wait * 2**earlier, max(wait, self.rtt.rto)))
 

@@ -56,7 +56,10 @@ def test_scenarios_exercise_the_faults_they_name(server: RunningServer) -> None:
     assert sum(v for k, v in bad.client.items() if k.startswith("ignored.malformed")) > 10
     assert server.core.stats["malformed.bad_checksum"] + server.core.stats["malformed.bad_length"] > 10
     late = asyncio.run(run_scenario("late", server.address, COMPLETE["reorder / late delivery 30%"], n=200))
-    assert late.client["retransmissions"] > 10 and late.client["ignored.duplicate"] > 10
+    # Late replies are injected (the proxy says so) and arrive (as duplicates or in time), but
+    # they are recognised as reordering, not loss: few retransmissions, every one counted.
+    assert late.proxy["up.reorder"] + late.proxy["down.reorder"] > 50
+    assert late.client["retransmissions"] <= 20, "reordering is not taken for loss"
     assert late.client["accepted"] == 200, "a stale reply to attempt 1 is used at most once"
 
 
