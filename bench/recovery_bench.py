@@ -114,6 +114,7 @@ class Result:
     retransmissions: int = 0
     spurious: int = 0
     seconds: float = 0.0
+    icmp_errors: int = 0
 
     def add(self, other: Result) -> None:
         self.rows += other.rows
@@ -124,6 +125,7 @@ class Result:
         self.requests += other.requests
         self.retransmissions += other.retransmissions
         self.spurious += other.spurious
+        self.icmp_errors += other.icmp_errors
         self.seconds = max(self.seconds, other.seconds)
 
 
@@ -159,7 +161,7 @@ async def run_bulk_once(
     retrans = stats.get("retransmissions", 0)
     return Result(
         rows, sink.status.get("OK", 0), sink.wrong, failed, stats.get("sent", 0) - retrans, retrans,
-        stats.get("spurious", 0), took,
+        stats.get("spurious", 0), took, stats.get("icmp_errors", 0),
     )  # fmt: skip
 
 
@@ -210,7 +212,7 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "restart-direct": Scenario(
         "the same, no proxy (ICMP reaches the client)",
-        0, 0, lambda seed: None, lambda srv: srv.restart_after(0.2, 0.5),
+        0, 0, lambda seed: None, lambda srv: srv.restart_after(0.05, 0.5),
     ),
     "corrupt30": Scenario("30% of datagrams corrupted each way", 0.3, 0.3, both(corrupt=0.3)),
     "dead": Scenario(
@@ -247,6 +249,8 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             total.add(await run_bulk_once(args.rows, seed, sc.plan(seed), policy, sc.side))
         lines.append(fmt_row(sc.description, len(seeds), total, sc.p_up, sc.p_down))
         print(lines[-1], flush=True)
+        if name.startswith("restart"):
+            print(f"{name}: ICMP errors seen by the client: {total.icmp_errors}")
         if name == "dead":
             allowed = 0.2 * total.requests + 10 * total.seconds
             print(f"dead server: retransmissions allowed (20% of requests + 10/s of run time): {allowed:.0f}")
