@@ -198,3 +198,35 @@ def test_listing_against_a_server_without_list_messages_fails_fast() -> None:
 
     with fake_server(old_server) as addr, pytest.raises(QuoteError, match="too old to list its catalog"):
         list_once(addr, FAST)
+
+
+def test_a_lying_server_never_yields_an_ok_row() -> None:
+    """Every batch reply is intact and bound to its request (id, echo, lines digest), but one
+    line's total is off by a cent: the bulk run must fail every row explicitly, never print it."""
+    import dataclasses
+    import io
+
+    from bulk import BulkOptions, CsvSink, read_rows, run_bulk
+    from recovery import RetryBudget
+    from wire_format import LineResult, decode_batch_reply, encode_batch_reply
+
+    def liar(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
+        honest = decode_batch_reply(real_reply(data))
+        first = honest.results[0]
+        lie = (LineResult(first.status, first.unit_price, first.total + 1), *honest.results[1:])
+        sock.sendto(encode_batch_reply(dataclasses.replace(honest, results=lie)), addr)
+
+    orders = "item,quantity\n" + "".join(f"apple,{q}\n" for q in range(1, 41))
+
+    async def run() -> tuple[str, dict[str, int]]:
+        out = io.StringIO()
+        header, rows = read_rows(io.StringIO(orders))
+        async with QuoteClient(addr, FAST, budget=RetryBudget()) as client:
+            await run_bulk(rows, client, CsvSink(out, header), BulkOptions(window=4, batch=4))
+            return out.getvalue(), dict(client.stats)
+
+    with fake_server(liar) as addr:
+        text, stats = asyncio.run(run())
+    statuses = [line.split(",")[4] for line in text.splitlines()[1:]]
+    assert len(statuses) == 40 and "OK" not in statuses, statuses
+    assert stats["ignored.invalid.total_not_price_times_quantity"] >= 10
