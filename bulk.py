@@ -30,7 +30,9 @@ from wire_format import MAX_BATCH, LineResult, Status
 
 __all__ = ["BulkInputError", "Header", "Row", "read_rows"]
 
-RESULT_COLUMNS = ("unit_price", "total", "status", "attempts", "error")
+RESULT_COLUMNS = ("unit_price", "total", "status", "attempts", "error", "catalog_version")
+"""catalog_version: the server's catalog version that priced the row (empty when none did), so a
+reload in the middle of a run is visible row by row."""
 BAD_ROW = "BAD_ROW"
 NOT_ATTEMPTED = "NOT_ATTEMPTED"
 OK = Status.OK.name
@@ -40,6 +42,7 @@ FAILURE_STATUS = {
     Outcome.REFUSED: "UNREACHABLE",
     Outcome.UNREACHABLE: "UNREACHABLE",
     Outcome.BUDGET: "RETRY_BUDGET",
+    Outcome.VERSION: "UNSUPPORTED_VERSION",
 }
 """Row status when no valid answer came, by why the client gave up."""
 
@@ -51,6 +54,7 @@ class RowResult:
     total: int | None = None
     attempts: int = 0
     error: str = ""
+    catalog_version: int | None = None
 
 
 def read_rows(
@@ -89,9 +93,9 @@ class JsonlSink(CsvSink):
 
 
 def _result_cells(o: RowResult) -> list[object]:
-    """Result values in RESULT_COLUMNS order; None for money that is not known (blank in CSV, null in JSON)."""
+    """Result values in RESULT_COLUMNS order; None for what is not known (blank in CSV, null in JSON)."""
     money = [format_money(v) if v is not None else None for v in (o.unit_price, o.total)]
-    return [*money, o.status, o.attempts, o.error]
+    return [*money, o.status, o.attempts, o.error, o.catalog_version]
 
 
 class LatencyHistogram:
@@ -273,6 +277,7 @@ async def run_bulk(
     and the rest of the file is streamed out as NOT_ATTEMPTED in bounded memory."""
     summary = Summary()
     gate = _Gate(options.ahead)
+    client.session.keep_verdict = True  # a silent server fails the rest of the file at once
 
     def flushed(n: int) -> None:
         gate.give(n)
@@ -378,15 +383,13 @@ async def _quote_chunk(
 ) -> None:
     outcomes: list[RowResult]
     try:
-        if client.unreachable:
-            raise NoAnswer(client.server, 0, 0.0, Outcome.UNREACHABLE, client.refused > 0)
         if batch == 1:
             r = await client.quote(rows[0].item, rows[0].quantity)
-            outcomes = [_outcome(LineResult(r.status, r.unit_price, r.total), r.attempts)]
+            outcomes = [_outcome(LineResult(r.status, r.unit_price, r.total), r.attempts, r.catalog_version)]
             summary.latencies.append(r.latency_s)
         else:
             b = await client.quote_batch([(row.item, row.quantity) for row in rows])
-            outcomes = [_outcome(line, b.attempts) for line in b.results]
+            outcomes = [_outcome(line, b.attempts, b.catalog_version) for line in b.results]
             summary.latencies.append(b.latency_s)
     except NoAnswer as e:
         outcomes = [RowResult(FAILURE_STATUS.get(e.outcome, "NO_ANSWER"), attempts=e.attempts, error=str(e))] * len(
@@ -398,8 +401,9 @@ async def _quote_chunk(
         writer.complete(row, outcome)
 
 
-def _outcome(line: LineResult, attempts: int) -> RowResult:
+def _outcome(line: LineResult, attempts: int, catalog_version: int) -> RowResult:
     if line.status is Status.OK:
-        return RowResult(OK, line.unit_price, line.total, attempts)
+        return RowResult(OK, line.unit_price, line.total, attempts, catalog_version=catalog_version)
     unit = line.unit_price if line.status in (Status.BAD_QUANTITY, Status.OVERFLOW) else None
-    return RowResult(line.status.name, unit, None, attempts, error=line.status.name.lower().replace("_", " "))
+    why = line.status.name.lower().replace("_", " ")
+    return RowResult(line.status.name, unit, None, attempts, why, catalog_version)

@@ -21,7 +21,7 @@ import bulk
 from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
 from bulk_out import Output, open_output
 from progress import ProgressBar, Snapshot
-from retry import RetryBudget
+from recovery import RetryBudget
 from udp_client import (
     EXIT_INTERRUPTED,
     EXIT_NO_ANSWER,

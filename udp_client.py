@@ -13,18 +13,18 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import secrets
 import sys
-from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from catalog import format_money
+from client_session import Answered, ClientSession, Event, Failed
 from quantity import BadQuantity, check_quantity
 from quantity import parse_quantity as quantity_rule
-from retry import Exchange, Outcome, RetryBudget, RetryPolicy, RttEstimator
+from recovery import RetryBudget, RttEstimator
+from retry import Outcome, RetryPolicy
 from wire_format import (
     MAX_BATCH,
     MAX_QUANTITY,
@@ -33,38 +33,41 @@ from wire_format import (
     LineResult,
     ListReply,
     ListRequest,
-    MalformedDatagram,
     QuoteError,
     QuoteReply,
     QuoteRequest,
-    Reply,
     Request,
     Status,
-    decode_any_reply,
     encode_batch_request,
-    encode_list_request,
     encode_request,
-    lines_digest,
     normalize_item,
 )
 
 Address = tuple[str, int]
-REORDER_THRESHOLD = 3
-"""A request counts as lost once one sent this many transmissions later is answered (TCP's 3 dupacks)."""
-REFUSED_LIMIT = 3
-"""ICMP port-unreachable errors in a row, with no reply between, after which the server is taken as down."""
-RECENT_IDS = 4096
-"""Completed request ids remembered, to tell late duplicates from forgeries in the counters."""
 
 
 class NoAnswer(QuoteError):
     """No matching reply arrived before the deadline or the last attempt's timeout."""
 
-    def __init__(self, server: Address, attempts: int, elapsed_s: float, outcome: Outcome, refused: bool) -> None:
-        why = {Outcome.DEADLINE: "deadline passed", Outcome.REFUSED: "nothing listens on that port"}.get(
-            outcome, "all attempts timed out"
-        )
+    def __init__(
+        self,
+        server: Address,
+        attempts: int,
+        elapsed_s: float,
+        outcome: Outcome,
+        refused: bool,
+        status: Status | None = None,
+    ) -> None:
+        why = {
+            Outcome.DEADLINE: "deadline passed",
+            Outcome.REFUSED: "nothing listens on that port",
+            Outcome.UNREACHABLE: "the server answered nothing for a whole deadline",
+            Outcome.BUDGET: "deadline passed while the retry budget held retransmissions back",
+            Outcome.VERSION: "the server speaks another protocol version",
+        }.get(outcome, "all attempts timed out")
         hint = " (ICMP port unreachable: is the server running?)" if refused else ""
+        if status is not None and outcome is not Outcome.VERSION:
+            hint += f" (the server kept answering {status.name}: our datagrams arrive damaged)"
         super().__init__(
             f"no answer from {format_address(server)} after {attempts} attempt(s) in {elapsed_s:.2f} s: {why}{hint}"
         )
@@ -118,18 +121,6 @@ class BatchResult:
     catalog_version: int
 
 
-@dataclass
-class _Pending:
-    request: Request
-    datagram: bytes
-    accepts: Callable[[Reply], bool]
-    """Does this reply (with our id and a valid CRC) really answer our request?"""
-    exchange: Exchange
-    future: asyncio.Future[Reply]
-    send_seq: int = 0
-    """Number of this request's latest transmission among all of this client's transmissions."""
-
-
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, client: QuoteClient) -> None:
         self.client = client
@@ -138,17 +129,17 @@ class _Protocol(asyncio.DatagramProtocol):
         self.client._on_datagram(data)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a connected socket: the server is not there (yet). Keep retrying.
-        self.client.stats["icmp_errors"] += 1
-        self.client.refused += 1
+        # ICMP port unreachable on a connected socket; the session decides what it means.
+        self.client._on_error()
 
 
 class QuoteClient:
     """Async quote client over one connected UDP socket; many quotes may be in flight at once.
 
-    The socket is connect()ed to the server, so the kernel discards datagrams from any
-    other address; a reply is then accepted only if its CRC32 is valid, its request id is
-    outstanding and its echoed item and quantity match the request.
+    A thin asyncio shell: every decision (timers, retransmissions, loss detection, the retry
+    budget, BUSY, ICMP errors, giving up, which replies to believe) is made by the pure
+    ``client_session.ClientSession``; this class moves bytes and reads the clock. The socket
+    is connect()ed to the server, so the kernel discards datagrams from any other address.
 
         async with QuoteClient(("127.0.0.1", 9999)) as client:
             result = await client.quote("apple", 3)
@@ -158,7 +149,6 @@ class QuoteClient:
         self,
         server: Address,
         policy: RetryPolicy | None = None,
-        rng: random.Random | None = None,
         budget: RetryBudget | None = None,
         local_addr: tuple[str, int] | None = None,
     ) -> None:
@@ -166,35 +156,38 @@ class QuoteClient:
         self.local_addr = local_addr
         """Source address to bind, e.g. ("127.0.0.2", 0); None lets the kernel choose."""
         self.policy = policy or RetryPolicy()
-        self.budget = budget
-        """Shared cap on retransmissions (bulk runs); None: each request retries up to its policy."""
-        self.unreachable = False
-        """Set once the server is judged gone (ICMP refusals, or no reply and no budget): fail fast."""
-        self.last_answer_at: float | None = None
-        # rng drives jitter only; request ids always come from `secrets` so they cannot be guessed.
-        self.rng = rng or random.Random()
-        self.rtt = RttEstimator(initial_rto_s=self.policy.initial_timeout_s)
-        self.stats: Counter[str] = Counter()
-        self.refused = 0
-        """ICMP port-unreachable errors since the last valid reply."""
-        self._pending: dict[int, _Pending] = {}
-        self._recent: OrderedDict[int, None] = OrderedDict()
-        self._by_send: OrderedDict[int, _Pending] = OrderedDict()
-        self._send_seq = 0
-        self._busy_until = 0.0
+        self.session = ClientSession(self.policy, 0.0, budget)
+        self._futures: dict[int, asyncio.Future[Event]] = {}
         self._transport: asyncio.DatagramTransport | None = None
-        self._opened_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.session.stats
+
+    @property
+    def rtt(self) -> RttEstimator:
+        return self.session.rtt
+
+    @property
+    def unreachable(self) -> bool:
+        """True once the session has judged the server gone: new requests fail at once."""
+        return self.session.unreachable is not None
 
     async def __aenter__(self) -> QuoteClient:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), remote_addr=self.server, local_addr=self.local_addr
         )
-        self._transport = transport
-        self._opened_at = loop.time()
+        self._transport, self._loop = transport, loop
+        self.session = ClientSession(self.policy, loop.time(), self.session.budget)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -202,7 +195,7 @@ class QuoteClient:
     def _new_request_id(self) -> int:
         while True:
             rid = secrets.randbits(64)
-            if rid not in self._pending and rid not in self._recent:
+            if rid not in self._futures and not self.session.knows(rid):
                 return rid
 
     async def quote(self, item: str, quantity: int) -> QuoteResult:
@@ -211,12 +204,9 @@ class QuoteClient:
         rule in quantity.py (a whole number from 1 to MAX_QUANTITY): nothing is sent then."""
         check_quantity(quantity)
         request = QuoteRequest(self._new_request_id(), normalize_item(item), quantity)
-        datagram = encode_request(request)
-
-        def accepts(reply: Reply) -> bool:
-            return isinstance(reply, QuoteReply) and _echo_matches(request, reply)
-
-        reply, ex, latency = await self._call(request, datagram, accepts)
+        encode_request(request)  # a request that cannot be encoded is the caller's ValueError, now
+        answered = await self._call(request)
+        reply = answered.reply
         assert isinstance(reply, QuoteReply)
         return QuoteResult(
             item=request.item,
@@ -224,9 +214,9 @@ class QuoteClient:
             status=reply.status,
             unit_price=reply.unit_price,
             total=reply.total,
-            attempts=ex.attempts,
+            attempts=answered.attempts,
             request_id=request.request_id,
-            latency_s=latency,
+            latency_s=answered.latency_s,
             catalog_version=reply.catalog_version,
         )
 
@@ -236,20 +226,14 @@ class QuoteClient:
         for _, quantity in lines:
             check_quantity(quantity)
         request = BatchRequest(self._new_request_id(), tuple((normalize_item(i), q) for i, q in lines))
-        datagram = encode_batch_request(request)
-        digest = lines_digest(datagram)
-
-        def accepts(reply: Reply) -> bool:
-            if not isinstance(reply, BatchReply):
-                return False
-            if reply.status is not Status.OK:  # whole-batch error: the server could not read the lines
-                return not reply.results
-            return reply.lines_digest == digest and len(reply.results) == len(request.lines)
-
-        reply, ex, latency = await self._call(request, datagram, accepts)
+        encode_batch_request(request)
+        answered = await self._call(request)
+        reply = answered.reply
         assert isinstance(reply, BatchReply)
         results = reply.results or tuple(LineResult(reply.status) for _ in request.lines)
-        return BatchResult(request.lines, results, ex.attempts, request.request_id, latency, reply.catalog_version)
+        return BatchResult(
+            request.lines, results, answered.attempts, request.request_id, answered.latency_s, reply.catalog_version
+        )
 
     async def list_items(self) -> tuple[int, list[tuple[str, int]]]:
         """The server's whole catalog as (catalog version, [(item, unit price in cents)]) sorted by name.
@@ -266,16 +250,8 @@ class QuoteClient:
         raise QuoteError("the catalog kept changing while it was being listed")
 
     async def _list_page(self, page: int) -> ListReply:
-        request = ListRequest(self._new_request_id(), page)
-
-        def accepts(reply: Reply) -> bool:
-            if isinstance(reply, QuoteReply):  # a server older than list messages says MALFORMED
-                return reply.status in (Status.MALFORMED, Status.UNSUPPORTED_VERSION) and reply.item == ""
-            return isinstance(reply, ListReply) and (
-                reply.page == page or (reply.status is not Status.OK and not reply.entries)
-            )
-
-        reply, _, _ = await self._call(request, encode_list_request(request), accepts)
+        answered = await self._call(ListRequest(self._new_request_id(), page))
+        reply = answered.reply
         if not isinstance(reply, ListReply):
             raise QuoteError(
                 f"the server answered {reply.status.name} to a list request: "
@@ -283,142 +259,50 @@ class QuoteClient:
             )
         return reply
 
-    async def _call(
-        self, request: Request, datagram: bytes, accepts: Callable[[Reply], bool]
-    ) -> tuple[Reply, Exchange, float]:
-        """Send until a reply that ``accepts`` approves arrives; (reply, exchange, latency seconds)."""
-        if self._transport is None:
+    async def _call(self, request: Request) -> Answered:
+        """Hand ``request`` to the session and wait for its Answered event; NoAnswer on Failed."""
+        if self._transport is None or self._loop is None:
             raise RuntimeError("use 'async with QuoteClient(...)' before quoting")
-        loop = asyncio.get_running_loop()
-        request_id = request.request_id
-        pending = _Pending(request, datagram, accepts, Exchange(self.policy, self.rtt, self.rng), loop.create_future())
-        self._pending[request_id] = pending
-        if self.budget is not None:
-            self.budget.on_request()
+        future: asyncio.Future[Event] = self._loop.create_future()
+        self._futures[request.request_id] = future
+        self._pump(self.session.send(request, self._loop.time()))
         try:
-            reply = await self._exchange(pending, loop)
+            event = await future
         finally:
-            del self._pending[request_id]
-            self._by_send.pop(request_id, None)
-            self._remember(request_id)
-        return reply, pending.exchange, pending.exchange.elapsed(loop.time())
+            self._futures.pop(request.request_id, None)
+        if isinstance(event, Failed):
+            raise NoAnswer(self.server, event.attempts, event.elapsed_s, event.outcome, event.refused, event.status)
+        return event
 
-    async def _exchange(self, p: _Pending, loop: asyncio.AbstractEventLoop) -> Reply:
-        ex = p.exchange
-        ex.start(loop.time())
-        self._send(p)
-        while True:
-            wait = ex.wake_at - loop.time()
-            if wait > 0:
-                done, _ = await asyncio.wait({p.future}, timeout=wait)
-                if done:
-                    return p.future.result()
-            now = loop.time()
-            if self.refused >= REFUSED_LIMIT:
-                # The kernel keeps telling us nothing listens there: fail now, not at the deadline.
-                self.unreachable = True
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), Outcome.REFUSED, True)
-            if self.unreachable:
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), Outcome.UNREACHABLE, self.refused > 0)
-            due = not ex.done and now >= ex.wake_at and now >= ex.not_before
-            if due and ex.attempts < self.policy.max_attempts and not self._budget_allows(now):
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), self._give_up_reason(), self.refused > 0)
-            if ex.on_timer(now):
-                self.stats["retransmissions"] += 1
-                self._send(p)
-            elif ex.done:
-                raise NoAnswer(self.server, ex.attempts, ex.elapsed(now), ex.outcome, self.refused > 0)
+    def _pump(self, events: list[Event]) -> None:
+        """Send what the session queued, resolve finished requests, re-arm the one timer."""
+        assert self._loop is not None
+        if self._transport is not None:
+            for data in self.session.datagrams_to_send():
+                self._transport.sendto(data)
+        for event in events:
+            future = self._futures.get(event.request_id)
+            if future is not None and not future.done():
+                future.set_result(event)
+        when = self.session.timer()
+        if when is not None and (self._timer_at is None or when < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timer)
+            self._timer_at = when
 
-    def _budget_allows(self, now: float) -> bool:
-        if self.budget is None or self.budget.try_spend():
-            return True
-        # No budget left. If nothing has answered for a whole deadline, the server is gone:
-        # every other request fails at its next timer instead of waiting out its own deadline.
-        silent_for = now - (self.last_answer_at if self.last_answer_at is not None else self._opened_at)
-        if silent_for >= (self.policy.deadline_s or self.policy.max_timeout_s * self.policy.max_attempts):
-            self.unreachable = True
-        return False
-
-    def _give_up_reason(self) -> Outcome:
-        return Outcome.UNREACHABLE if self.unreachable else Outcome.BUDGET
-
-    def _send(self, p: _Pending) -> None:
-        assert self._transport is not None
-        self.stats["sent"] += 1
-        self._send_seq += 1
-        p.send_seq = self._send_seq
-        # Kept in order of last transmission, oldest first, for RACK loss detection.
-        self._by_send[p.request.request_id] = p
-        self._by_send.move_to_end(p.request.request_id)
-        self._transport.sendto(p.datagram)
-
-    def _detect_losses(self, answered: _Pending, now: float) -> None:
-        """RACK (RFC 8985) with a packet threshold: an answer to a request sent at T means that
-        anything still unanswered and sent before T - reorder_window, or REORDER_THRESHOLD or more
-        transmissions before it, was lost; retransmit it now instead of waiting out its timer.
-        With many requests in flight this finds a loss in about one RTT, not one RTO."""
-        if answered.exchange.attempts != 1:
-            return  # which transmission was answered is ambiguous (Karn); do not infer from it
-        if now < self._busy_until:
-            return  # the server is rate limiting us: a missing answer is its silence, not loss
-        horizon = answered.exchange.sent_at - self.rtt.reorder_window
-        seq_horizon = answered.send_seq - REORDER_THRESHOLD
-        while self._by_send:
-            request_id = next(iter(self._by_send))  # the oldest transmission still unanswered
-            p = self._by_send[request_id]
-            if p.exchange.sent_at >= horizon and p.send_seq > seq_horizon:
-                break
-            if p.exchange.can_retransmit(now) and self._budget_allows(now) and p.exchange.on_loss_detected(now):
-                self.stats["retransmissions"] += 1
-                self.stats["fast_retransmissions"] += 1
-                self._send(p)
-            else:
-                self._by_send.pop(request_id)  # cannot resend now; its own timer decides
-
-    def _remember(self, request_id: int) -> None:
-        self._recent[request_id] = None
-        if len(self._recent) > RECENT_IDS:
-            self._recent.popitem(last=False)
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer, self._timer_at = None, None
+        self._pump(self.session.handle_timer(self._loop.time()))
 
     def _on_datagram(self, data: bytes) -> None:
-        try:
-            reply = decode_any_reply(data)
-        except MalformedDatagram as e:
-            self.stats[f"ignored.malformed.{e.reason}"] += 1
-            return
-        pending = self._pending.get(reply.request_id)
-        if pending is None or pending.future.done():
-            known = reply.request_id in self._recent or pending is not None
-            self.stats["ignored.duplicate" if known else "ignored.unknown_id"] += 1
-            return
-        if not pending.accepts(reply):
-            self.stats["ignored.mismatch"] += 1
-            return
-        now = asyncio.get_running_loop().time()
-        self.refused = 0
-        self.last_answer_at = now
-        if reply.status is Status.BUSY:
-            self.stats["busy"] += 1
-            retry_after_ms = 0 if isinstance(reply, ListReply) else reply.retry_after_ms  # pages carry no hint
-            pending.exchange.on_busy(now, retry_after_ms / 1000)
-            # A rate limiter answers only some over-limit requests and drops the rest, so the
-            # others' silence is no loss signal either: no early retransmissions for a while.
-            self._busy_until = max(self._busy_until, now + max(retry_after_ms / 1000, self.rtt.rto))
-            return
-        pending.exchange.on_answer(now)
-        if self.budget is not None:
-            self.budget.on_answer()
-        self.stats["accepted"] += 1
-        pending.future.set_result(reply)
-        self._by_send.pop(reply.request_id, None)
-        self._detect_losses(pending, now)
+        assert self._loop is not None
+        self._pump(self.session.datagram_received(data, self._loop.time()))
 
-
-def _echo_matches(request: QuoteRequest, reply: QuoteReply) -> bool:
-    if reply.item == request.item and reply.quantity == request.quantity:
-        return True
-    # The server could not read our request, so it cannot echo it: it answers with an empty item.
-    return reply.status in (Status.MALFORMED, Status.UNSUPPORTED_VERSION) and reply.item == "" and reply.quantity == 0
+    def _on_error(self) -> None:
+        assert self._loop is not None
+        self._pump(self.session.error_received(self._loop.time()))
 
 
 def quote_once(server: Address, item: str, quantity: int, policy: RetryPolicy | None = None) -> QuoteResult:
@@ -466,9 +350,10 @@ One record out per record in, in order, every input cell kept. Bad records (miss
 quantity, item over 32 bytes, broken quoting, bytes not valid in --encoding) are written with
 status BAD_ROW and their line number in 'error'; the run goes on. Quoted fields may span lines
 (at most 100 lines / 16 MiB per record). A result column whose name the input already uses is
-written as quote_<name>. Retransmissions share a budget (20% of requests + 1 per reply + 10),
-so a dead server fails the run fast. Ctrl-C / SIGTERM stop sending at once; the rest of the
-file is written as NOT_ATTEMPTED.
+written as quote_<name>. Retransmissions share a budget (10 per second + 20% of requests, 3 back
+per reply) that only delays them; a server that answers nothing for a whole --deadline fails the
+rest of the run at once. Ctrl-C / SIGTERM stop sending at once; the rest of the file is written
+as NOT_ATTEMPTED.
 
 exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags (also: output
             is the input, read error), {EXIT_NO_ANSWER} server unreachable (no reply at all),

@@ -140,7 +140,7 @@ class QuoteServer:
         if verdict is Verdict.SLIP:
             self.stats["rate_limited.busy"] += 1
             assert self.limiter is not None
-            return self._encoded(self._busy_reply(request, self.limiter.retry_after_ms(addr[0])))
+            return self._encoded(self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])))
         key = (addr[0], addr[1], request.request_id)
         if self.cache is not None:
             cached = self.cache.get(key, data, now)
@@ -159,7 +159,7 @@ class QuoteServer:
         peeked = peek_quote_request(data)
         if peeked is None:
             return None
-        request_id, item_field, quantity = peeked
+        request_id, item_field, quantity, transmission = peeked
         catalog = self.catalog
         unit = catalog.wire_prices.get(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
@@ -170,7 +170,7 @@ class QuoteServer:
             if cached is not None:
                 self.stats["cache_hits"] += 1
                 return cached
-        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version)
+        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission)
         if self.cache is not None and len(out) <= len(data):
             self.cache.put(key, data, out, now)
         return out
@@ -200,7 +200,7 @@ class QuoteServer:
         chunk = entries[request.page * LIST_PAGE_SIZE : (request.page + 1) * LIST_PAGE_SIZE]
         return ListReply(request.request_id, Status.OK, request.page, pages, chunk, version)
 
-    def _busy_reply(self, request: Request, retry_after_ms: int) -> Reply:
+    def _busy_reply(self, request: Request, data: bytes, retry_after_ms: int) -> Reply:
         retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
         if isinstance(request, ListRequest):
             return ListReply(request.request_id, Status.BUSY, request.page, 0, catalog_version=self.catalog.version)
@@ -212,9 +212,15 @@ class QuoteServer:
                 request.quantity,
                 catalog_version=self.catalog.version,
                 retry_after_ms=retry,
+                transmission=request.transmission,
             )
         return BatchReply(
-            request.request_id, Status.BUSY, 0, catalog_version=self.catalog.version, retry_after_ms=retry
+            request.request_id,
+            Status.BUSY,
+            lines_digest(data),
+            catalog_version=self.catalog.version,
+            retry_after_ms=retry,
+            transmission=request.transmission,
         )
 
     def set_catalog(self, catalog: Catalog) -> None:
@@ -255,13 +261,21 @@ class QuoteServer:
             unit_price=line.unit_price,
             total=line.total,
             catalog_version=self.catalog.version,
+            transmission=request.transmission,
         )
 
     def quote_batch(self, request: BatchRequest, data: bytes) -> BatchReply:
         """Answer a well-formed batch request, one result per line in order."""
         self.stats["batch_lines"] += len(request.lines)
         results = tuple(self.price(item, quantity) for item, quantity in request.lines)
-        return BatchReply(request.request_id, Status.OK, lines_digest(data), results, self.catalog.version)
+        return BatchReply(
+            request.request_id,
+            Status.OK,
+            lines_digest(data),
+            results,
+            self.catalog.version,
+            transmission=request.transmission,
+        )
 
     def _error_reply(self, error: MalformedDatagram, data: bytes) -> Reply | None:
         """Answer only when the sender can be told something useful and the header is trustworthy."""
@@ -287,7 +301,8 @@ class QuoteServer:
             else (Status.MALFORMED)
         )
         if data[3] == MessageKind.BATCH_REQUEST:
-            return BatchReply(request_id, status, 0, catalog_version=self.catalog.version)
+            # The lines digest binds even a whole-batch error to the request (a client ignores one without it).
+            return BatchReply(request_id, status, lines_digest(data), catalog_version=self.catalog.version)
         if data[3] == MessageKind.LIST_REQUEST:
             return ListReply(request_id, status, 0, 0, catalog_version=self.catalog.version)
         return QuoteReply(request_id, status, "", 0, catalog_version=self.catalog.version)

@@ -42,7 +42,8 @@ from construct import (
 )
 
 MAGIC = b"QP"
-VERSION = 1
+VERSION = 2
+"""Version 2 added the transmission number (see TRANSMISSION below); a version-1 peer gets UNSUPPORTED_VERSION."""
 ITEM_SIZE = 32
 """Bytes of the NUL-padded UTF-8 item field."""
 MAX_QUANTITY = 1_000_000_000
@@ -54,12 +55,17 @@ CRC_SIZE = 4
 HEADER_SIZE = 12
 MESSAGE_SIZE = 76
 """Every request and every reply is exactly this many bytes."""
-_REQUEST_RESERVED = 24
+_REQUEST_RESERVED = 23
+MAX_TRANSMISSION = 255
+"""Transmissions are numbered 1..255 per request (0: the sender does not number them); the reply
+echoes the number of the transmission it answers, as QUIC packet numbers do (RFC 9002 section 5),
+so every reply is an unambiguous RTT sample and a reply to an earlier transmission proves a
+retransmission spurious."""
 MAX_BATCH = 32
 """Most lines in one batch request: 20 + 36 * 32 = 1172 bytes, well inside a 1500-byte MTU."""
 BATCH_REQUEST_FIXED = 20
 BATCH_REQUEST_LINE = 36
-BATCH_REPLY_FIXED = 28
+BATCH_REPLY_FIXED = 29
 BATCH_REPLY_LINE = 17
 LIST_PAGE_SIZE = 16
 """Catalog entries per list page: 26 + 40 * 16 = 666 bytes, so a list request is padded to 666."""
@@ -124,6 +130,7 @@ QUOTE_REQUEST_DEF = Struct(
     *_HEADER,
     "quantity" / Int32ub,
     "item" / Bytes(ITEM_SIZE),
+    "transmission" / Int8ub,
     # Pads the request to the reply's size so a reply never amplifies; must be zero.
     "reserved" / Bytes(_REQUEST_RESERVED),
 )
@@ -131,7 +138,7 @@ QUOTE_REQUEST_DEF = Struct(
 QUOTE_REPLY_DEF = Struct(
     *_HEADER,
     "status" / Int8ub,
-    "flags" / Int8ub,
+    "transmission" / Int8ub,  # echoed from the request (version 1 called this byte "flags", always 0)
     "retry_after_ms" / Int16ub,
     "quantity" / Int32ub,
     "item" / Bytes(ITEM_SIZE),
@@ -144,7 +151,8 @@ _BATCH_LINE = Struct("quantity" / Int32ub, "item" / Bytes(ITEM_SIZE))
 BATCH_REQUEST_DEF = Struct(
     *_HEADER,
     "count" / Int8ub,
-    "reserved" / Bytes(3),
+    "transmission" / Int8ub,
+    "reserved" / Bytes(2),
     "lines" / Array(this.count, _BATCH_LINE),
 )
 
@@ -158,6 +166,7 @@ BATCH_REPLY_DEF = Struct(
     # CRC32 of the request's line bytes: binds the reply to exactly the lines asked for,
     # as the echoed item and quantity do for single quotes, in 4 bytes instead of 36 per line.
     "lines_digest" / Int32ub,
+    "transmission" / Int8ub,  # echoed from the request
     "results" / Array(this.count, _BATCH_RESULT),
 )
 
@@ -194,6 +203,8 @@ class QuoteRequest:
     request_id: int
     item: str
     quantity: int
+    transmission: int = 0
+    """Which transmission of this request this datagram is, 1..MAX_TRANSMISSION (0: not numbered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +219,8 @@ class QuoteReply:
     total: int = 0
     catalog_version: int = 0
     retry_after_ms: int = 0
+    transmission: int = 0
+    """The transmission number of the request datagram this answers (echoed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +229,7 @@ class BatchRequest:
 
     request_id: int
     lines: tuple[tuple[str, int], ...]
+    transmission: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +250,7 @@ class BatchReply:
     results: tuple[LineResult, ...] = ()
     catalog_version: int = 0
     retry_after_ms: int = 0
+    transmission: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +328,7 @@ def reference_encode_request(req: QuoteRequest) -> bytes:
     """Bytes of a quote request. Raises ValueError for values that cannot be encoded."""
     _check_u(req.request_id, 64, "request_id")
     _check_u(req.quantity, 32, "quantity")
+    _check_u(req.transmission, 8, "transmission")
     body = QUOTE_REQUEST_BODY.build(
         {
             "version": VERSION,
@@ -320,6 +336,7 @@ def reference_encode_request(req: QuoteRequest) -> bytes:
             "request_id": req.request_id,
             "quantity": req.quantity,
             "item": encode_item(req.item),
+            "transmission": req.transmission,
             "reserved": _ZERO_RESERVED,
         }
     )
@@ -334,13 +351,14 @@ def reference_encode_reply(rep: QuoteReply) -> bytes:
     _check_u(rep.total, 64, "total")
     _check_u(rep.catalog_version, 32, "catalog_version")
     _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    _check_u(rep.transmission, 8, "transmission")
     body = QUOTE_REPLY_BODY.build(
         {
             "version": VERSION,
             "kind": MessageKind.QUOTE_REPLY,
             "request_id": rep.request_id,
             "status": int(rep.status),
-            "flags": 0,
+            "transmission": rep.transmission,
             "retry_after_ms": rep.retry_after_ms,
             "quantity": rep.quantity,
             "item": encode_item(rep.item) if rep.item else bytes(ITEM_SIZE),
@@ -379,7 +397,7 @@ def reference_decode_request(data: bytes) -> QuoteRequest:
     if c["reserved"] != _ZERO_RESERVED:
         raise MalformedDatagram("reserved_not_zero", request_id=request_id)
     item = _decode_item(c["item"], request_id)
-    return QuoteRequest(request_id=request_id, item=item, quantity=c["quantity"])
+    return QuoteRequest(request_id=request_id, item=item, quantity=c["quantity"], transmission=c["transmission"])
 
 
 def reference_decode_reply(data: bytes) -> QuoteReply:
@@ -393,8 +411,6 @@ def reference_decode_reply(data: bytes) -> QuoteReply:
         status = Status(c["status"])
     except ValueError as e:
         raise MalformedDatagram("unknown_status", str(c["status"]), request_id=request_id) from e
-    if c["flags"] != 0:
-        raise MalformedDatagram("flags_not_zero", request_id=request_id)
     # Error replies to undecodable requests carry no item: an all-NUL field is allowed there.
     item = "" if c["item"] == bytes(ITEM_SIZE) else _decode_item(c["item"], request_id)
     return QuoteReply(
@@ -406,6 +422,7 @@ def reference_decode_reply(data: bytes) -> QuoteReply:
         total=c["total"],
         catalog_version=c["catalog_version"],
         retry_after_ms=c["retry_after_ms"],
+        transmission=c["transmission"],
     )
 
 
@@ -450,6 +467,7 @@ def lines_digest(request_datagram: bytes) -> int:
 def reference_encode_batch_request(req: BatchRequest) -> bytes:
     """Bytes of a batch request. Raises ValueError for values that cannot be encoded."""
     _check_u(req.request_id, 64, "request_id")
+    _check_u(req.transmission, 8, "transmission")
     if not 1 <= len(req.lines) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
     lines = []
@@ -462,7 +480,8 @@ def reference_encode_batch_request(req: BatchRequest) -> bytes:
             "kind": MessageKind.BATCH_REQUEST,
             "request_id": req.request_id,
             "count": len(lines),
-            "reserved": b"\0\0\0",
+            "transmission": req.transmission,
+            "reserved": b"\0\0",
             "lines": lines,
         }
     )
@@ -475,6 +494,7 @@ def reference_encode_batch_reply(rep: BatchReply) -> bytes:
     _check_u(rep.catalog_version, 32, "catalog_version")
     _check_u(rep.lines_digest, 32, "lines_digest")
     _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    _check_u(rep.transmission, 8, "transmission")
     if len(rep.results) > MAX_BATCH:
         raise ValueError(f"a batch reply holds at most {MAX_BATCH} results")
     results = []
@@ -492,6 +512,7 @@ def reference_encode_batch_reply(rep: BatchReply) -> bytes:
             "retry_after_ms": rep.retry_after_ms,
             "catalog_version": rep.catalog_version,
             "lines_digest": rep.lines_digest,
+            "transmission": rep.transmission,
             "results": results,
         }
     )
@@ -513,12 +534,12 @@ def reference_decode_batch_request(data: bytes) -> BatchRequest:
         c = BATCH_REQUEST_BODY.parse(data[:-CRC_SIZE])
     except (ConstructError, struct.error) as e:
         raise MalformedDatagram("parse_error", str(e), request_id=request_id) from e
-    if c["reserved"] != b"\0\0\0":
+    if c["reserved"] != b"\0\0":
         raise MalformedDatagram("reserved_not_zero", request_id=request_id)
     if batch_request_size(c["count"]) != len(data):
         raise MalformedDatagram("count_mismatch", request_id=request_id)
     lines = tuple((_decode_item(line["item"], request_id), line["quantity"]) for line in c["lines"])
-    return BatchRequest(request_id=request_id, lines=lines)
+    return BatchRequest(request_id=request_id, lines=lines, transmission=c["transmission"])
 
 
 def reference_decode_batch_reply(data: bytes) -> BatchReply:
@@ -544,6 +565,7 @@ def reference_decode_batch_reply(data: bytes) -> BatchReply:
         results=results,
         catalog_version=c["catalog_version"],
         retry_after_ms=c["retry_after_ms"],
+        transmission=c["transmission"],
     )
 
 
@@ -599,15 +621,15 @@ def _derive(definition: Struct, expected: tuple[str, ...]) -> struct.Struct:
 
 
 _HDR = ("magic", "version", "kind", "request_id")
-_F_REQUEST = _derive(QUOTE_REQUEST_DEF, (*_HDR, "quantity", "item", "reserved"))
+_F_REQUEST = _derive(QUOTE_REQUEST_DEF, (*_HDR, "quantity", "item", "transmission", "reserved"))
 _F_REPLY = _derive(
     QUOTE_REPLY_DEF,
-    (*_HDR, "status", "flags", "retry_after_ms", "quantity", "item", "unit_price", "total", "catalog_version"),
+    (*_HDR, "status", "transmission", "retry_after_ms", "quantity", "item", "unit_price", "total", "catalog_version"),
 )
-_F_BATCH_REQUEST = _derive(BATCH_REQUEST_DEF, (*_HDR, "count", "reserved"))
+_F_BATCH_REQUEST = _derive(BATCH_REQUEST_DEF, (*_HDR, "count", "transmission", "reserved"))
 _F_BATCH_LINE = _derive(_array_element(BATCH_REQUEST_DEF), ("quantity", "item"))
 _F_BATCH_REPLY = _derive(
-    BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest")
+    BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest", "transmission")
 )
 _F_BATCH_RESULT = _derive(_array_element(BATCH_REPLY_DEF), ("status", "unit_price", "total"))
 _F_LIST_REQUEST = _derive(LIST_REQUEST_DEF, (*_HDR, "page", "reserved"))
@@ -664,7 +686,17 @@ def encode_request(req: QuoteRequest) -> bytes:
     """Bytes of a quote request. Raises ValueError for values that cannot be encoded."""
     item = _item_field(req.item)
     return _sealed(
-        _pack(_F_REQUEST, MAGIC, VERSION, MessageKind.QUOTE_REQUEST, req.request_id, req.quantity, item, _ZERO_RESERVED)
+        _pack(
+            _F_REQUEST,
+            MAGIC,
+            VERSION,
+            MessageKind.QUOTE_REQUEST,
+            req.request_id,
+            req.quantity,
+            item,
+            req.transmission,
+            _ZERO_RESERVED,
+        )
     )
 
 
@@ -679,7 +711,7 @@ def encode_reply(rep: QuoteReply) -> bytes:
             MessageKind.QUOTE_REPLY,
             rep.request_id,
             rep.status,
-            0,
+            rep.transmission,
             rep.retry_after_ms,
             rep.quantity,
             item,
@@ -690,8 +722,9 @@ def encode_reply(rep: QuoteReply) -> bytes:
     )
 
 
-def peek_quote_request(data: bytes) -> tuple[int, bytes, int] | None:
-    """(request_id, raw 32-byte item field, quantity) of an intact single quote request, else None.
+def peek_quote_request(data: bytes) -> tuple[int, bytes, int, int] | None:
+    """(request_id, raw 32-byte item field, quantity, transmission) of an intact single quote
+    request, else None.
 
     Checks length, CRC32, magic, version, kind and the reserved bytes, but leaves the item field
     raw: the server's hot path matches it byte for byte against encode_item() of each catalog
@@ -702,14 +735,20 @@ def peek_quote_request(data: bytes) -> tuple[int, bytes, int] | None:
         return None
     if zlib.crc32(memoryview(data)[:-CRC_SIZE]) != _F_CRC.unpack_from(data, MESSAGE_SIZE - CRC_SIZE)[0]:
         return None
-    magic, version, _, request_id, quantity, item, reserved = _F_REQUEST.unpack_from(data)
+    magic, version, _, request_id, quantity, item, transmission, reserved = _F_REQUEST.unpack_from(data)
     if magic != MAGIC or version != VERSION or reserved != _ZERO_RESERVED:
         return None
-    return request_id, item, quantity
+    return request_id, item, quantity, transmission
 
 
 def encode_ok_reply(
-    request_id: int, item_field: bytes, quantity: int, unit_price: int, total: int, catalog_version: int
+    request_id: int,
+    item_field: bytes,
+    quantity: int,
+    unit_price: int,
+    total: int,
+    catalog_version: int,
+    transmission: int = 0,
 ) -> bytes:
     """An OK quote reply for an item field already in wire form (as peek_quote_request gave it)."""
     return _sealed(
@@ -719,7 +758,7 @@ def encode_ok_reply(
             MessageKind.QUOTE_REPLY,
             request_id,
             Status.OK,
-            0,
+            transmission,
             0,
             quantity,
             item_field,
@@ -733,31 +772,32 @@ def encode_ok_reply(
 def decode_request(data: bytes) -> QuoteRequest:
     """Decode untrusted bytes into a QuoteRequest; raises MalformedDatagram on any defect."""
     request_id = _check_frame(data, MessageKind.QUOTE_REQUEST)
-    _, _, _, _, quantity, item, reserved = _F_REQUEST.unpack_from(data)
+    _, _, _, _, quantity, item, transmission, reserved = _F_REQUEST.unpack_from(data)
     if reserved != _ZERO_RESERVED:
         raise MalformedDatagram("reserved_not_zero", request_id=request_id)
-    return QuoteRequest(request_id, _item(item, request_id), quantity)
+    return QuoteRequest(request_id, _item(item, request_id), quantity, transmission)
 
 
 def decode_reply(data: bytes) -> QuoteReply:
     """Decode untrusted bytes into a QuoteReply; raises MalformedDatagram on any defect."""
     request_id = _check_frame(data, MessageKind.QUOTE_REPLY)
-    _, _, _, _, status, flags, retry, quantity, item, unit, total, version = _F_REPLY.unpack_from(data)
+    _, _, _, _, status, transmission, retry, quantity, item, unit, total, version = _F_REPLY.unpack_from(data)
     if status not in _STATUS:
         raise MalformedDatagram("unknown_status", str(status), request_id=request_id)
-    if flags != 0:
-        raise MalformedDatagram("flags_not_zero", request_id=request_id)
     name = "" if item == bytes(ITEM_SIZE) else _item(item, request_id)
-    return QuoteReply(request_id, _STATUS[status], name, quantity, unit, total, version, retry)
+    return QuoteReply(request_id, _STATUS[status], name, quantity, unit, total, version, retry, transmission)
 
 
 def encode_batch_request(req: BatchRequest) -> bytes:
     """Bytes of a batch request. Raises ValueError for values that cannot be encoded."""
     _check_u(req.request_id, 64, "request_id")
+    _check_u(req.transmission, 8, "transmission")
     if not 1 <= len(req.lines) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
     parts = [
-        _F_BATCH_REQUEST.pack(MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), b"\0\0\0")
+        _F_BATCH_REQUEST.pack(
+            MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), req.transmission, b"\0\0"
+        )
     ]
     for item, quantity in req.lines:
         _check_u(quantity, 32, "quantity")
@@ -771,6 +811,7 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
     _check_u(rep.catalog_version, 32, "catalog_version")
     _check_u(rep.lines_digest, 32, "lines_digest")
     _check_u(rep.retry_after_ms, 16, "retry_after_ms")
+    _check_u(rep.transmission, 8, "transmission")
     if len(rep.results) > MAX_BATCH:
         raise ValueError(f"a batch reply holds at most {MAX_BATCH} results")
     parts = [
@@ -784,6 +825,7 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
             rep.retry_after_ms,
             rep.catalog_version,
             rep.lines_digest,
+            rep.transmission,
         )
     ]
     for r in rep.results:
@@ -796,23 +838,23 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
 def decode_batch_request(data: bytes) -> BatchRequest:
     """Decode untrusted bytes into a BatchRequest; raises MalformedDatagram on any defect."""
     request_id = _check_batch_frame(data, MessageKind.BATCH_REQUEST, BATCH_REQUEST_FIXED, BATCH_REQUEST_LINE, 1)
-    count, reserved = _F_BATCH_REQUEST.unpack_from(data)[4:]
+    count, transmission, reserved = _F_BATCH_REQUEST.unpack_from(data)[4:]
     # Same checks in the same order as the construct reference, so both report the same reason.
     if count > (len(data) - BATCH_REQUEST_FIXED) // BATCH_REQUEST_LINE:
         raise MalformedDatagram("parse_error", "count beyond the datagram", request_id=request_id)
-    if reserved != b"\0\0\0":
+    if reserved != b"\0\0":
         raise MalformedDatagram("reserved_not_zero", request_id=request_id)
     if batch_request_size(count) != len(data):
         raise MalformedDatagram("count_mismatch", request_id=request_id)
     body = memoryview(data)[_F_BATCH_REQUEST.size : -CRC_SIZE]
     lines = tuple((_item(bytes(item), request_id), q) for q, item in _F_BATCH_LINE.iter_unpack(body))
-    return BatchRequest(request_id, lines)
+    return BatchRequest(request_id, lines, transmission)
 
 
 def decode_batch_reply(data: bytes) -> BatchReply:
     """Decode untrusted bytes into a BatchReply; raises MalformedDatagram on any defect."""
     request_id = _check_batch_frame(data, MessageKind.BATCH_REPLY, BATCH_REPLY_FIXED, BATCH_REPLY_LINE, 0)
-    status, count, retry, version, digest = _F_BATCH_REPLY.unpack_from(data)[4:]
+    status, count, retry, version, digest, transmission = _F_BATCH_REPLY.unpack_from(data)[4:]
     if count > (len(data) - BATCH_REPLY_FIXED) // BATCH_REPLY_LINE:
         raise MalformedDatagram("parse_error", "count beyond the datagram", request_id=request_id)
     if batch_reply_size(count) != len(data):
@@ -824,7 +866,7 @@ def decode_batch_reply(data: bytes) -> BatchReply:
     results = tuple(LineResult(_STATUS[s], unit, total) for s, unit, total in rows)
     if (status == Status.OK) != bool(results):
         raise MalformedDatagram("status_count_mismatch", request_id=request_id)
-    return BatchReply(request_id, _STATUS[status], digest, results, version, retry)
+    return BatchReply(request_id, _STATUS[status], digest, results, version, retry, transmission)
 
 
 def encode_list_request(req: ListRequest) -> bytes:

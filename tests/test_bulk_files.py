@@ -81,7 +81,17 @@ def test_latin1_file_bad_rows_without_flag_ok_with_it(server: RunningServer, tmp
     r = bulk(server, src, "--no-progress")
     clean(r, 1, rows=3)
     out = table(r.stdout)
-    assert out[0] == ["item", "quantity", "note", "unit_price", "total", "status", "attempts", "error"]
+    assert out[0] == [
+        "item",
+        "quantity",
+        "note",
+        "unit_price",
+        "total",
+        "status",
+        "attempts",
+        "error",
+        "catalog_version",
+    ]
     assert_bad(out[1], ["caf\\xe9 cr\\xe8me", "2", "no\\xebl"], 2, "not valid utf-8 (byte 0xe9 at offset 3)")
     assert_ok(out[2], ["apple", "3", "plain"], "apple", 3)
     assert_bad(out[3], ["pear", "1", "\\xfcber"], 4, "not valid utf-8")
@@ -291,6 +301,7 @@ def test_colliding_header_names_csv(server: RunningServer, tmp_path: Path) -> No
         "quote_quote_status",
         "quote_attempts",
         "quote_error",
+        "catalog_version",
     ]
     assert table(r.stdout)[1][: len(cells)] == cells
     row = out[0]
@@ -318,7 +329,7 @@ def test_bad_row_keeps_every_cell(server: RunningServer, tmp_path: Path) -> None
     clean(r, 1, rows=2)
     out = table(r.stdout)
     assert out[1][:2] == ["apple", "1"] and out[1][2] == "" and out[1][4] == "BAD_ROW"
-    assert out[1][7:] == ["extra1", "extra2"], "surplus cells follow the result columns"
+    assert out[1][8:] == ["extra1", "extra2"], "surplus cells follow the result columns"
     assert out[2][:2] == ["pear", ""] and "expected 2 columns, got 1" in out[2][6]
     r = bulk(server, src, "--format", "jsonl", "--no-progress")
     first = json.loads(r.stdout.decode("utf-8").splitlines()[0])
@@ -421,7 +432,18 @@ def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp
     statuses: dict[str, int] = {}
     with dst.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
-        assert next(reader) == ["id", "item", "quantity", "note", "unit_price", "total", "status", "attempts", "error"]
+        assert next(reader) == [
+            "id",
+            "item",
+            "quantity",
+            "note",
+            "unit_price",
+            "total",
+            "status",
+            "attempts",
+            "error",
+            "catalog_version",
+        ]
         for i, row in enumerate(reader):
             assert row[:4] == [str(i), items[i % 4], str(i % 97 + 1), f"n{i}"], "every cell, in order"
             statuses[row[6]] = statuses.get(row[6], 0) + 1
@@ -449,7 +471,7 @@ def test_closed_pipe_is_exit_4_with_the_summary(server: RunningServer, tmp_path:
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline() == b"item,quantity,unit_price,total,status,attempts,error\n"
+    assert proc.stdout.readline() == b"item,quantity,unit_price,total,status,attempts,error,catalog_version\n"
     proc.stdout.close()  # like '| head -1'
     err = proc.stderr.read().decode("utf-8")
     assert proc.wait(timeout=60) == 4 and "Traceback" not in err and "Exception ignored" not in err

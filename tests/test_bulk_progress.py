@@ -117,7 +117,7 @@ def test_bar_on_a_terminal_never_glues_to_rows(server: RunningServer, tmp_path: 
     assert "Traceback" not in transcript
     shown = visible_lines(transcript)
     rows = [line for line in shown if not line.startswith("udp_client: bulk: ")]
-    assert rows[0] == "id,item,quantity,unit_price,total,status,attempts,error"
+    assert rows[0] == "id,item,quantity,unit_price,total,status,attempts,error,catalog_version"
     assert rows[1:] == [
         f"{i},apple,{i + 1},0.50,{(i + 1) * 50 // 100}.{(i + 1) * 50 % 100:02d},OK,1," for i in range(12)
     ]

@@ -25,10 +25,13 @@ from wire_format import (
 
 ITEMS = ["apple", "café crème", "x" * 32, "é" * 16, "eggs (dozen)", "a"]
 u64, u32, u16 = st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1)
+u8 = st.integers(0, 255)
 item = st.sampled_from(ITEMS)
-requests = st.builds(QuoteRequest, u64, item, u32)
-replies = st.builds(QuoteReply, u64, st.sampled_from(Status), st.one_of(item, st.just("")), u32, u64, u64, u32, u16)
-batch_requests = st.builds(BatchRequest, u64, st.lists(st.tuples(item, u32), min_size=1, max_size=MAX_BATCH).map(tuple))
+requests = st.builds(QuoteRequest, u64, item, u32, u8)
+replies = st.builds(QuoteReply, u64, st.sampled_from(Status), st.one_of(item, st.just("")), u32, u64, u64, u32, u16, u8)
+batch_requests = st.builds(
+    BatchRequest, u64, st.lists(st.tuples(item, u32), min_size=1, max_size=MAX_BATCH).map(tuple), u8
+)
 line_results = st.builds(LineResult, st.sampled_from(Status), u64, u64)
 batch_replies = st.one_of(
     st.builds(
@@ -39,8 +42,9 @@ batch_replies = st.one_of(
         st.lists(line_results, min_size=1, max_size=MAX_BATCH).map(tuple),
         u32,
         u16,
+        u8,
     ),
-    st.builds(BatchReply, u64, st.sampled_from([Status.MALFORMED, Status.BUSY]), u32, st.just(()), u32, u16),
+    st.builds(BatchReply, u64, st.sampled_from([Status.MALFORMED, Status.BUSY]), u32, st.just(()), u32, u16, u8),
 )
 
 KINDS: list[

@@ -56,7 +56,10 @@ def test_scenarios_exercise_the_faults_they_name(server: RunningServer) -> None:
     assert sum(v for k, v in bad.client.items() if k.startswith("ignored.malformed")) > 10
     assert server.core.stats["malformed.bad_checksum"] + server.core.stats["malformed.bad_length"] > 10
     late = asyncio.run(run_scenario("late", server.address, COMPLETE["reorder / late delivery 30%"], n=200))
-    assert late.client["retransmissions"] > 10 and late.client["ignored.duplicate"] > 10
+    # Late replies are injected (the proxy says so) and arrive (as duplicates or in time), but
+    # they are recognised as reordering, not loss: few retransmissions, every one counted.
+    assert late.proxy["up.reorder"] + late.proxy["down.reorder"] > 50
+    assert late.client["retransmissions"] <= 20, "reordering is not taken for loss"
     assert late.client["accepted"] == 200, "a stale reply to attempt 1 is used at most once"
 
 
@@ -129,10 +132,9 @@ def test_forged_replies_are_never_accepted(server: RunningServer) -> None:
         assert client._transport is not None
         target = client._transport.get_extra_info("sockname")
         for _ in range(200):
-            for rid, pending in list(client._pending.items()):
-                req = pending.request
+            for req in client.session.outstanding():
                 assert isinstance(req, QuoteRequest)
-                fake = QuoteReply(rid, Status.OK, req.item, req.quantity, 1, 1, 0)
+                fake = QuoteReply(req.request_id, Status.OK, req.item, req.quantity, 1, 1, 0, transmission=1)
                 forger.sendto(encode_reply(fake), target)
                 forged += 1
             await asyncio.sleep(0.005)

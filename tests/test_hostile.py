@@ -111,7 +111,17 @@ def test_client_waits_the_retry_after_it_is_told() -> None:
         arrivals.append(time.monotonic())
         if len(arrivals) == 1:
             sock.sendto(
-                encode_reply(QuoteReply(req.request_id, Status.BUSY, req.item, req.quantity, retry_after_ms=300)), addr
+                encode_reply(
+                    QuoteReply(
+                        req.request_id,
+                        Status.BUSY,
+                        req.item,
+                        req.quantity,
+                        retry_after_ms=300,
+                        transmission=req.transmission,
+                    )
+                ),
+                addr,
             )
         else:
             sock.sendto(real_reply(data), addr)

@@ -38,16 +38,19 @@ from wire_format import (
 )
 
 RID = 0x0123456789ABCDEF
-GOLDEN_REQUEST = bytes.fromhex("515001010123456789abcdef00000003" + "6170706c65" + "00" * 27 + "00" * 24 + "425ae53c")
+# Version 2, transmission 5.
+GOLDEN_REQUEST = bytes.fromhex(
+    "515002010123456789abcdef00000003" + "6170706c65" + "00" * 27 + "05" + "00" * 23 + "41d356f9"
+)
 GOLDEN_REPLY = bytes.fromhex(
-    "515001020123456789abcdef"
+    "515002020123456789abcdef"
     "00"
-    "00"
+    "05"
     "0000"
     "00000003" + "6170706c65" + "00" * 27 + "0000000000000032"
     "0000000000000096"
     "00000007"
-    "e60a15f6"
+    "1aad493f"
 )
 
 
@@ -56,15 +59,15 @@ def sealed(body: bytes) -> bytes:
 
 
 def test_request_golden_bytes() -> None:
-    assert encode_request(QuoteRequest(RID, "apple", 3)) == GOLDEN_REQUEST
+    assert encode_request(QuoteRequest(RID, "apple", 3, transmission=5)) == GOLDEN_REQUEST
     # The same layout written by hand with struct, as the README's table describes it.
-    body = struct.pack(">2sBBQI32s24s", b"QP", 1, 1, RID, 3, b"apple", b"")
+    body = struct.pack(">2sBBQI32sB23s", b"QP", 2, 1, RID, 3, b"apple", 5, b"")
     assert sealed(body) == GOLDEN_REQUEST
 
 
 def test_reply_golden_bytes() -> None:
-    assert encode_reply(QuoteReply(RID, Status.OK, "apple", 3, 50, 150, 7)) == GOLDEN_REPLY
-    body = struct.pack(">2sBBQBBHI32sQQI", b"QP", 1, 2, RID, 0, 0, 0, 3, b"apple", 50, 150, 7)
+    assert encode_reply(QuoteReply(RID, Status.OK, "apple", 3, 50, 150, 7, transmission=5)) == GOLDEN_REPLY
+    body = struct.pack(">2sBBQBBHI32sQQI", b"QP", 2, 2, RID, 0, 5, 0, 3, b"apple", 50, 150, 7)
     assert sealed(body) == GOLDEN_REPLY
 
 
@@ -227,22 +230,27 @@ def test_mutated_requests_decode_or_raise_malformed(position: int, value: int, r
 
 # ---------------------------------------------------------------- batches
 
-GOLDEN_BATCH = BatchRequest(RID, (("apple", 3), ("café crème", 2)))
+GOLDEN_BATCH = BatchRequest(RID, (("apple", 3), ("café crème", 2)), transmission=9)
 
 
 def test_batch_request_golden_bytes() -> None:
     data = encode_batch_request(GOLDEN_BATCH)
-    body = struct.pack(">2sBBQB3sI32sI32s", b"QP", 1, 3, RID, 2, b"", 3, b"apple", 2, "café crème".encode())
+    body = struct.pack(">2sBBQBB2sI32sI32s", b"QP", 2, 3, RID, 2, 9, b"", 3, b"apple", 2, "café crème".encode())
     assert data == sealed(body) and len(data) == batch_request_size(2) == 92
 
 
 def test_batch_reply_golden_bytes_and_size() -> None:
     req = encode_batch_request(GOLDEN_BATCH)
     rep = BatchReply(
-        RID, Status.OK, lines_digest(req), (LineResult(Status.OK, 50, 150), LineResult(Status.OK, 380, 760)), 7
+        RID,
+        Status.OK,
+        lines_digest(req),
+        (LineResult(Status.OK, 50, 150), LineResult(Status.OK, 380, 760)),
+        7,
+        transmission=9,
     )
     data = encode_batch_reply(rep)
-    body = struct.pack(">2sBBQBBHII", b"QP", 1, 4, RID, 0, 2, 0, 7, zlib.crc32(req[16:-4]))
+    body = struct.pack(">2sBBQBBHIIB", b"QP", 2, 4, RID, 0, 2, 0, 7, zlib.crc32(req[16:-4]), 9)
     body += struct.pack(">BQQBQQ", 0, 50, 150, 0, 380, 760)
     assert data == sealed(body)
     assert decode_batch_reply(data) == rep
