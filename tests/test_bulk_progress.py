@@ -118,8 +118,9 @@ def test_bar_on_a_terminal_never_glues_to_rows(server: RunningServer, tmp_path: 
     shown = visible_lines(transcript)
     rows = [line for line in shown if not line.startswith("udp_client: bulk: ")]
     assert rows[0] == "id,item,quantity,unit_price,total,status,attempts,error,catalog_version"
+    version = server.core.catalog.version
     assert rows[1:] == [
-        f"{i},apple,{i + 1},0.50,{(i + 1) * 50 // 100}.{(i + 1) * 50 % 100:02d},OK,1," for i in range(12)
+        f"{i},apple,{i + 1},0.50,{(i + 1) * 50 // 100}.{(i + 1) * 50 % 100:02d},OK,1,,{version}" for i in range(12)
     ]
     assert len(shown) == 13 + 4, "rows, then the summary, and no bar left over"
     assert transcript.count("ETA") >= 2, "the bar was drawn, with an ETA, more than once"
