@@ -232,7 +232,9 @@ def test_read_error_mid_file_keeps_the_rows_before_it() -> None:
     from bulk_io import RecordReader, read_header, rows_of
 
     class Failing(io.BytesIO):
-        def readline(self, size: int | None = -1) -> bytes:
+        """Delivers one line per read (like a terminal), then fails as a dying disk would."""
+
+        def read1(self, size: int = -1) -> bytes:
             if self.tell() > 30:
                 raise OSError(5, "Input/output error")
             return super().readline(size)
