@@ -46,10 +46,13 @@ CLIENT_ERROR = "CLIENT_ERROR"
 """The request failed inside this program (a bug, never the server's answer); ``error`` says why."""
 BATCH_PATIENCE_S = 0.005
 """How long a partial batch waits for more rows from a pausing input before it is sent anyway."""
+COPY_AHEAD = 1024
+"""Rows read ahead while the rest of the file is copied after an interrupt."""
 MAX_WINDOW = 1024
 """Largest --window: beyond it the burst, not the bound, decides memory and loss."""
-AHEAD_BYTES = 32 * 1024 * 1024
-"""Input bytes read but not yet written before reading pauses (as well as the row bound)."""
+AHEAD_BYTES = 8 * 1024 * 1024
+"""Bytes of rows read but not yet written before reading pauses (as well as the row bound); a
+row costs its input bytes plus ROW_OVERHEAD (its Python objects), about what it holds in memory."""
 OK = Status.OK.name
 FAILURE_STATUS = {
     Outcome.TIMED_OUT: "NO_ANSWER",
@@ -276,7 +279,7 @@ class OrderedWriter:
                 self.sink.write(row, outcome)
             except UnicodeError as e:  # a cell the output encoding cannot hold (a lone surrogate)
                 safe = [c.encode("utf-8", "backslashreplace").decode("utf-8") for c in row.cells]
-                why = f"line {row.line}: a cell cannot be written ({e.reason}); its cells are kept with \\u escapes"
+                why = f"line {row.line}: a cell cannot be written ({e}); its cells are kept with \\u escapes"
                 outcome = RowResult(BAD_ROW, attempts=outcome.attempts, error=why)
                 self.sink.write(Row(row.seq, row.line, safe, end=row.end, size=row.size), outcome)
         except Exception as e:  # OSError (disk full, closed pipe) or anything else: the output is broken
@@ -410,6 +413,7 @@ async def _copy_rest(feed: RowFeed[Row], writer: OrderedWriter, summary: Summary
     """The rest of the file as NOT_ATTEMPTED, one row at a time, never held (not validated: see
     rows_of), until the end of the input or ``abandon``."""
     interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
+    feed.max_rows = min(feed.max_rows, COPY_AHEAD)  # copied rows are never held: read little ahead
     while writer.error is None:
         if summary.copied % 256 == 255:
             await asyncio.sleep(0)  # a second signal must get in even while the rows stream fast

@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 from collections import Counter
+
 import bulk
 from bulk_feed import ChunkLines, fd_read
 from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
@@ -32,7 +33,6 @@ from udp_client import (
     QuoteClient,
     policy_from_args,
 )
-
 
 # Bounds for the numeric flags (exit 2 beyond): past these a typo, not a wish, is more likely,
 # and the memory or the wait they would cost is not bounded by anything else.
@@ -86,6 +86,8 @@ def open_input(path: str) -> tuple[int, os.stat_result | None]:
         return fd, os.fstat(fd)
     except OSError:
         return fd, None
+
+
 class _Run:
     """What the progress bar reads while the pipeline runs."""
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import threading
@@ -153,10 +154,8 @@ class RowFeed(Generic[T]):
     def _wake(self) -> None:
         if self._waiting and self._loop is not None:
             self._waiting = False
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                 self._loop.call_soon_threadsafe(self._ready.set)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
     def release(self, rows: int, nbytes: int) -> None:
         with self._cond:
@@ -173,7 +172,7 @@ class RowFeed(Generic[T]):
     def get_nowait(self) -> T | None:
         return self._queue.popleft() if self._queue else None
 
-    async def get(self, cancel: asyncio.Event, patience: float | None = None) -> T | None | bool:
+    async def get(self, cancel: asyncio.Event, patience: float | None = None) -> T | bool | None:
         """The next item; None at the end of the input or once ``cancel`` is set; False when
         ``patience`` seconds passed with nothing to read, or the reader waits for the bound."""
         while True:

@@ -37,6 +37,8 @@ MAX_RECORD_LINES = 100
 """Physical lines one record (a quoted field with line breaks) may span."""
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 """Bytes one record may take, line breaks included; also the longest physical line that is kept."""
+ROW_OVERHEAD = 320
+"""Bytes a held Row costs beyond its input bytes (its objects and cell strings), for the read-ahead bound."""
 DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\t": "\t"}
 """--delimiter values; 'auto' picks whichever of these makes the header name item and quantity."""
 UTF8_BOM = codecs.BOM_UTF8
@@ -90,7 +92,7 @@ class Row:
     end: int = 0
     """Input bytes consumed up to the end of this record (for progress)."""
     size: int = 0
-    """Input bytes of this record (what it costs while held: the read-ahead is bounded in bytes too)."""
+    """What this record costs while held: its input bytes plus ROW_OVERHEAD (the read-ahead is bounded in bytes too)."""
     next_line: int = 0
     """The physical line after this record (where an interrupted copy would resume)."""
 
@@ -363,6 +365,6 @@ def rows_of(reader: RecordReader, header: Header, skip_checks: Callable[[], bool
             row = Row(seq, line.number, cells, error=error)
         else:
             row = parse_row(header, seq, line.number, cells, error)
-        row.end, row.size, row.next_line = line.end, max(0, line.end - before), reader.next_line
+        row.end, row.size, row.next_line = line.end, ROW_OVERHEAD + max(0, line.end - before), reader.next_line
         before = line.end
         yield row

@@ -27,7 +27,7 @@ import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from bulk_io import BulkInputError, Header
 
@@ -80,7 +80,9 @@ class CsvRecords:
     def __init__(self, write: Callable[[str], object], header: Header, results: Sequence[str]) -> None:
         import csv
 
-        self.writer = csv.writer(_Calls(write), lineterminator="\n")
+        # "\r\n" makes the writer quote every cell holding a CR (with "\n" a lone CR went out bare and
+        # split the record for any reader); each record's CRLF is then written as LF.
+        self.writer = csv.writer(_Calls(lambda text: write(text[:-2] + "\n")), lineterminator="\r\n")
         self.width = len(header.columns)
         self.names = result_names(results, header.columns)
         self.writer.writerow([*header.columns, *self.names])
@@ -215,10 +217,10 @@ def open_output(path: str, input_stat: os.stat_result | None, before_write: Call
     Raises BulkInputError when it is the input, OSError when it cannot be opened.
     """
     if path == "-":
-        st = os.fstat(1)
-        if same_file(input_stat, st):
+        if same_file(input_stat, os.fstat(1)):
             raise BulkInputError("stdout is the input file (same device and inode): refusing to overwrite it")
         return Output(1, "stdout", False, before_write)
+    st: os.stat_result | None
     try:
         st = os.stat(path)
     except FileNotFoundError:
