@@ -217,7 +217,9 @@ class ClientSession:
             self.stats[f"ignored.invalid.{why}"] += 1
             return []
         self._server_alive(now)
-        self.budget.on_reply(now)
+        if reply.status is not Status.BUSY:
+            # A BUSY server is asking for less traffic: it must not pay for more retransmissions.
+            self.budget.on_reply(now)
         if self.loss.on_reply(p, tx, now, len(self._pending), latest=True):
             self._spurious()
         events: list[Event] = []
@@ -266,7 +268,9 @@ class ClientSession:
                 continue  # BUSY said wait; while probing only the RTO's probe goes out
             if len(p.sent_at) >= self.max_attempts:
                 del self._lost[rid]
-                self._exhausted[rid] = min(p.deadline, p.sent_at[-1] + self.rtt.rto)
+                # Out of attempts, but any transmission may still be answered: on a slow path or
+                # after RACK spent the attempts at loopback pace, the answer can come until the deadline.
+                self._exhausted[rid] = p.deadline
                 continue
             if not self.budget.try_spend(now):
                 self.stats["budget_waits"] += 1

@@ -269,6 +269,48 @@ def test_busy_holds_the_retransmission_until_retry_after() -> None:
     assert s.sent_at[1] >= 0.3
 
 
+def test_busy_replies_earn_no_retry_budget() -> None:
+    """An overloaded server asks for less traffic: its BUSY replies must not pay for retransmissions."""
+    s = sim()
+
+    def always_busy(reply: bytes, n: int) -> bytes | None:
+        r = decode_any_reply(reply)
+        assert isinstance(r, QuoteReply)
+        return encode_reply(QuoteReply(r.request_id, Status.BUSY, r.item, r.quantity, 0, 0, 1, 50, r.transmission))
+
+    s.tamper = always_busy
+    before = s.session.budget.tokens
+    quotes(s, 1)
+    s.run(0.002)
+    assert s.session.stats["sent"] == 1 and s.session.budget.tokens <= before + 0.2 + 0.002 * 10 + 1e-9
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_out_of_attempts_still_waits_for_an_answer_until_the_deadline(retries: int) -> None:
+    """0.3 s each way: the answer to the first transmission comes at 0.6 s, after every attempt has
+    timed out; it is still an answer to a request whose deadline (10 s) has not passed."""
+    s = sim(steady(0.3, 0.3), RetryPolicy(max_attempts=retries + 1))
+    quotes(s, 1)
+    s.run(11.0)
+    all_exact(s, 1)
+
+
+def test_attempts_spent_fast_under_heavy_loss_do_not_fail_before_the_deadline() -> None:
+    """Every transmission of request 1 is lost but the last one's reply comes 3 s late (a queue on
+    the path): the request is answered, not failed a moment after its last attempt."""
+    policy = RetryPolicy(max_attempts=3)
+
+    def fate(direction: str, index: int, now: float) -> list[float]:
+        if direction == "up":
+            return [0.001] if index == 2 else []
+        return [3.0]
+
+    s = sim(fate, policy)
+    quotes(s, 1)
+    s.run(11.0)
+    all_exact(s, 1)
+
+
 # ---------------------------------------------------------------- replies the client must not believe
 
 
