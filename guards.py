@@ -52,6 +52,10 @@ class RateLimiter:
     max_sources: int = 65_536
     """Buckets kept; the least recently seen source is forgotten first (it then starts full)."""
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
+    _newcomers: _Bucket | None = field(default=None, repr=False)
+    """One shared bucket (same rate and burst) that every source not in the table pays into. A
+    sender rotating through more sources than the table holds is always 'new', and each new source
+    starts with a full bucket: without this, rotation would bypass the limit entirely."""
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1 or self.slip < 0 or self.max_sources < 1:
@@ -60,6 +64,8 @@ class RateLimiter:
     def check(self, source: str, now: float) -> Verdict:
         bucket = self._buckets.get(source)
         if bucket is None:
+            if not self._admit_newcomer(now):
+                return Verdict.DROP  # a flood of new sources: silence, and nobody evicted for it
             bucket = _Bucket(self.burst, now)
             self._buckets[source] = bucket
             if len(self._buckets) > self.max_sources:
@@ -78,6 +84,23 @@ class RateLimiter:
             bucket.queue = min(self.rate * MAX_HINT_S, bucket.queue + 1.0)
             return Verdict.SLIP
         return Verdict.DROP
+
+    def _admit_newcomer(self, now: float) -> bool:
+        pool = self._newcomers
+        if pool is None:
+            pool = self._newcomers = _Bucket(self.burst, now)
+        pool.tokens = min(self.burst, pool.tokens + (now - pool.updated) * self.rate)
+        pool.updated = now
+        if pool.tokens < 1.0:
+            pool.over += 1
+            return False
+        pool.tokens -= 1.0
+        return True
+
+    @property
+    def newcomers_refused(self) -> int:
+        """First requests from unknown sources dropped because new sources arrived too fast."""
+        return self._newcomers.over if self._newcomers is not None else 0
 
     def retry_after_ms(self, source: str) -> int:
         """Milliseconds a BUSY reply tells ``source`` to wait (at least 1).

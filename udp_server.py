@@ -312,6 +312,8 @@ class QuoteServer:
         out = dict(self.stats)
         if self.cache is not None:
             out["cache_evictions"] = self.cache.evictions
+        if self.limiter is not None and self.limiter.newcomers_refused:
+            out["rate_limited.new_sources_refused"] = self.limiter.newcomers_refused
         return out
 
     def summary(self) -> str:

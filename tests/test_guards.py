@@ -49,8 +49,31 @@ def test_slip_zero_means_silence() -> None:
 def test_limiter_memory_is_bounded() -> None:
     rl = RateLimiter(rate=1, burst=1, max_sources=100)
     for i in range(10_000):
-        rl.check(f"10.0.{i // 256}.{i % 256}", 0.0)
+        # One new source a second: every one is admitted (the newcomers' bucket refills at rate).
+        assert rl.check(f"10.0.{i // 256}.{i % 256}", float(i)) is Verdict.ALLOW
     assert len(rl) == 100
+
+
+def test_rotating_sources_cannot_bypass_the_limit() -> None:
+    """More sources than the table holds: every request comes from a 'new' source, which used to
+    start with a full bucket, so rotation allowed everything. New sources now pay into one shared
+    bucket of the same rate and burst: at most burst + rate x elapsed of them get through."""
+    rl = RateLimiter(rate=100, burst=50, max_sources=100)
+    allowed = 0
+    for i in range(10_000):
+        now = i * 0.0001  # 10,000 requests from 10,000 sources in 1 s
+        allowed += rl.check(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now) is Verdict.ALLOW
+    assert allowed <= 50 + 100 * 1.0 + 1
+    assert rl.newcomers_refused >= 10_000 - allowed
+    assert len(rl) <= 100
+
+
+def test_known_sources_are_not_charged_for_newcomers() -> None:
+    rl = RateLimiter(rate=100, burst=5, max_sources=100)
+    assert rl.check("client", 0.0) is Verdict.ALLOW
+    for i in range(100):
+        rl.check(f"spoofed-{i}", 0.0)  # drains the newcomers' bucket
+    assert rl.check("client", 0.0) is Verdict.ALLOW, "a source already known keeps its own bucket"
 
 
 def test_cache_hit_needs_same_request_bytes_and_youth() -> None:
