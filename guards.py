@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 ENTRY_OVERHEAD = 480
 """Bytes a reply cache entry costs besides the reply itself (key, digest, entry, dict slot), measured
 with tracemalloc on CPython 3.11."""
+NEWCOMER_BURSTS = 16
+"""Full bursts the shared pool for new sources holds: 16 clients may start at once at full speed."""
 MAX_HINT_S = 65.0
 """Longest retry-after a BUSY reply can carry (its u16 field counts milliseconds)."""
 
@@ -53,9 +55,10 @@ class RateLimiter:
     """Buckets kept; the least recently seen source is forgotten first (it then starts full)."""
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
     _newcomers: _Bucket | None = field(default=None, repr=False)
-    """One shared bucket (same rate and burst) that every source not in the table pays into. A
-    sender rotating through more sources than the table holds is always 'new', and each new source
-    starts with a full bucket: without this, rotation would bypass the limit entirely."""
+    """One shared pool (``rate`` per second, up to NEWCOMER_BURSTS x ``burst``) from which every
+    source not in the table draws its starting tokens. A sender rotating through more sources than
+    the table holds is always 'new': if each new source started with a full bucket for free,
+    rotation would bypass the limit entirely."""
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1 or self.slip < 0 or self.max_sources < 1:
@@ -64,9 +67,10 @@ class RateLimiter:
     def check(self, source: str, now: float) -> Verdict:
         bucket = self._buckets.get(source)
         if bucket is None:
-            if not self._admit_newcomer(now):
+            start = self._draw_newcomer_tokens(now)
+            if start < 1.0:
                 return Verdict.DROP  # a flood of new sources: silence, and nobody evicted for it
-            bucket = _Bucket(self.burst, now)
+            bucket = _Bucket(start, now)
             self._buckets[source] = bucket
             if len(self._buckets) > self.max_sources:
                 self._buckets.popitem(last=False)
@@ -85,17 +89,21 @@ class RateLimiter:
             return Verdict.SLIP
         return Verdict.DROP
 
-    def _admit_newcomer(self, now: float) -> bool:
+    def _draw_newcomer_tokens(self, now: float) -> float:
+        """A new source's starting tokens, paid from the shared pool (so what all new sources get
+        together is bounded by the pool, whatever their number); 0 when the pool is dry."""
+        cap = self.burst * NEWCOMER_BURSTS
         pool = self._newcomers
         if pool is None:
-            pool = self._newcomers = _Bucket(self.burst, now)
-        pool.tokens = min(self.burst, pool.tokens + (now - pool.updated) * self.rate)
+            pool = self._newcomers = _Bucket(cap, now)
+        pool.tokens = min(cap, pool.tokens + (now - pool.updated) * self.rate)
         pool.updated = now
         if pool.tokens < 1.0:
             pool.over += 1
-            return False
-        pool.tokens -= 1.0
-        return True
+            return 0.0
+        start = min(self.burst, pool.tokens)
+        pool.tokens -= start
+        return start
 
     @property
     def newcomers_refused(self) -> int:

@@ -6,7 +6,7 @@ import pytest
 from conftest import expected_prices
 
 from catalog import Catalog
-from guards import RateLimiter, ReplyCache, Verdict
+from guards import NEWCOMER_BURSTS, RateLimiter, ReplyCache, Verdict
 from udp_server import QuoteServer
 from wire_format import (
     BatchRequest,
@@ -55,16 +55,17 @@ def test_limiter_memory_is_bounded() -> None:
 
 
 def test_rotating_sources_cannot_bypass_the_limit() -> None:
-    """More sources than the table holds: every request comes from a 'new' source, which used to
-    start with a full bucket, so rotation allowed everything. New sources now pay into one shared
-    bucket of the same rate and burst: at most burst + rate x elapsed of them get through."""
+    """More sources than the table holds, each sending a full burst before the next: every source
+    is 'new', and a new source used to start with a full bucket, so rotation allowed everything.
+    New sources now draw their starting tokens from one shared pool (16 bursts, refilled at rate):
+    all of them together get at most 16 x burst + rate x elapsed."""
     rl = RateLimiter(rate=100, burst=50, max_sources=100)
     allowed = 0
-    for i in range(10_000):
-        now = i * 0.0001  # 10,000 requests from 10,000 sources in 1 s
-        allowed += rl.check(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now) is Verdict.ALLOW
-    assert allowed <= 50 + 100 * 1.0 + 1
-    assert rl.newcomers_refused >= 10_000 - allowed
+    for i in range(2_000):
+        now = i * 0.0005  # 2,000 sources in 1 s, 50 requests each
+        allowed += sum(rl.check(f"10.0.{i // 256}.{i % 256}", now) is Verdict.ALLOW for _ in range(50))
+    assert allowed <= NEWCOMER_BURSTS * 50 + 100 * 1.0 + 1
+    assert rl.newcomers_refused > 0
     assert len(rl) <= 100
 
 
@@ -72,8 +73,15 @@ def test_known_sources_are_not_charged_for_newcomers() -> None:
     rl = RateLimiter(rate=100, burst=5, max_sources=100)
     assert rl.check("client", 0.0) is Verdict.ALLOW
     for i in range(100):
-        rl.check(f"spoofed-{i}", 0.0)  # drains the newcomers' bucket
+        rl.check(f"spoofed-{i}", 0.0)  # drains the newcomers' pool
+    assert rl.newcomers_refused > 0
     assert rl.check("client", 0.0) is Verdict.ALLOW, "a source already known keeps its own bucket"
+
+
+def test_sixteen_clients_may_start_at_full_speed_at_once() -> None:
+    rl = RateLimiter(rate=100, burst=5, max_sources=100)
+    for c in range(NEWCOMER_BURSTS):
+        assert all(rl.check(f"client-{c}", 0.0) is Verdict.ALLOW for _ in range(5))
 
 
 def test_cache_hit_needs_same_request_bytes_and_youth() -> None:
