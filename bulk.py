@@ -23,10 +23,11 @@ from typing import IO, Protocol
 
 from bulk_io import BulkInputError, Header, RecordReader, Row, read_header, rows_of
 from bulk_out import CsvRecords, JsonlRecords
-from catalog import format_money
-from retry import Outcome
-from udp_client import NoAnswer, QuoteClient
-from wire_format import MAX_BATCH, LineResult, Status
+from udp_price.catalog import format_money
+from udp_price.client.api import NoAnswer, QuoteClient
+from udp_price.client.retry import Outcome
+from udp_price.wire import LineResult, Status
+from wire_format import MAX_BATCH
 
 __all__ = ["BulkInputError", "Header", "Row", "read_rows"]
 

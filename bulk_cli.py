@@ -21,17 +21,17 @@ import bulk
 from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
 from bulk_out import Output, open_output
 from progress import ProgressBar, Snapshot
-from recovery import RetryBudget
-from udp_client import (
+from udp_price.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_NO_ANSWER,
     EXIT_OK,
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
-    QuoteClient,
     policy_from_args,
 )
+from udp_price.client.api import QuoteClient
+from udp_price.client.recovery import RetryBudget
 
 
 def fail(where: str, what: str) -> None:

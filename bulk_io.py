@@ -25,8 +25,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from quantity import BadQuantity, parse_quantity
-from wire_format import ITEM_SIZE, normalize_item
+from udp_price.errors import BadQuantity
+from udp_price.wire import normalize_item
+from udp_price.wire.items import parse_quantity
+from wire_format import ITEM_SIZE
 
 MAX_RECORD_LINES = 100
 """Physical lines one record (a quoted field with line breaks) may span."""

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningServer, expected_prices
+from helpers import ROOT, RunningServer, expected_prices
 
 PRICES = expected_prices()
 PY = sys.executable
@@ -389,7 +389,7 @@ def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp
     import signal
     import time
 
-    from conftest import spawn
+    from helpers import spawn
 
     n = 1_000_000
     src, dst = tmp_path / "million.csv", tmp_path / "out.csv"

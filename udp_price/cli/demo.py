@@ -5,6 +5,7 @@ of it dropping 30% of datagrams each way, quotes a handful of items through it,
 checks every total against the catalog and shows what the client survived.
 
     python demo.py [--loss 0.3] [--seed 7] [--catalog catalog.csv]
+    python -m udp_price demo
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import asyncio
 import sys
 import threading
 
-from catalog import Catalog, CatalogError, format_money, load_catalog
-from fault_proxy import FaultPlan, FaultProxy
-from udp_client import NoAnswer, QuoteClient, QuoteResult
-from udp_server import Control, QuoteServer, bind_socket, serve
+from udp_price.catalog import Catalog, format_money, load_catalog
+from udp_price.cli.common import add_version, default_catalog, prog_name
+from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
+from udp_price.errors import CatalogError
+from udp_price.faults.plan import FaultPlan
+from udp_price.faults.relay import FaultProxy
+from udp_price.server.core import QuoteServer
+from udp_price.server.loop import Control, bind_socket, serve
 
 ORDERS = [
     ("apple", 3),
@@ -72,12 +77,18 @@ async def run(catalog: Catalog, server: tuple[str, int], loss: float, seed: int)
     return 0 if wrong == failed == 0 else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Quote a few items through a lossy proxy and check every total.")
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog=prog_name(prog, "demo.py"),
+        description="Quote a few items through a lossy proxy and check every total.",
+    )
+    add_version(p)
     p.add_argument("--loss", type=float, default=0.3, help="drop probability each way (default 0.3)")
     p.add_argument("--seed", type=int, default=7, help="fault seed (default 7)")
-    p.add_argument("--catalog", default="catalog.csv")
+    p.add_argument("--catalog", default=None, help="default ./catalog.csv, else the sample shipped with udp-price")
     args = p.parse_args(argv)
+    if args.catalog is None:
+        args.catalog = default_catalog()
     if not 0 <= args.loss < 1:
         p.error("--loss must be in [0, 1)")
     try:
@@ -95,7 +106,3 @@ def main(argv: list[str] | None = None) -> int:
         thread.join(5)
         sock.close()
         print(f"server counters: {core.summary()}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from recovery import ReorderWindow, RttEstimator
+from udp_price.client.recovery import ReorderWindow, RttEstimator
 
 TIME_THRESHOLD = 9 / 8
 """RACK waits at least this many SRTTs (QUIC's kTimeThreshold, RFC 9002 6.1.2): replies queue behind

@@ -22,14 +22,11 @@ import zlib
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from loss_detection import LossDetection, Transmissions
-from recovery import RetryBudget, RttEstimator
-from reply_checks import UNREADABLE, violation
-from retry import Outcome, RetryPolicy
-from wire_format import (
-    CRC_SIZE,
-    MAX_TRANSMISSION,
-    VERSION,
+from udp_price.client.loss_detection import LossDetection, Transmissions
+from udp_price.client.recovery import RetryBudget, RttEstimator
+from udp_price.client.reply_checks import UNREADABLE, violation
+from udp_price.client.retry import Outcome, RetryPolicy
+from udp_price.wire import (
     BatchRequest,
     ListRequest,
     MalformedDatagram,
@@ -45,6 +42,7 @@ from wire_format import (
     lines_digest,
     peek_header,
 )
+from wire_format import CRC_SIZE, MAX_TRANSMISSION, VERSION
 
 REFUSED_GRACE_S = 0.25
 """ICMP errors before any reply fail requests only once the session is this old: a server that
