@@ -18,6 +18,7 @@ from udp_price.cli.common import (
     EXIT_USAGE,
     add_version,
     address_arg,
+    examples_for,
     listen_address_arg,
     policy_from_args,
     prog_name,
@@ -72,7 +73,7 @@ exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} 
 
 
 def parse_quantity(text: str) -> int:
-    """The quantity rule (quantity.py): a whole number from 1 to MAX_QUANTITY, else a usage error (exit 2)."""
+    """The quantity rule (udp_price.wire.items): a whole number from 1 to MAX_QUANTITY, else a usage error (exit 2)."""
     try:
         return quantity_rule(text)
     except BadQuantity as e:
@@ -113,7 +114,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "udp_client.py"),
         description="Get price quotes from a udp-price server over UDP, with timeouts and retransmission.",
-        epilog=EXAMPLES,
+        epilog=examples_for(prog_name(prog, "udp_client.py"), EXAMPLES, "python udp_client.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)
@@ -166,7 +167,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="quote every row of a CSV file",
         description="Quote every row of ORDERS (a CSV with 'item' and 'quantity' columns; '-' for stdin). "
         "Writes one row per input row, in order, with unit_price, total, status, attempts, error added.",
-        epilog=BULK_EPILOG,
+        epilog=examples_for(prog_name(prog, "udp_client.py"), BULK_EPILOG, "python udp_client.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("orders", help="orders CSV file, or - for stdin")

@@ -28,6 +28,12 @@ def prog_name(given: str | None, fallback: str) -> str:
     return invoked if invoked and invoked not in ("-c", "__main__.py") else fallback
 
 
+def examples_for(prog: str, epilog: str, written_as: str) -> str:
+    """The examples epilog with each ``written_as`` command line (``python udp_server.py``) in
+    the form this process was invoked as, so the examples can be pasted as they are."""
+    return epilog.replace(written_as, f"python {prog}" if prog.endswith(".py") else prog)
+
+
 def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (udp-price) {__version__}")
 

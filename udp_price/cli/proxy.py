@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import IO, Any
 
 from udp_price.address import format_address
-from udp_price.cli.common import add_version, address_arg, listen_address_arg, prog_name
+from udp_price.cli.common import add_version, address_arg, examples_for, listen_address_arg, prog_name
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
 
@@ -77,7 +77,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "fault_proxy.py"),
         description="UDP proxy that drops, duplicates, reorders, delays and corrupts datagrams, reproducibly.",
-        epilog=EXAMPLES,
+        epilog=examples_for(prog_name(prog, "fault_proxy.py"), EXAMPLES, "python fault_proxy.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)

@@ -9,7 +9,7 @@ import sys
 
 from udp_price.address import format_address
 from udp_price.catalog import load_catalog
-from udp_price.cli.common import add_version, default_catalog, prog_name
+from udp_price.cli.common import add_version, default_catalog, examples_for, prog_name
 from udp_price.errors import CatalogError
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.metrics import start_metrics
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "udp_server.py"),
         description="Serve price quotes over UDP from a CSV catalog.",
-        epilog=EXAMPLES,
+        epilog=examples_for(prog_name(prog, "udp_server.py"), EXAMPLES, "python udp_server.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)

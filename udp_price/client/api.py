@@ -196,7 +196,7 @@ class QuoteClient:
     async def quote(self, item: str, quantity: int) -> QuoteResult:
         """Quote ``quantity`` x ``item``. Raises NoAnswer when no valid reply comes in time,
         ValueError when the request cannot be encoded (item too long) or the quantity breaks the
-        rule in quantity.py (a whole number from 1 to MAX_QUANTITY): nothing is sent then."""
+        rule in udp_price.wire.items (a whole number from 1 to MAX_QUANTITY): nothing is sent then."""
         check_quantity(quantity)
         request = QuoteRequest(self._new_request_id(), normalize_item(item), quantity)
         encode_request(request)  # a request that cannot be encoded is the caller's ValueError, now

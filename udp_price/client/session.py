@@ -1,7 +1,7 @@
 """The quote client's sans-I/O session: every decision about sending, waiting and giving up.
 
 In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping. The shell
-(udp_client.py) calls
+(udp_price.client.api) calls
 
     events = session.send(request, now)          # queue a new request
     events = session.datagram_received(data, now)
@@ -10,7 +10,7 @@ In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping
     for data in session.datagrams_to_send(): sock.send(data)
 
 and resolves each ``Answered`` / ``Failed`` event. Which requests are lost is decided in
-loss_detection.py (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
+udp_price.client.loss_detection (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
 budget (it only delays), BUSY, ICMP (before any reply: nothing listens; after: a restart, so
 pause and probe) and every give-up decision. The README's client section has the rules.
 """

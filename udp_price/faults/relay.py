@@ -211,7 +211,7 @@ class FaultProxy:
         From the upstream itself, relaying it back upstream would let the upstream talk to itself
         through us; from one of our own sockets (a spoofed source, or --upstream pointing at the
         proxy), every relay would create the next datagram: a loop with no end. From a reflecting
-        service's port (echo, chargen, DNS...; reflectors.py), whatever we relay would be answered
+        service's port (echo, chargen, DNS...; udp_price.reflectors), whatever we relay would be answered
         back to us. Compared as normalised numbers: a dual-stack socket sees ::ffff:127.0.0.1."""
         source = normalise(source)
         if source in self._upstreams:
