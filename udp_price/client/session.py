@@ -18,7 +18,6 @@ pause and probe) and every give-up decision. The README's client section has the
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from udp_price.wire import (
     lines_digest,
     peek_header,
 )
-from wire_format import CRC_SIZE, MAX_TRANSMISSION, VERSION
+from wire_format import MAX_TRANSMISSION, VERSION
 
 REFUSED_GRACE_S = 0.25
 """ICMP errors before any reply fail requests only once the session is this old: a server that
@@ -338,8 +337,8 @@ class ClientSession:
 
     def _on_undecodable(self, data: bytes, error: MalformedDatagram, now: float) -> list[Event]:
         header = peek_header(data)
-        intact = len(data) > CRC_SIZE and zlib.crc32(data[:-CRC_SIZE]) == int.from_bytes(data[-CRC_SIZE:], "big")
-        if header is not None and intact and header[0] != VERSION and header[1] in self._pending:
+        # peek_header answers only for a sealed datagram (length and CRC32 intact), see udp_price.wire.framing.
+        if header is not None and header[0] != VERSION and header[1] in self._pending:
             # An intact reply in another protocol version to one of our ids: an older or newer server.
             self.stats["other_version_replies"] += 1
             p = self._pending[header[1]]
