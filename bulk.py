@@ -6,8 +6,14 @@ classes; ``run_bulk`` is the asyncio pipeline that drives a QuoteClient:
     read a row -> validate -> group into batches of K -> up to W requests in flight
     -> results written in input order as soon as the head of the file is answered
 
-Memory is bounded: reading stops while more than ``max_ahead`` rows are read but
-not yet written, so a million-row file costs no more than a thousand-row one.
+Reading runs in a thread (bulk_feed.RowFeed), so a stalled input never delays a signal or a
+reply. Memory is bounded: reading stops while more than ``max_ahead`` rows, or ``ahead_bytes``
+input bytes, are read but not yet written, so a million-row file costs no more than a
+thousand-row one, and 32 KB rows no more than a bounded number of bytes.
+
+Nothing is lost, whatever fails: a request task that raises writes its rows with status
+CLIENT_ERROR and the reason; a row the output cannot encode is written as a BAD_ROW; any other
+failure to write is an output error that stops the run; every path ends with the summary.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
+from bulk_feed import RowFeed
 from bulk_io import BulkInputError, Header, RecordReader, Row, read_header, rows_of
 from bulk_out import CsvRecords, JsonlRecords
 from udp_price.catalog import format_money
@@ -36,6 +43,19 @@ RESULT_COLUMNS = ("unit_price", "total", "status", "attempts", "error", "catalog
 reload in the middle of a run is visible row by row."""
 BAD_ROW = "BAD_ROW"
 NOT_ATTEMPTED = "NOT_ATTEMPTED"
+INTERRUPTED = "INTERRUPTED"
+"""Sent at least once, then the interrupt came before an answer was accepted (attempts >= 1)."""
+CLIENT_ERROR = "CLIENT_ERROR"
+"""The request failed inside this program (a bug, never the server's answer); ``error`` says why."""
+BATCH_PATIENCE_S = 0.005
+"""How long a partial batch waits for more rows from a pausing input before it is sent anyway."""
+COPY_AHEAD = 1024
+"""Rows read ahead while the rest of the file is copied after an interrupt."""
+MAX_WINDOW = 1024
+"""Largest --window: beyond it the burst, not the bound, decides memory and loss."""
+AHEAD_BYTES = 8 * 1024 * 1024
+"""Bytes of rows read but not yet written before reading pauses (as well as the row bound); a
+row costs its input bytes plus ROW_OVERHEAD (its Python objects), about what it holds in memory."""
 OK = Status.OK.name
 FAILURE_STATUS = {
     Outcome.TIMED_OUT: "NO_ANSWER",
@@ -59,12 +79,21 @@ class RowResult:
 
 
 def read_rows(
-    source: IO[bytes] | IO[str], encoding: str = "utf-8", delimiter: str = "auto"
+    source: IO[bytes] | IO[str], encoding: str | None = None, delimiter: str = "auto"
 ) -> tuple[Header, Iterator[Row]]:
     """Header plus a lazy iterator of validated rows (see bulk_io for the reading rules).
-    Text is accepted for convenience and read whole; bytes are streamed."""
-    stream = io.BytesIO(source.read().encode("utf-8")) if isinstance(source, io.TextIOBase) else source
-    reader = RecordReader(stream, encoding)  # type: ignore[arg-type]
+
+    Bytes are streamed and decoded with ``encoding`` (default utf-8). Text is already decoded:
+    it is accepted for convenience and read whole, and giving an ``encoding`` with it is a
+    ValueError (it could only mis-decode it)."""
+    if isinstance(source, io.TextIOBase):
+        if encoding is not None:
+            raise ValueError("read_rows: encoding applies to a binary source; this text is already decoded")
+        # surrogatepass: a lone surrogate in the text becomes a BAD_ROW line, not a crash
+        stream: IO[bytes] = io.BytesIO(source.read().encode("utf-8", "surrogatepass"))
+    else:
+        stream = source  # type: ignore[assignment]
+    reader = RecordReader(stream, encoding or "utf-8")
     header = read_header(reader, delimiter)
     return header, rows_of(reader, header)
 
@@ -77,8 +106,10 @@ class Sink(Protocol):
 
 
 class CsvSink:
-    def __init__(self, out: IO[str], header: Header) -> None:
-        self.records: CsvRecords | JsonlRecords = CsvRecords(out, header, RESULT_COLUMNS)
+    """Rows out as CSV through ``out`` (a text stream, or a function given one record's text)."""
+
+    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
+        self.records: CsvRecords | JsonlRecords = CsvRecords(_writer(out), header, RESULT_COLUMNS)
         self.done_bytes = 0
         """Input bytes up to the end of the last row written (for progress)."""
 
@@ -88,9 +119,13 @@ class CsvSink:
 
 
 class JsonlSink(CsvSink):
-    def __init__(self, out: IO[str], header: Header) -> None:
-        self.records = JsonlRecords(out, header, RESULT_COLUMNS)
+    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
+        self.records = JsonlRecords(_writer(out), header, RESULT_COLUMNS)
         self.done_bytes = 0
+
+
+def _writer(out: IO[str] | Callable[[str], object]) -> Callable[[str], object]:
+    return out if callable(out) else out.write
 
 
 def _result_cells(o: RowResult) -> list[object]:
@@ -139,11 +174,18 @@ class Summary:
     latencies: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
-    output_error: OSError | None = None
+    output_error: BaseException | None = None
+    """Why the output could not be written (an OSError, or anything else a write raised)."""
+    input_error: BaseException | None = None
+    """An unexpected failure of the reader (not a read error: RecordReader keeps those)."""
+    abandoned_at: int | None = None
+    """After a second interrupt: the input line from which on nothing was copied."""
     signalled: float | None = None
     """When ``stop`` was seen set (a signal, or the output failing)."""
     stopped: float | None = None
     """When, after that, the requests in flight were cancelled and every answered row written."""
+    written: int | None = None
+    """Rows that actually reached the output, when it failed (the rest were processed, not written)."""
     copied: int = 0
     """Rows streamed out as NOT_ATTEMPTED after the stop without being validated or held."""
 
@@ -171,8 +213,9 @@ class Summary:
         ignored = sum(v for k, v in client_stats.items() if k.startswith("ignored."))
         sending = (self.stopped or self.finished or time.monotonic()) - self.started
         rate = self.attempted / sending if sending > 0 else 0.0
+        written = f" written={self.written}" if self.written is not None else ""
         lines = [
-            f"rows={self.rows} ok={self.ok} failed={self.failed} ({failed})",
+            f"rows={self.rows}{written} ok={self.ok} failed={self.failed} ({failed})",
             f"requests={client_stats['sent'] - client_stats['retransmissions']} "
             f"retransmissions={client_stats['retransmissions']} "
             f"duplicates_ignored={client_stats['ignored.duplicate']} other_replies_ignored="
@@ -183,9 +226,14 @@ class Summary:
         ]
         if self.signalled is not None and self.stopped is not None:
             copy_s = (self.finished or self.stopped) - self.stopped
+            copied = "the remaining" if self.abandoned_at is None else "then"
             lines.append(
-                f"stopped sending {self.stopped - self.signalled:.2f} s after the interrupt; then copied the "
-                f"remaining {self.copied:,} rows as NOT_ATTEMPTED in {copy_s:.2f} s"
+                f"stopped sending {self.stopped - self.signalled:.2f} s after the interrupt; then copied {copied} "
+                f"{self.copied:,} rows as NOT_ATTEMPTED in {copy_s:.2f} s"
+            )
+        if self.abandoned_at is not None:
+            lines.append(
+                f"second interrupt: stopped copying; nothing was copied from input line {self.abandoned_at} on"
             )
         return lines
 
@@ -194,30 +242,55 @@ class OrderedWriter:
     """Writes outcomes in input order; holds early finishers until the rows before them are done."""
 
     def __init__(
-        self, sink: Sink, summary: Summary, on_flush: Callable[[int], None], on_error: Callable[[OSError], None]
+        self,
+        sink: Sink,
+        summary: Summary,
+        on_flush: Callable[[int, int], None],
+        on_error: Callable[[BaseException], None],
     ) -> None:
         self.sink, self.summary, self.on_flush, self.on_error = sink, summary, on_flush, on_error
         self.next_seq = 0
+        self.next_line = 0
+        """The input line after the last row written (0: none yet)."""
         self.held: dict[int, tuple[Row, RowResult]] = {}
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
         """Set when the output could not be written (disk full, closed pipe): the run stops."""
 
+    def pending(self, row: Row) -> bool:
+        """Is ``row`` neither written nor held (so whoever owns it must still complete it)?"""
+        return row.seq >= self.next_seq and row.seq not in self.held
+
     def complete(self, row: Row, outcome: RowResult) -> None:
+        if not self.pending(row):
+            return  # completed already (a failure path completing what a task had finished)
         self.held[row.seq] = (row, outcome)
-        flushed = 0
+        flushed = nbytes = 0
         while self.next_seq in self.held:
             r, o = self.held.pop(self.next_seq)
             if self.error is None:
-                try:
-                    self.sink.write(r, o)
-                except OSError as e:
-                    self.error = e
-                    self.on_error(e)
+                o = self._write(r, o)
             self.summary.add(o)
             self.next_seq += 1
+            self.next_line = r.next_line
             flushed += 1
+            nbytes += r.size
         if flushed:
-            self.on_flush(flushed)
+            self.on_flush(flushed, nbytes)
+
+    def _write(self, row: Row, outcome: RowResult) -> RowResult:
+        """Write one row; the outcome as written (a BAD_ROW if the output cannot hold a cell)."""
+        try:
+            try:
+                self.sink.write(row, outcome)
+            except UnicodeError as e:  # a cell the output encoding cannot hold (a lone surrogate)
+                safe = [c.encode("utf-8", "backslashreplace").decode("utf-8") for c in row.cells]
+                why = f"line {row.line}: a cell cannot be written ({e}); its cells are kept with \\u escapes"
+                outcome = RowResult(BAD_ROW, attempts=outcome.attempts, error=why)
+                self.sink.write(Row(row.seq, row.line, safe, end=row.end, size=row.size), outcome)
+        except Exception as e:  # OSError (disk full, closed pipe) or anything else: the output is broken
+            self.error = e
+            self.on_error(e)
+        return outcome
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -237,32 +310,22 @@ class BulkOptions:
     throughput in bench/bulk_bench.py; 100,000 cost it 13%."""
 
     def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError("--window must be at least 1")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ValueError(f"--window must be 1 to {MAX_WINDOW}")
         if not 1 <= self.batch <= MAX_BATCH:
             raise ValueError(f"--batch must be 1 to {MAX_BATCH}")
+
+    max_ahead_bytes: int = AHEAD_BYTES
+    """Input bytes read but not yet written before reading pauses (fat rows: 30,000 rows of 32 KB
+    would otherwise hold about 1 GB)."""
 
     @property
     def ahead(self) -> int:
         return self.max_ahead or max(self.window * self.batch * 4, 100_000)
 
-
-class _Gate:
-    """Counts rows read but not yet written; reading waits while the count is at the limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self.room = asyncio.Event()
-
-    async def take(self) -> None:
-        while self.used >= self.limit:
-            self.room.clear()
-            await self.room.wait()
-        self.used += 1
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        self.room.set()
+    @property
+    def ahead_bytes(self) -> int:
+        return self.max_ahead_bytes
 
 
 async def run_bulk(
@@ -272,26 +335,29 @@ async def run_bulk(
     options: BulkOptions,
     stop: asyncio.Event | None = None,
     progress: Callable[[Summary, Counter[str]], None] | None = None,
+    abandon: asyncio.Event | None = None,
+    summary: Summary | None = None,
 ) -> Summary:
     """Quote every row, writing each exactly once, in order. ``stop`` set = interrupt cleanly:
     nothing more is sent, requests in flight are cancelled at once, answered rows are written,
-    and the rest of the file is streamed out as NOT_ATTEMPTED in bounded memory."""
-    summary = Summary()
-    gate = _Gate(options.ahead)
-    client.session.keep_verdict = True  # a silent server fails the rest of the file at once
+    and the rest of the file is streamed out as NOT_ATTEMPTED in bounded memory. ``abandon`` set
+    after that (a second interrupt) = stop copying too: ``summary.abandoned_at`` says where."""
+    summary = summary if summary is not None else Summary()
+    stop = stop or asyncio.Event()
+    abandon = abandon or asyncio.Event()
+    feed: RowFeed[Row] = RowFeed(rows, options.ahead, options.ahead_bytes)
+    client.keep_unreachable_verdict()  # a silent server fails the rest of the file at once
 
-    def flushed(n: int) -> None:
-        gate.give(n)
+    def flushed(n: int, nbytes: int) -> None:
+        feed.release(n, nbytes)
         if progress is not None:
             progress(summary, client.stats)
 
-    stop = stop or asyncio.Event()
     writer = OrderedWriter(sink, summary, flushed, lambda e: stop.set())
     in_flight = asyncio.Semaphore(options.window)
     tasks: set[asyncio.Task[None]] = set()
-    chunk: list[Row] = []
-    # Cancelling on the signal itself (not when the reading loop next looks) wakes a loop blocked
-    # on the read-ahead gate or the window: the cancelled rows complete and free both.
+    # Cancelling on the signal itself (not when the reading loop next looks) wakes a loop waiting
+    # for the window: the cancelled rows complete and free it.
     canceller = asyncio.create_task(_cancel_when(stop, tasks, summary))
 
     async def dispatch(batch: list[Row]) -> None:
@@ -304,39 +370,66 @@ async def run_bulk(
         tasks.add(task)
         task.add_done_callback(lambda t: _retire(t, batch, writer, tasks, in_flight))
 
-    unsent: list[Row] = []
-    for row in rows:
-        if stop.is_set():
-            unsent.append(row)
-            break
-        await gate.take()
-        if stop.is_set():
-            unsent.append(row)
-            break
-        if row.error:
-            writer.complete(row, RowResult(BAD_ROW, error=row.error))
-            continue
-        chunk.append(row)
-        if len(chunk) == options.batch:
+    feed.start()
+    try:
+        chunk: list[Row] = []
+        unsent: list[Row] = []
+        count = 0
+        while not stop.is_set():
+            row = feed.get_nowait() or await feed.get(stop, BATCH_PATIENCE_S if chunk else None)
+            if row is False:  # the input pauses (or the bound is reached): send the partial batch now
+                await dispatch(chunk)
+                chunk = []
+                continue
+            if row is None or row is True:
+                break
+            count += 1
+            writer.next_line = writer.next_line or row.line  # nothing written yet: the first record's line
+            if count % 256 == 0:
+                await asyncio.sleep(0)  # let signals and replies in while the input streams in fast
+            if stop.is_set():
+                unsent.append(row)
+                break
+            if row.error:
+                writer.complete(row, RowResult(BAD_ROW, error=row.error))
+                continue
+            chunk.append(row)
+            if len(chunk) == options.batch:
+                await dispatch(chunk)
+                chunk = []
+        if chunk and not stop.is_set():
             await dispatch(chunk)
             chunk = []
-    if chunk and not stop.is_set():
-        await dispatch(chunk)
-        chunk = []
-    await _finish(tasks, stop)
-    canceller.cancel()
-    if stop.is_set() and writer.error is None:
-        _skip(writer, [*chunk, *unsent])
-        summary.stopped = time.monotonic()
-        interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
-        for row in rows:  # the rest of the file, one row at a time, never held (not validated: see rows_of)
-            if writer.error is not None:
-                break
-            writer.complete(row, interrupted)
-            summary.copied += 1
+        await _finish(tasks, stop)
+        canceller.cancel()
+        if stop.is_set() and writer.error is None:
+            _skip(writer, [*chunk, *unsent])
+            summary.stopped = time.monotonic()
+            await _copy_rest(feed, writer, summary, abandon)
+    finally:
+        feed.close()
+        canceller.cancel()
+    summary.input_error = feed.error
     summary.finished = time.monotonic()
     summary.output_error = writer.error
     return summary
+
+
+async def _copy_rest(feed: RowFeed[Row], writer: OrderedWriter, summary: Summary, abandon: asyncio.Event) -> None:
+    """The rest of the file as NOT_ATTEMPTED, one row at a time, never held (not validated: see
+    rows_of), until the end of the input or ``abandon``."""
+    interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
+    feed.max_rows = min(feed.max_rows, COPY_AHEAD)  # copied rows are never held: read little ahead
+    while writer.error is None:
+        if summary.copied % 256 == 255:
+            await asyncio.sleep(0)  # a second signal must get in even while the rows stream fast
+        row = feed.get_nowait() or await feed.get(abandon)
+        if not isinstance(row, Row):
+            if not feed.done:  # abandoned, not the end of the input
+                summary.abandoned_at = writer.next_line
+            break
+        writer.complete(row, interrupted)
+        summary.copied += 1
 
 
 def _skip(writer: OrderedWriter, rows: list[Row]) -> None:
@@ -349,7 +442,8 @@ def _skip(writer: OrderedWriter, rows: list[Row]) -> None:
 
 async def _cancel_when(stop: asyncio.Event, tasks: set[asyncio.Task[None]], summary: Summary) -> None:
     await stop.wait()
-    summary.signalled = time.monotonic()
+    if summary.signalled is None:  # the signal handler notes the time itself; a write error does not
+        summary.signalled = time.monotonic()
     for t in list(tasks):
         t.cancel()
 
@@ -365,6 +459,13 @@ def _retire(
     in_flight.release()
     if task.cancelled():  # cancelled before it ever ran, so it could not write its rows itself
         _skip(writer, rows)
+        return
+    error = task.exception()  # retrieved here, so never "Task exception was never retrieved"
+    if error is not None:  # _quote_chunk catches everything; this is the last line of defence
+        failed = RowResult(CLIENT_ERROR, error=f"internal error: {type(error).__name__}: {error}")
+    for row in rows:
+        if writer.pending(row):  # a row the task did not complete (it must never be lost)
+            writer.complete(row, failed if error is not None else RowResult(CLIENT_ERROR, error="not completed"))
 
 
 async def _finish(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
@@ -383,7 +484,9 @@ async def _quote_chunk(
     client: QuoteClient, rows: list[Row], batch: int, writer: OrderedWriter, summary: Summary
 ) -> None:
     outcomes: list[RowResult]
+    sent = False
     try:
+        sent = True  # the client sends before it first waits: once this task runs past here, it was sent
         if batch == 1:
             r = await client.quote(rows[0].item, rows[0].quantity)
             outcomes = [_outcome(LineResult(r.status, r.unit_price, r.total), r.attempts, r.catalog_version)]
@@ -397,9 +500,18 @@ async def _quote_chunk(
             rows
         )
     except asyncio.CancelledError:
-        outcomes = [RowResult(NOT_ATTEMPTED, error="interrupted")] * len(rows)
+        outcomes = [_cancelled(sent)] * len(rows)
+    except Exception as e:  # a bug here must cost an explicit status, never a row
+        why = f"internal error: {type(e).__name__}: {e}"
+        outcomes = [RowResult(CLIENT_ERROR, attempts=int(sent), error=why)] * len(rows)
     for row, outcome in zip(rows, outcomes, strict=True):
         writer.complete(row, outcome)
+
+
+def _cancelled(sent: bool) -> RowResult:
+    if sent:
+        return RowResult(INTERRUPTED, attempts=1, error="sent, then interrupted before an answer")
+    return RowResult(NOT_ATTEMPTED, error="interrupted")
 
 
 def _outcome(line: LineResult, attempts: int, catalog_version: int) -> RowResult:

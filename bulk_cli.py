@@ -14,10 +14,11 @@ import os
 import signal
 import stat
 import sys
+import time
 from collections import Counter
-from typing import IO
 
 import bulk
+from bulk_feed import ChunkLines, fd_read
 from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
 from bulk_out import Output, open_output
 from progress import ProgressBar, Snapshot
@@ -33,18 +34,58 @@ from udp_price.cli.common import (
 from udp_price.client.api import QuoteClient
 from udp_price.client.recovery import RetryBudget
 
+# Bounds for the numeric flags (exit 2 beyond): past these a typo, not a wish, is more likely,
+# and the memory or the wait they would cost is not bounded by anything else.
+MAX_TIMEOUT_S = 60.0
+MAX_DEADLINE_S = 86_400.0
+MAX_RETRIES = 100
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""All end a run the same way: stop sending, write what answered, copy the rest as NOT_ATTEMPTED.
+A second one stops the copy too (an input still being written, like ``tail -f``, has no end)."""
+
 
 def fail(where: str, what: str) -> None:
     print(f"udp_client: {where}: {what}", file=sys.stderr)
 
 
-def open_input(path: str) -> tuple[IO[bytes], os.stat_result | None]:
-    """The orders as bytes ('-' is stdin) and their stat (None when it cannot be taken)."""
-    stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115 (closed by caller)
+def closed_standard_fds() -> set[int]:
+    """Which of fds 0, 1, 2 were closed at start; each is pointed at /dev/null, so that nothing
+    opened later (the input, the output) takes its number and is mistaken for it."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    if closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in closed - {null}:
+            os.dup2(null, fd)
+        if null not in closed:
+            os.close(null)
+        if 2 in closed or sys.stderr is None:
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+    return closed
+
+
+def check_flags(args: argparse.Namespace) -> bulk.BulkOptions:
+    """The bulk options, or ValueError naming the flag out of its bound."""
+    if args.timeout > MAX_TIMEOUT_S:
+        raise ValueError(f"--timeout must be at most {MAX_TIMEOUT_S:g} s")
+    if args.deadline is not None and args.deadline > MAX_DEADLINE_S:
+        raise ValueError(f"--deadline must be at most {MAX_DEADLINE_S:g} s")
+    if args.retries > MAX_RETRIES:
+        raise ValueError(f"--retries must be at most {MAX_RETRIES}")
+    return bulk.BulkOptions(window=args.window, batch=args.batch)
+
+
+def open_input(path: str) -> tuple[int, os.stat_result | None]:
+    """The orders' file descriptor ('-' is stdin) and its stat (None when it cannot be taken)."""
+    fd = 0 if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return stream, os.fstat(stream.fileno())
-    except (OSError, ValueError):
-        return stream, None
+        return fd, os.fstat(fd)
+    except OSError:
+        return fd, None
 
 
 class _Run:
@@ -66,18 +107,25 @@ class _Run:
 
 
 def run(args: argparse.Namespace) -> int:
+    closed = closed_standard_fds()
+    if 0 in closed and args.orders == "-":
+        fail("stdin", "is closed: no input to read")
+        return EXIT_USAGE
+    if 1 in closed and args.output == "-":
+        fail("stdout", "is closed: cannot write the output")
+        return EXIT_OUTPUT
     try:
-        options = bulk.BulkOptions(window=args.window, batch=args.batch)
+        options = check_flags(args)
         encoding = check_encoding(args.encoding)
     except (ValueError, BulkInputError) as e:
         fail("bulk", str(e))
         return EXIT_USAGE
     with contextlib.ExitStack() as stack:
         try:
-            source, input_stat = open_input(args.orders)
+            fd, input_stat = open_input(args.orders)
             if args.orders != "-":
-                stack.callback(source.close)
-            reader = RecordReader(source, encoding)
+                stack.callback(os.close, fd)
+            reader = RecordReader(ChunkLines(fd_read(fd)), encoding)
             header = read_header(reader, args.delimiter)
         except BulkInputError as e:
             fail(args.orders, str(e))
@@ -97,15 +145,23 @@ def run(args: argparse.Namespace) -> int:
             fail(args.output, f"cannot open for writing: {e.strerror or e}")
             return EXIT_OUTPUT
         try:
-            sink = bulk.CsvSink(output.text, header) if args.format == "csv" else bulk.JsonlSink(output.text, header)
+            sink = bulk.CsvSink(output.write, header) if args.format == "csv" else bulk.JsonlSink(output.write, header)
+            output.uncount_last()  # the CSV header is not a row
         except OSError as e:  # the header row itself could not be written
-            output.close()
+            output.close(commit=False)
             fail(output.name, f"cannot write: {e.strerror or e}")
             return EXIT_OUTPUT
         state.sink = sink
-        summary, stats, interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))
-        close_error = output.close()
-    return _report(args, summary, stats, interrupted, reader, output, close_error)
+        try:
+            interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))
+        except Exception as e:  # a bug: still one line, the summary and an exit code, never a traceback
+            state.summary.output_error = state.summary.output_error or e
+            interrupted = False
+        summary = state.summary
+        if summary.abandoned_at is not None:
+            stack.pop_all()  # the reader thread may still be in a read on it: leave it to the exit
+        close_error = output.close(commit=summary.output_error is None)
+    return _report(args, summary, state.stats, interrupted, reader, output, close_error)
 
 
 async def _pipeline(
@@ -116,18 +172,27 @@ async def _pipeline(
     options: bulk.BulkOptions,
     state: _Run,
     bar: ProgressBar | None,
-) -> tuple[bulk.Summary, Counter[str], bool]:
-    stop = asyncio.Event()
+) -> bool:
+    """Run the pipeline into ``state.summary``; True if it was interrupted."""
+    stop, abandon = asyncio.Event(), asyncio.Event()
     rows = rows_of(reader, header, stop.is_set)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            abandon.set()
+        else:
+            state.summary.signalled = time.monotonic()
+            stop.set()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
     ticker = asyncio.create_task(bar.run()) if bar is not None else None
     try:
         async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
             state.stats = client.stats
-            summary = await bulk.run_bulk(rows, client, sink, options, stop, state.seen)
-            return summary, client.stats, stop.is_set()
+            await bulk.run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
+            return stop.is_set()
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -147,21 +212,36 @@ def _report(
     write_error = summary.output_error or close_error
     if write_error is not None:
         step = "write" if summary.output_error is not None else "flush/close"
-        fail(output.name, f"cannot write ({step}): {write_error.strerror or write_error}; the output is incomplete")
+        fail(
+            output.name,
+            f"cannot write ({step}): {_why(write_error)}; the output is incomplete: "
+            f"{output.records_written():,} of {summary.rows:,} rows reached it",
+        )
+        summary.written = output.records_written()
+        if output.temp is not None:
+            fail(output.name, f"left unchanged; the partial output is kept in {output.temp}")
         if output.name == "stdout":
             # Python flushes stdout again at exit; point it at /dev/null so that does not fail too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno() if sys.stdout is not None else 1)
     if reader.read_error is not None:
         e = reader.read_error
         fail(args.orders, f"read error after line {reader.lines_read}: {e.strerror or e}; the rest was not read")
+    if summary.input_error is not None:
+        fail(args.orders, f"cannot read past line {reader.lines_read}: {_why(summary.input_error)}")
     for line in summary.lines(stats):
         print(f"udp_client: bulk: {line}", file=sys.stderr)
     if write_error is not None:
         return EXIT_OUTPUT
-    if reader.read_error is not None:
+    if reader.read_error is not None or summary.input_error is not None:
         return EXIT_USAGE
     if interrupted:
         return EXIT_INTERRUPTED
     if summary.failed == 0:
         return EXIT_OK
     return EXIT_NO_ANSWER if stats["sent"] > 0 and stats["accepted"] == 0 else EXIT_STATUS
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{type(e).__name__}: {e}"

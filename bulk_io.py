@@ -4,10 +4,13 @@ Every problem with one record (bytes that are not valid in the input encoding, b
 a record too long, a bad quantity) becomes a BAD_ROW for that record, with its line number and
 every input cell kept; only an unusable header stops the run (exit 2).
 
-- Bytes are split into physical lines first and each line is decoded on its own, so one bad
-  byte costs one record, wherever it is in the file. Only ASCII-compatible encodings are
-  accepted (UTF-8, Latin-1, cp1252, ...): the structure bytes `\\n` `,` `;` tab `"` must mean
-  the same in every line. A UTF-8 byte order mark at the start of the file is skipped.
+- Bytes are split into physical lines first (a line ends in LF, CRLF or a lone CR) and each
+  line is decoded on its own, so one bad byte costs one record, wherever it is in the file.
+  Only encodings in which ASCII text decodes to itself are accepted (UTF-8, Latin-1, cp1252,
+  ...): the structure bytes must mean the same in every line, and escape-style codecs (UTF-7,
+  unicode_escape, ...) that can turn ASCII into other text, lone surrogates included, are
+  refused. A decoded line that still holds a lone surrogate is a BAD_ROW (its cells escaped).
+  A UTF-8 byte order mark at the start of the file is skipped.
 - Records follow RFC 4180: a quoted field may contain the delimiter, `""` and line breaks. A
   record may span at most MAX_RECORD_LINES physical lines and MAX_RECORD_BYTES bytes, and is
   taken only if it then parses cleanly with the header's column count; otherwise its first line
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from bulk_feed import ChunkLines
 from udp_price.errors import BadQuantity
 from udp_price.wire import normalize_item
 from udp_price.wire.items import parse_quantity
@@ -34,10 +39,15 @@ MAX_RECORD_LINES = 100
 """Physical lines one record (a quoted field with line breaks) may span."""
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 """Bytes one record may take, line breaks included; also the longest physical line that is kept."""
+ROW_OVERHEAD = 320
+"""Bytes a held Row costs beyond its input bytes (its objects and cell strings), for the read-ahead bound."""
 DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\t": "\t"}
 """--delimiter values; 'auto' picks whichever of these makes the header name item and quantity."""
 UTF8_BOM = codecs.BOM_UTF8
-_STRUCTURE = '\n\r,;\t" '
+_ASCII_PROBES = (bytes(range(128)), b"+2ADYAA-", b"\\ud800\\x41", b"xn--ls8h", b"~{", b"\x1b$B", b"=?")
+"""ASCII text that must decode to itself: all of ASCII, then UTF-7, escape, punycode, HZ and
+ISO-2022 shift sequences (each codec that rewrites ASCII fails one of them)."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 csv.field_size_limit(MAX_RECORD_BYTES)  # the csv module's default (128 KB) would reject long notes
 
@@ -52,14 +62,23 @@ def check_encoding(name: str) -> str:
         info = codecs.lookup(name)
     except LookupError:
         raise BulkInputError(f"--encoding {name!r}: no such encoding") from None
+    codec = "utf-8" if info.name == "utf-8-sig" else info.name  # -sig only adds a BOM at the start
+    if not _ascii_is_itself(codec):
+        raise BulkInputError(
+            f"--encoding {name!r}: only encodings in which ASCII text reads as itself are supported "
+            "(e.g. utf-8, latin-1, cp1252; not UTF-16/32, UTF-7 or escape codecs)"
+        )
+    return codec
+
+
+def _ascii_is_itself(codec: str) -> bool:
+    """Does every probe decode to itself, and ASCII encode to itself? (a text codec that round-trips ASCII)"""
+    if not getattr(codecs.lookup(codec), "_is_text_encoding", True):
+        return False
     try:
-        codec = "utf-8" if info.name == "utf-8-sig" else info.name  # -sig only adds a BOM at the start
-        same = _STRUCTURE.encode(codec) == _STRUCTURE.encode("ascii")
-    except (UnicodeError, LookupError):
-        same = False
-    if not same:
-        raise BulkInputError(f"--encoding {name!r}: only ASCII-compatible encodings are supported (not UTF-16/32)")
-    return "utf-8" if info.name == "utf-8-sig" else info.name
+        return all(p.decode(codec) == p.decode("ascii") and p.decode("ascii").encode(codec) == p for p in _ASCII_PROBES)
+    except (UnicodeError, LookupError, ValueError, TypeError):
+        return False
 
 
 @dataclass(slots=True)
@@ -74,6 +93,10 @@ class Row:
     error: str = ""
     end: int = 0
     """Input bytes consumed up to the end of this record (for progress)."""
+    size: int = 0
+    """What this record costs while held: its input bytes plus ROW_OVERHEAD (the read-ahead is bounded in bytes too)."""
+    next_line: int = 0
+    """The physical line after this record (where an interrupted copy would resume)."""
 
 
 @dataclass
@@ -102,8 +125,12 @@ class RecordReader:
     records read before it are still delivered.
     """
 
-    def __init__(self, stream: IO[bytes], encoding: str = "utf-8") -> None:
-        self.stream, self.encoding = stream, check_encoding(encoding)
+    def __init__(self, stream: IO[bytes] | ChunkLines, encoding: str = "utf-8") -> None:
+        if isinstance(stream, ChunkLines):
+            self.lines = stream
+        else:  # read1: what is there now, never waiting for a full chunk from a pipe
+            self.lines = ChunkLines(getattr(stream, "read1", None) or stream.read)
+        self.encoding = check_encoding(encoding)
         self.bytes_read = 0
         self.read_error: OSError | None = None
         self.delimiter = ","
@@ -124,8 +151,8 @@ class RecordReader:
         if self._eof:
             return None
         try:
-            data = self.stream.readline(MAX_RECORD_BYTES + 1)
-            if len(data) > MAX_RECORD_BYTES and not data.endswith(b"\n"):
+            data = self.lines.readline(MAX_RECORD_BYTES + 1)
+            if len(data) > MAX_RECORD_BYTES and not data.endswith((b"\n", b"\r")):
                 return self._skip_long_line(len(data))
         except OSError as e:
             self.read_error, self._eof = e, True
@@ -141,7 +168,15 @@ class RecordReader:
 
     def _decode(self, data: bytes) -> _Line:
         try:
-            return _Line(self._line_no, data.decode(self.encoding), len(data), self.bytes_read)
+            text = data.decode(self.encoding)
+            if (s := _SURROGATE.search(text)) is not None:
+                why = (
+                    f"line {self._line_no}: decodes to a lone surrogate (U+{ord(s.group()):04X}), which no output can "
+                    "hold; its cells are kept with \\u escapes"
+                )
+                text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+                return _Line(self._line_no, text, len(data), self.bytes_read, why)
+            return _Line(self._line_no, text, len(data), self.bytes_read)
         except UnicodeDecodeError as e:
             why = (
                 f"line {self._line_no}: not valid {self.encoding} (byte 0x{data[e.start]:02x} at offset {e.start}); "
@@ -153,8 +188,8 @@ class RecordReader:
         """Discard the rest of a line over the bound without holding it (raises OSError like read)."""
         self._line_no += 1
         chunk = b""
-        while not chunk.endswith(b"\n"):
-            chunk = self.stream.readline(1 << 20)
+        while not chunk.endswith((b"\n", b"\r")):
+            chunk = self.lines.readline(1 << 20)
             if not chunk:
                 break
             size += len(chunk)
@@ -182,6 +217,11 @@ class RecordReader:
             for _ in range(taken):
                 self._ahead.popleft()
             yield line, cells, error
+
+    @property
+    def next_line(self) -> int:
+        """The first physical line not yet taken by a record (read ahead or not)."""
+        return self._ahead[0].number if self._ahead else self._line_no + 1
 
     def _find_record(self, first: _Line) -> tuple[_Line, list[str], str, int]:
         """(line, cells, error, physical lines it takes) of the record starting at ``first``; reads ahead only."""
@@ -219,7 +259,7 @@ class RecordReader:
 
     def _parse(self, text: str, first: _Line) -> tuple[list[str], str]:
         body = text[:-1] if text.endswith("\n") else text
-        body = body[:-1] if body.endswith("\r") else body
+        body = body[:-1] if body.endswith("\r") else body  # CRLF, or a lone CR
         try:
             return next(csv.reader([body], delimiter=self.delimiter, strict=True), [""]), ""
         except csv.Error as e:
@@ -321,10 +361,12 @@ def parse_row(header: Header, seq: int, line_no: int, cells: list[str], error: s
 def rows_of(reader: RecordReader, header: Header, skip_checks: Callable[[], bool] | None = None) -> Iterator[Row]:
     """Rows in file order, lazily. While ``skip_checks()`` is true (after an interrupt, when the rest
     is only copied out as NOT_ATTEMPTED) rows carry their cells and line but are not validated."""
+    before = reader.bytes_read - sum(x.size for x in reader._ahead)
     for seq, (line, cells, error) in enumerate(reader.records()):
         if skip_checks is not None and skip_checks():
             row = Row(seq, line.number, cells, error=error)
         else:
             row = parse_row(header, seq, line.number, cells, error)
-        row.end = line.end
+        row.end, row.size, row.next_line = line.end, ROW_OVERHEAD + max(0, line.end - before), reader.next_line
+        before = line.end
         yield row

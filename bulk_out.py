@@ -1,8 +1,13 @@
 """Writing the bulk command's results: the output target, column names, CSV and JSONL records.
 
-- The output is opened without truncating it first, and refused if it is the input itself
-  (same device and inode, however it is named: a path, a hard link, a symlink, or stdout
-  redirected onto the input file), so a run can never eat the file it is reading.
+- The output is refused if it is the input itself (same device and inode, however it is named:
+  a path, a hard link, a symlink, or stdout redirected onto the input file). On top of that, a
+  regular-file output (``-o PATH``) is written to a temporary file in the same directory and
+  renamed onto PATH only at the end, so the input is never truncated while it is read, even
+  when the two names reach one file through different devices (overlayfs, where device and
+  inode differ). If the output fails, PATH is left as it was and the partial output is kept
+  under the temporary name (announced by the caller). If the directory is not writable, PATH
+  is written in place (and only the same-file check protects the input).
 - Result columns never collide with input columns: a result column whose name the input header
   already has (exact match) is called ``quote_<name>``, or ``quote_quote_<name>`` if that is
   taken too, and so on. In JSONL, a repeated input column name gets ``_2``, ``_3``, ... so no
@@ -19,8 +24,10 @@ import io
 import json
 import os
 import stat
+import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from bulk_io import BulkInputError, Header
 
@@ -42,23 +49,40 @@ def result_names(names: Sequence[str], taken: Sequence[str]) -> list[str]:
 
 def unique_keys(columns: Sequence[str]) -> list[str]:
     """Input column names with repeats renamed ``name_2``, ``name_3``, ... (for JSON objects)."""
+    taken, used = set(columns), set[str]()
+    last: dict[str, int] = {}  # per name, the last suffix tried: each candidate is tried once (linear)
     keys: list[str] = []
     for name in columns:
-        key, n = name, 1
-        while key in keys or (n > 1 and key in columns):
-            n += 1
-            key = f"{name}_{n}"
+        key = name
+        if key in used:
+            n = last.get(name, 1)
+            while True:
+                n += 1
+                key = f"{name}_{n}"
+                if key not in used and key not in taken:
+                    break
+            last[name] = n
+        used.add(key)
         keys.append(key)
     return keys
+
+
+class _Calls:
+    """A file-like ``write`` that hands each string to a function (csv.writer writes a row at once)."""
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.write = write
 
 
 class CsvRecords:
     """CSV out: the input header as it is, then the result columns (renamed by the collision rule)."""
 
-    def __init__(self, out: IO[str], header: Header, results: Sequence[str]) -> None:
+    def __init__(self, write: Callable[[str], object], header: Header, results: Sequence[str]) -> None:
         import csv
 
-        self.writer = csv.writer(out, lineterminator="\n")
+        # "\r\n" makes the writer quote every cell holding a CR (with "\n" a lone CR went out bare and
+        # split the record for any reader); each record's CRLF is then written as LF.
+        self.writer = csv.writer(_Calls(lambda text: write(text[:-2] + "\n")), lineterminator="\r\n")
         self.width = len(header.columns)
         self.names = result_names(results, header.columns)
         self.writer.writerow([*header.columns, *self.names])
@@ -72,8 +96,8 @@ class CsvRecords:
 class JsonlRecords:
     """JSONL out: input cells under unique keys, then ``line`` and the results (renamed by the collision rule)."""
 
-    def __init__(self, out: IO[str], header: Header, results: Sequence[str]) -> None:
-        self.out = out
+    def __init__(self, write: Callable[[str], object], header: Header, results: Sequence[str]) -> None:
+        self.out = _Calls(write)
         self.keys = unique_keys(header.columns)
         self.line_key, self.extra_key, *names = result_names(["line", "extra_cells", *results], self.keys)
         self.names = names
@@ -90,10 +114,12 @@ class JsonlRecords:
 
 
 class _Raw(io.RawIOBase):
-    """Unbuffered writes to a file descriptor, calling ``before_write`` first (clears a progress bar)."""
+    """Unbuffered writes to a file descriptor, calling ``before_write`` first (clears a progress bar);
+    counts the bytes that actually reached the descriptor."""
 
     def __init__(self, fd: int, closefd: bool, before_write: Callable[[], None] | None) -> None:
         self.fd, self.closefd, self.before_write = fd, closefd, before_write
+        self.written = 0
 
     def writable(self) -> bool:
         return True
@@ -101,7 +127,9 @@ class _Raw(io.RawIOBase):
     def write(self, data: Any) -> int:
         if self.before_write is not None:
             self.before_write()
-        return os.write(self.fd, data)
+        n = os.write(self.fd, data)
+        self.written += n
+        return n
 
     def close(self) -> None:
         if not self.closed and self.closefd:
@@ -110,25 +138,71 @@ class _Raw(io.RawIOBase):
 
 
 class Output:
-    """Where results go: UTF-8 text over a file descriptor, errors kept instead of raised at close."""
+    """Where results go: UTF-8 records over a file descriptor, errors kept instead of raised at close.
 
-    def __init__(self, fd: int, name: str, closefd: bool, before_write: Callable[[], None] | None = None) -> None:
-        self.name = name
-        buffered = io.BufferedWriter(_Raw(fd, closefd, before_write), buffer_size=1 << 16)
-        # A terminal sees each row as it is written; files and pipes get 64 KB writes.
-        self.text = io.TextIOWrapper(buffered, encoding="utf-8", newline="", line_buffering=os.isatty(fd))
+    ``write(text)`` takes one record; ``records_written()`` counts the records whose last byte
+    reached the file (not just the buffer), which is what the summary reports after a failure.
+    """
 
-    def close(self) -> OSError | None:
-        """Flush and close; the first error at flush or close, else None."""
+    def __init__(
+        self,
+        fd: int,
+        name: str,
+        closefd: bool,
+        before_write: Callable[[], None] | None = None,
+        temp: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        self.name, self.temp, self.target = name, temp, target or name
+        """``temp``: the temporary file renamed onto ``target`` (``name`` through symlinks) by ``close``."""
+        self.raw = _Raw(fd, closefd, before_write)
+        self.buffer = io.BufferedWriter(self.raw, buffer_size=1 << 16)
+        self.tty = os.isatty(fd)  # a terminal sees each row as it is written; files and pipes get 64 KB writes
+        self.offset = 0
+        self._ends: deque[int] = deque()
+        self._confirmed = 0
+
+    def write(self, text: str, record: bool = True) -> None:
+        data = text.encode("utf-8")  # raises before anything is written if a cell cannot be encoded
+        self.buffer.write(data)
+        self.offset += len(data)
+        if record:
+            self._ends.append(self.offset)
+            if len(self._ends) > 4096:
+                self.records_written()
+        if self.tty:
+            self.buffer.flush()
+
+    def uncount_last(self) -> None:
+        """The last write was not a record (the CSV header)."""
+        if self._ends:
+            self._ends.pop()
+
+    def records_written(self) -> int:
+        while self._ends and self._ends[0] <= self.raw.written:
+            self._ends.popleft()
+            self._confirmed += 1
+        return self._confirmed
+
+    def close(self, commit: bool = True) -> OSError | None:
+        """Flush and close (and rename the temporary file into place if ``commit``); the first error."""
         error: OSError | None = None
         try:
-            self.text.flush()
+            self.buffer.flush()
+            if self.temp is not None and commit:
+                os.fsync(self.raw.fd)  # the renamed file must hold the data, not just its name
         except OSError as e:
             error = e
         try:
-            self.text.close()
+            self.buffer.close()
         except OSError as e:
             error = error or e
+        if self.temp is not None and commit and error is None:
+            try:
+                os.replace(self.temp, self.target)
+                self.temp = None
+            except OSError as e:
+                error = e
         return error
 
 
@@ -138,22 +212,54 @@ def same_file(a: os.stat_result | None, b: os.stat_result) -> bool:
 
 
 def open_output(path: str, input_stat: os.stat_result | None, before_write: Callable[[], None] | None = None) -> Output:
-    """``path`` ('-' is stdout) opened for writing, truncated only once it is known not to be the input.
+    """``path`` ('-' is stdout) ready for writing; the input is never truncated by it.
 
     Raises BulkInputError when it is the input, OSError when it cannot be opened.
     """
     if path == "-":
-        fd, name, closefd = 1, "stdout", False
-    else:
-        fd, name, closefd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666), path, True
+        if same_file(input_stat, os.fstat(1)):
+            raise BulkInputError("stdout is the input file (same device and inode): refusing to overwrite it")
+        return Output(1, "stdout", False, before_write)
+    st: os.stat_result | None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and same_file(input_stat, st):
+        raise BulkInputError(f"{path} is the input file (same device and inode): refusing to overwrite it")
+    if st is None or stat.S_ISREG(st.st_mode):
+        temp = _temporary_beside(path, st)
+        if temp is not None:
+            return Output(temp[0], path, True, before_write, temp=temp[1], target=os.path.realpath(path))
+    return _open_in_place(path, input_stat, before_write)
+
+
+def _temporary_beside(path: str, st: os.stat_result | None) -> tuple[int, str] | None:
+    """(fd, name) of a new file next to ``path`` (same file system, so the rename is atomic), with
+    the mode the output would have had; None when the directory is not writable."""
+    target = os.path.realpath(path)  # through a symlink: replace the file it names, keep the link
+    folder, base = os.path.split(target)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=folder or ".")
+    except PermissionError:
+        return None
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~mask)
+    return fd, name
+
+
+def _open_in_place(path: str, input_stat: os.stat_result | None, before_write: Callable[[], None] | None) -> Output:
+    """Not a regular file (a device, a FIFO), or no temporary file possible: write to it directly,
+    truncating only once it is known not to be the input."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         st = os.fstat(fd)
         if same_file(input_stat, st):
-            raise BulkInputError(f"{name} is the input file (same device and inode): refusing to overwrite it")
-        if closefd and stat.S_ISREG(st.st_mode):
+            raise BulkInputError(f"{path} is the input file (same device and inode): refusing to overwrite it")
+        if stat.S_ISREG(st.st_mode):
             os.ftruncate(fd, 0)
     except BaseException:
-        if closefd:
-            os.close(fd)
+        os.close(fd)
         raise
-    return Output(fd, name, closefd, before_write)
+    return Output(fd, path, True, before_write)

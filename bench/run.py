@@ -319,7 +319,7 @@ def table(r: dict[str, Any]) -> str:
         lines.append(f"| {name} round trip p50 / p99 / p99.9 | {pct['p50']} / {pct['p99']} / {pct['p99.9']} ms | |")
     lines.append("")
     for name, t in r["targets"].items():
-        lines.append(f"- {name}: {t['value']} (needs {t['needed']}) {'met' if t['met'] else 'MISSED'}")
+        lines.append(f"- {name}: {t['value']} (goal {t['needed']}) {'reached' if t['met'] else 'not reached'}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,6 @@ from bulk import BulkInputError, BulkOptions, CsvSink, Row, RowResult, Summary, 
 from udp_price.client.api import BatchResult, QuoteClient
 from udp_price.client.recovery import RetryBudget
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import ClientSession
 from udp_price.faults.plan import FaultPlan
 from udp_price.faults.relay import FaultProxy
 from udp_price.wire import LineResult, Status
@@ -189,8 +188,10 @@ class StuckHeadClient:
 
     def __init__(self) -> None:
         self.stats: Counter[str] = Counter()
-        self.session = ClientSession()
         self.calls = 0
+
+    def keep_unreachable_verdict(self) -> None:
+        pass  # this stand-in never judges its server unreachable
 
     async def quote_batch(self, lines: list[tuple[str, int]]) -> BatchResult:
         self.calls += 1
@@ -312,8 +313,13 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
     out = list(csv.DictReader(dst.open(encoding="utf-8")))
     assert len(out) == 100_000
     statuses = [row["status"] for row in out]
+    # OK, then the rows in flight at the signal (sent, not answered: INTERRUPTED, at most --window
+    # of them, each sent at least once), then NOT_ATTEMPTED (never sent)
     first_skipped = statuses.index("NOT_ATTEMPTED")
-    assert first_skipped > 0 and set(statuses[:first_skipped]) == {"OK"}
+    first_cut = next(i for i, s in enumerate(statuses) if s != "OK")
+    assert first_cut > 0 and set(statuses[:first_cut]) == {"OK"}
+    assert set(statuses[first_cut:first_skipped]) <= {"INTERRUPTED"} and first_skipped - first_cut <= 2
+    assert all(int(row["attempts"]) >= 1 for row in out[first_cut:first_skipped])
     assert set(statuses[first_skipped:]) == {"NOT_ATTEMPTED"}
     assert "udp_client: bulk: rows=100000" in err and "NOT_ATTEMPTED=" in err
 

@@ -171,13 +171,20 @@ class QuoteClient:
         """True once the session has judged the server gone: new requests fail at once."""
         return self.session.unreachable is not None
 
+    def keep_unreachable_verdict(self) -> None:
+        """Once the server is judged unreachable, fail every later request at once instead of
+        trying again (bulk: the rest of the file fails unsent rather than waiting out a deadline)."""
+        self.session.keep_verdict = True
+
     async def __aenter__(self) -> QuoteClient:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), remote_addr=self.server, local_addr=self.local_addr
         )
         self._transport, self._loop = transport, loop
+        keep_verdict = self.session.keep_verdict
         self.session = ClientSession(self.policy, loop.time(), self.session.budget)
+        self.session.keep_verdict = keep_verdict
         return self
 
     async def __aexit__(self, *exc: object) -> None:
