@@ -28,7 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bulk import BulkOptions, Row, RowResult, read_rows, run_bulk
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import RowResult
 from udp_price.client.api import QuoteClient
 from udp_price.client.recovery import RetryBudget
 from udp_price.client.retry import RetryPolicy

@@ -19,10 +19,13 @@ from typing import cast
 import pytest
 from helpers import ROOT, RunningServer, expected_prices, run_cli
 
-from bulk import BulkInputError, BulkOptions, CsvSink, Row, RowResult, Summary, read_rows, run_bulk
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import CsvSink, RowResult, Summary
 from udp_price.client.api import BatchResult, QuoteClient
 from udp_price.client.recovery import RetryBudget
 from udp_price.client.retry import RetryPolicy
+from udp_price.errors import BulkInputError
 from udp_price.faults.plan import FaultPlan
 from udp_price.faults.relay import FaultProxy
 from udp_price.wire import LineResult, Status
@@ -325,7 +328,7 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
 
 
 def test_latency_histogram_percentiles_within_one_percent() -> None:
-    from bulk import LatencyHistogram
+    from udp_price.bulk.results import LatencyHistogram
 
     h = LatencyHistogram()
     samples = [i / 10_000 for i in range(1, 10_001)]  # 0.1 ms .. 1 s, uniform

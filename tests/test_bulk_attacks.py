@@ -25,8 +25,10 @@ from typing import cast
 import pytest
 from helpers import ROOT, RunningServer, expected_prices
 
-from bulk import BulkOptions, CsvSink, Row, RowResult, read_rows, run_bulk
-from bulk_out import unique_keys
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import CsvSink, RowResult
+from udp_price.bulk.writer import unique_keys
 from udp_price.client.api import BatchResult, QuoteClient
 from udp_price.wire import LineResult, Status
 

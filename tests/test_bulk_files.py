@@ -239,7 +239,7 @@ def server_arg(server: RunningServer) -> list[str]:
 
 
 def test_read_error_mid_file_keeps_the_rows_before_it() -> None:
-    from bulk_io import RecordReader, read_header, rows_of
+    from udp_price.bulk.reader import RecordReader, read_header, rows_of
 
     class Failing(io.BytesIO):
         """Delivers one line per read (like a terminal), then fails as a dying disk would."""

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, RunningServer, spawn
 
-from bulk import RowResult, Summary
-from progress import Snapshot, duration, render, scaled
+from udp_price.bulk.progress import Snapshot, duration, render, scaled
+from udp_price.bulk.results import RowResult, Summary
 from udp_price.client.api import QuoteClient
 from udp_price.web import quote_for_page
 

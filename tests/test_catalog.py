@@ -58,7 +58,7 @@ def test_format_money() -> None:
 def test_every_problem_is_reported_with_its_line() -> None:
     text = "item,price\napple,0.50\n,1.00\napple,0.60\npear,-1\nplum,1.234\n" + "x" * 33 + ",1\nfig,abc\nkiwi\n"
     assert problems_of(text) == [
-        "line 3: item name is empty",
+        "line 3: missing item",
         "line 4: duplicate item 'apple' (first on line 2)",
         "line 5: item 'pear': price '-1' is negative",
         "line 6: item 'plum': price '1.234' has more than 2 decimals",

@@ -207,7 +207,8 @@ def test_a_lying_server_never_yields_an_ok_row() -> None:
     import dataclasses
     import io
 
-    from bulk import BulkOptions, CsvSink, read_rows, run_bulk
+    from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+    from udp_price.bulk.results import CsvSink
     from udp_price.client.recovery import RetryBudget
     from udp_price.wire import LineResult, decode_batch_reply, encode_batch_reply
 

@@ -88,8 +88,8 @@ def test_decomposed_unicode_is_normalised_to_nfc() -> None:
     [
         ("x" * (ITEM_SIZE + 1), 1, "item is 33 bytes in UTF-8; the wire field holds 32"),
         ("é" * 17, 1, "34 bytes"),
-        ("", 1, "empty"),
-        ("a\0b", 1, "NUL"),
+        ("", 1, "missing item"),
+        ("a\0b", 1, "item contains NUL"),
         ("apple", 2**32, "quantity"),
         ("apple", -1, "quantity"),
     ],

@@ -53,7 +53,7 @@ class CatalogError(QuoteError):
 
 
 class BulkInputError(QuoteError):
-    """The bulk input cannot be read as rows (bad encoding, bad header, unreadable file)."""
+    """The orders file itself is unusable (no header, no item/quantity column, unknown encoding)."""
 
 
 class UsageError(QuoteError):

@@ -9,6 +9,7 @@ import sys
 
 from udp_price import web
 from udp_price.catalog import format_money
+from udp_price.cli import bulk as bulk_command
 from udp_price.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_NO_ANSWER,
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.command == "quote":
             return run_quote(args)
         if args.command == "bulk":
-            return run_bulk_command(args)
+            return bulk_command.run(args)
         if args.command == "items":
             return run_items(args)
         if args.command == "web":
@@ -265,9 +266,3 @@ def run_items(args: argparse.Namespace) -> int:
         print(f"{item:<{width}}  {format_money(price):>10}")
     print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
     return EXIT_OK
-
-
-def run_bulk_command(args: argparse.Namespace) -> int:
-    import bulk_cli  # bulk builds on QuoteClient, so it imports this module: import it only when needed
-
-    return bulk_cli.run(args)

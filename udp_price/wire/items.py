@@ -61,13 +61,13 @@ def normalize_item(name: str) -> str:
 def item_problem(item: str) -> str | None:
     """Why the (normalized) name ``item`` cannot go on the wire, or None when it can: the one
     item rule, worded the same for the client, bulk rows, the catalog and the encoder."""
-    if not item:
-        return "item name is empty"
-    if "\0" in item:
-        return "item name contains NUL"
     size = len(item.encode("utf-8"))
     if size > ITEM_SIZE:
         return f"item is {size:,} bytes in UTF-8; the wire field holds {ITEM_SIZE}"
+    if not item:
+        return "missing item"
+    if "\0" in item:
+        return "item contains NUL"
     return None
 
 
