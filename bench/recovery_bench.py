@@ -28,14 +28,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import RowResult
+from udp_price.client.api import QuoteClient
+from udp_price.client.recovery import RetryBudget
+from udp_price.client.retry import RetryPolicy
+from udp_price.faults.plan import FaultPlan, Faults
+from udp_price.faults.relay import FaultProxy
 
-from bulk import BulkOptions, Row, RowResult, read_rows, run_bulk  # noqa: E402
-from fault_proxy import FaultPlan, FaultProxy, Faults  # noqa: E402
-from recovery import RetryBudget  # noqa: E402
-from retry import RetryPolicy  # noqa: E402
-from udp_client import QuoteClient  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 RUN_LIMIT_S = 180.0

@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from udp_price.catalog import MAX_ITEMS
+from udp_price.wire import QuoteRequest, decode_reply, encode_request
 
-from catalog import MAX_ITEMS  # noqa: E402
-from wire_format import QuoteRequest, decode_reply, encode_request  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MAX_PROBES = 2_000_000
 MAX_SECONDS = 120.0

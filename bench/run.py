@@ -35,14 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from baselines import tcp_pickle_quote
+
+from udp_price.client.api import QuoteClient
+from udp_price.wire import QuoteRequest, encode_request
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from baselines import tcp_pickle_quote  # noqa: E402
-
-from udp_client import QuoteClient  # noqa: E402
-from wire_format import QuoteRequest, encode_request  # noqa: E402
 
 PY = sys.executable
 ITEMS = ["apple", "banana", "orange", "pear"]

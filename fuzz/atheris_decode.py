@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import sys
 import zlib
-from pathlib import Path
 
 import atheris
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 with atheris.instrument_imports():
-    import wire_format as wf
+    from udp_price import wire as wf
 
 
 def test_one_input(raw: bytes) -> None:

@@ -23,14 +23,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "fuzz"))
+from spoof import forge_crc, raw_socket, reseal, send_spoofed
 
-from spoof import forge_crc, raw_socket, reseal, send_spoofed  # noqa: E402
-
-from wire_format import (  # noqa: E402
-    VERSION,
+from udp_price.address import Address
+from udp_price.wire import (
     BatchRequest,
     ListRequest,
     QuoteReply,
@@ -41,8 +37,10 @@ from wire_format import (  # noqa: E402
     encode_reply,
     encode_request,
 )
+from wire_format import VERSION
 
-Address = tuple[str, int]
+ROOT = Path(__file__).resolve().parent.parent
+
 WINDOW_S = 3.0
 """How long traffic is counted after an attack: a loop would keep it growing all along."""
 REFLECTOR_PORTS = (0, 7, 13, 17, 19, 37, 53, 123, 161, 1900, 11211)

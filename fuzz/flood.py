@@ -12,11 +12,8 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from wire_format import MessageKind, QuoteRequest, Status, encode_request
+from udp_price.wire import MessageKind, QuoteRequest, Status, encode_request
 
 
 def main() -> int:

@@ -30,11 +30,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from udp_price.client.api import QuoteClient
+from udp_price.wire import BatchRequest, QuoteRequest, encode_batch_request, encode_request
 
-from udp_client import QuoteClient  # noqa: E402
-from wire_format import BatchRequest, QuoteRequest, encode_batch_request, encode_request  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BURST = 64
 

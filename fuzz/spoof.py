@@ -9,7 +9,7 @@ import socket
 import struct
 import zlib
 
-Address = tuple[str, int]
+from udp_price.address import Address
 
 
 def raw_socket() -> socket.socket:

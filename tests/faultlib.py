@@ -10,12 +10,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import expected_prices
+from helpers import expected_prices
 
-from fault_proxy import FaultPlan, FaultProxy
-from retry import RetryPolicy
-from udp_client import NoAnswer, QuoteClient, QuoteResult
-from wire_format import Status
+from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
+from udp_price.client.retry import RetryPolicy
+from udp_price.faults.plan import FaultPlan
+from udp_price.faults.relay import FaultProxy
+from udp_price.wire import Status
 
 PRICES = expected_prices()
 

@@ -12,7 +12,7 @@ import zlib
 
 from faultlib import Report, judge_all, orders, quote_all
 
-from udp_client import QuoteClient
+from udp_price.client.api import QuoteClient
 
 
 async def main(host: str, port: int, n: int, name: str) -> Report:

@@ -4,6 +4,9 @@ Datagrams the session sends travel up to the real server core (``QuoteServer.han
 and its replies travel down; ``fate(direction, index, now)`` decides each one's delays: an empty
 list drops it, two entries duplicate it, a long delay reorders it. While the server is ``down``
 a datagram that reaches it comes back as an ICMP port-unreachable error, as the kernel does.
+
+For short scripted exchanges, ``roundtrip`` and ``drop`` (after aioquic's test helpers of the same
+names) move or lose whatever the session has queued, at one instant, with no network model at all.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from client_session import Answered, ClientSession, Event, Failed
-from udp_server import QuoteServer
-from wire_format import Request
+from udp_price.catalog import Catalog
+from udp_price.client.retry import RetryPolicy
+from udp_price.client.session import Answered, ClientSession, Event, Failed
+from udp_price.server.core import QuoteServer
+from udp_price.wire import Request
 
 Fate = Callable[[str, int, float], list[float]]
 ADDR = ("127.0.0.1", 40000)
@@ -95,3 +100,27 @@ class Sim:
 
     def failed(self) -> list[Failed]:
         return [e for e in self.events.values() if isinstance(e, Failed)]
+
+
+def pair(prices: dict[str, int], policy: RetryPolicy | None = None) -> tuple[ClientSession, QuoteServer]:
+    """An in-memory client session and server core, connected by nothing but ``roundtrip``."""
+    return ClientSession(policy or RetryPolicy()), QuoteServer(Catalog.from_prices(prices))
+
+
+def roundtrip(session: ClientSession, server: QuoteServer, now: float) -> tuple[int, int, list[Event]]:
+    """Deliver every datagram the session has queued to the server and every reply straight back,
+    at ``now``. Returns (datagrams sent up, replies delivered down, the session's events)."""
+    up = down = 0
+    events: list[Event] = []
+    for data in session.datagrams_to_send():
+        up += 1
+        reply = server.handle_datagram(data, ADDR, now)
+        if reply is not None:
+            down += 1
+            events += session.datagram_received(reply, now)
+    return up, down, events
+
+
+def drop(session: ClientSession) -> int:
+    """Lose every datagram the session has queued (they never reach the server); how many."""
+    return len(session.datagrams_to_send())

@@ -6,16 +6,11 @@ The spoofing attacks need a raw socket: they skip without root and fail under CI
 from __future__ import annotations
 
 import os
-import sys
-
-import pytest
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "fuzz"))
 
 import attacks
+import pytest
 
-from wire_format import batch_reply_size
+from udp_price.wire import batch_reply_size
 
 
 def need_root() -> None:

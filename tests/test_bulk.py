@@ -6,7 +6,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,14 +17,18 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from conftest import ROOT, RunningServer, expected_prices
+from helpers import ROOT, RunningServer, expected_prices, run_cli
 
-from bulk import BulkInputError, BulkOptions, CsvSink, Row, RowResult, Summary, read_rows, run_bulk
-from fault_proxy import FaultPlan, FaultProxy
-from recovery import RetryBudget
-from retry import RetryPolicy
-from udp_client import BatchResult, QuoteClient
-from wire_format import LineResult, Status
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import CsvSink, RowResult, Summary
+from udp_price.client.api import BatchResult, QuoteClient
+from udp_price.client.recovery import RetryBudget
+from udp_price.client.retry import RetryPolicy
+from udp_price.errors import BulkInputError
+from udp_price.faults.plan import FaultPlan
+from udp_price.faults.relay import FaultProxy
+from udp_price.wire import LineResult, Status
 
 PRICES = expected_prices()
 PY = sys.executable
@@ -232,16 +235,8 @@ def test_memory_stays_bounded_while_the_head_is_stuck() -> None:
     assert 90 < worst <= 101, f"rows held at once: {worst}"
 
 
-def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "udp_client.py", *args],
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-    )
+def client(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return run_cli("udp_client.py", *args, stdin=stdin, timeout=timeout)
 
 
 def server_arg(server: RunningServer) -> list[str]:
@@ -250,7 +245,7 @@ def server_arg(server: RunningServer) -> list[str]:
 
 def test_cli_stdin_to_stdout_jsonl(server: RunningServer) -> None:
     orders, bad = make_orders(500, seed=11, bad_every=50)
-    r = run_cli(*server_arg(server), "bulk", "-", "--format", "jsonl", "--batch", "5", stdin=orders)
+    r = client(*server_arg(server), "bulk", "-", "--format", "jsonl", "--batch", "5", stdin=orders)
     assert r.returncode == 1, r.stderr  # bad rows make it exit 1
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(records) == 500
@@ -268,7 +263,7 @@ def test_cli_file_to_file_all_ok_exits_0(server: RunningServer, tmp_path: Path) 
     orders, _ = make_orders(300, seed=12)
     src, dst = tmp_path / "orders.csv", tmp_path / "quotes.csv"
     src.write_text(orders, encoding="utf-8")
-    r = run_cli(*server_arg(server), "bulk", str(src), "-o", str(dst), "--no-progress")
+    r = client(*server_arg(server), "bulk", str(src), "-o", str(dst), "--no-progress")
     assert (r.returncode, r.stdout) == (0, ""), r.stderr
     check_output(dst.read_text(encoding="utf-8"), orders, {})
 
@@ -280,7 +275,7 @@ def test_cli_unreachable_server_exits_3(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     orders, _ = make_orders(200, seed=13)
-    r = run_cli("--server", f"127.0.0.1:{port}", "bulk", "-", stdin=orders, timeout=30)
+    r = client("--server", f"127.0.0.1:{port}", "bulk", "-", stdin=orders, timeout=30)
     assert r.returncode == 3, r.stderr
     out = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(out) == 200 and {row["status"] for row in out} == {"UNREACHABLE"}
@@ -295,12 +290,12 @@ def test_cli_unreachable_server_exits_3(tmp_path: Path) -> None:
     ],
 )
 def test_cli_bulk_usage_errors(args: list[str], message: str) -> None:
-    r = run_cli(*args, stdin="item,quantity\napple,1\n")
+    r = client(*args, stdin="item,quantity\napple,1\n")
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_bad_header_exits_2() -> None:
-    r = run_cli("bulk", "-", stdin="name,qty\napple,1\n")
+    r = client("bulk", "-", stdin="name,qty\napple,1\n")
     assert r.returncode == 2 and "header must name 'item' and 'quantity'" in r.stderr
 
 
@@ -333,7 +328,7 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
 
 
 def test_latency_histogram_percentiles_within_one_percent() -> None:
-    from bulk import LatencyHistogram
+    from udp_price.bulk.results import LatencyHistogram
 
     h = LatencyHistogram()
     samples = [i / 10_000 for i in range(1, 10_001)]  # 0.1 ms .. 1 s, uniform

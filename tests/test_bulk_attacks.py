@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from conftest import ROOT, RunningServer, expected_prices
+from helpers import ROOT, RunningServer, expected_prices
 
-from bulk import BulkOptions, CsvSink, Row, RowResult, read_rows, run_bulk
-from bulk_out import unique_keys
-from udp_client import BatchResult, QuoteClient
-from wire_format import LineResult, Status
+from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+from udp_price.bulk.reader import Row
+from udp_price.bulk.results import CsvSink, RowResult
+from udp_price.bulk.writer import unique_keys
+from udp_price.client.api import BatchResult, QuoteClient
+from udp_price.wire import LineResult, Status
 
 PRICES = expected_prices()
 PY = sys.executable

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningServer, expected_prices
+from helpers import ROOT, RunningServer, expected_prices
 
 PRICES = expected_prices()
 PY = sys.executable
@@ -239,7 +239,7 @@ def server_arg(server: RunningServer) -> list[str]:
 
 
 def test_read_error_mid_file_keeps_the_rows_before_it() -> None:
-    from bulk_io import RecordReader, read_header, rows_of
+    from udp_price.bulk.reader import RecordReader, read_header, rows_of
 
     class Failing(io.BytesIO):
         """Delivers one line per read (like a terminal), then fails as a dying disk would."""
@@ -391,7 +391,7 @@ def test_sigterm_on_a_million_rows_behind_a_slow_path(server: RunningServer, tmp
     import signal
     import time
 
-    from conftest import spawn
+    from helpers import spawn
 
     n = 1_000_000
     src, dst = tmp_path / "million.csv", tmp_path / "out.csv"

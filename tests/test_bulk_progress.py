@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningServer, spawn
+from helpers import ROOT, RunningServer, spawn
 
-from bulk import RowResult, Summary
-from progress import Snapshot, duration, render, scaled
-from udp_client import QuoteClient
-from web import quote_for_page
+from udp_price.bulk.progress import Snapshot, duration, render, scaled
+from udp_price.bulk.results import RowResult, Summary
+from udp_price.client.api import QuoteClient
+from udp_price.web import quote_for_page
 
 PY = sys.executable
 
@@ -141,7 +141,7 @@ def test_quantity_rule_bulk_and_page(tmp_path: Path, text: str) -> None:
     assert r.returncode == 1 and b"Traceback" not in r.stderr
     out = list(csv.reader(io.StringIO(r.stdout.decode("utf-8"))))[1]
     assert out[:2] == ["apple", text] and out[4:6] == ["BAD_ROW", "0"] and out[6].startswith("line 2: quantity ")
-    from retry import RetryPolicy
+    from udp_price.client.retry import RetryPolicy
 
     result, error = quote_for_page(("127.0.0.1", 9), RetryPolicy(deadline_s=0.5), "apple", text)
     assert result is None and error is not None and error.startswith("Bad quantity"), error

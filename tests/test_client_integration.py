@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import RunningServer, expected_prices
+from helpers import RunningServer, expected_prices
 
-from catalog import Catalog
-from retry import RetryPolicy
-from udp_client import NoAnswer, QuoteClient, QuoteResult, quote_once
-from udp_server import QuoteServer
-from wire_format import QuoteReply, Status, decode_reply, decode_request, encode_reply
+from udp_price.catalog import Catalog
+from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult, quote_once
+from udp_price.client.retry import RetryPolicy
+from udp_price.server.core import QuoteServer
+from udp_price.wire import QuoteReply, Status, decode_reply, decode_request, encode_reply
 
 FAST = RetryPolicy(initial_timeout_s=0.05, max_attempts=4, deadline_s=2.0, min_timeout_s=0.02, max_timeout_s=0.2)
 CORE = QuoteServer(Catalog.from_prices(expected_prices()))
@@ -156,7 +156,7 @@ def test_duplicated_replies_are_used_once() -> None:
 
 
 def test_item_too_long_is_refused_before_sending(server: RunningServer) -> None:
-    with pytest.raises(ValueError, match="wire allows"):
+    with pytest.raises(ValueError, match="the wire field holds 32"):
         quote_once(server.address, "x" * 40, 1, FAST)
     assert server.core.stats["requests"] == 0
 
@@ -164,7 +164,8 @@ def test_item_too_long_is_refused_before_sending(server: RunningServer) -> None:
 def test_rack_retransmits_a_lost_request_once_later_ones_are_answered(server: RunningServer) -> None:
     """Request 0's first datagram is lost; answers to requests sent after it reveal the loss
     long before its 1-second timer would."""
-    from fault_proxy import FaultPlan, FaultProxy, Faults
+    from udp_price.faults.plan import FaultPlan, Faults
+    from udp_price.faults.relay import FaultProxy
 
     slow_timer = RetryPolicy(initial_timeout_s=1.0, min_timeout_s=1.0, max_timeout_s=2.0)
 
@@ -189,8 +190,8 @@ def test_rack_retransmits_a_lost_request_once_later_ones_are_answered(server: Ru
 
 def test_listing_against_a_server_without_list_messages_fails_fast() -> None:
     """A server that predates list messages answers MALFORMED with our id: say so, do not time out."""
-    from udp_client import list_once
-    from wire_format import QuoteError
+    from udp_price.client.api import list_once
+    from udp_price.wire import QuoteError
 
     def old_server(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
         rid = int.from_bytes(data[4:12], "big")
@@ -206,9 +207,10 @@ def test_a_lying_server_never_yields_an_ok_row() -> None:
     import dataclasses
     import io
 
-    from bulk import BulkOptions, CsvSink, read_rows, run_bulk
-    from recovery import RetryBudget
-    from wire_format import LineResult, decode_batch_reply, encode_batch_reply
+    from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
+    from udp_price.bulk.results import CsvSink
+    from udp_price.client.recovery import RetryBudget
+    from udp_price.wire import LineResult, decode_batch_reply, encode_batch_reply
 
     def liar(data: bytes, addr: tuple[str, int], sock: socket.socket, n: int) -> None:
         honest = decode_batch_reply(real_reply(data))

@@ -9,17 +9,16 @@ import random
 import zlib
 
 import pytest
-from conftest import expected_prices
-from sessionsim import Fate, Sim, steady
+from helpers import expected_prices
+from sessionsim import Fate, Sim, drop, pair, roundtrip, steady
 
-from catalog import Catalog
-from client_session import Answered, ClientSession, Failed
-from recovery import ReorderWindow, RetryBudget, RttEstimator
-from reply_checks import violation
-from retry import Outcome, RetryPolicy
-from udp_server import QuoteServer
-from wire_format import (
-    MAX_TOTAL,
+from udp_price.catalog import Catalog
+from udp_price.client.recovery import ReorderWindow, RetryBudget, RttEstimator
+from udp_price.client.reply_checks import violation
+from udp_price.client.retry import Outcome, RetryPolicy
+from udp_price.client.session import Answered, ClientSession, Failed
+from udp_price.server.core import QuoteServer
+from udp_price.wire import (
     BatchReply,
     BatchRequest,
     LineResult,
@@ -32,6 +31,7 @@ from wire_format import (
     encode_reply,
     lines_digest,
 )
+from wire_format import MAX_TOTAL
 
 PRICES = expected_prices()
 APPLE = PRICES["apple"]
@@ -386,3 +386,26 @@ def test_corruption_never_yields_a_wrong_or_failed_row() -> None:
     quotes(s, 200)
     s.run(60.0)
     all_exact(s, 200)
+
+
+def test_scripted_drops_with_the_in_memory_pair() -> None:
+    # aioquic-style: the first two transmissions are lost on the way up, the third gets through.
+    session, server = pair(PRICES)
+    assert session.send(QuoteRequest(7, "apple", 3), 0.0) == []
+    assert drop(session) == 1
+    now, lost = 0.0, 1
+    while lost < 3:
+        timer = session.timer()
+        assert timer is not None and timer > now, "a lost request must keep a retransmission timer"
+        now = timer
+        assert session.handle_timer(now) == []
+        if lost < 2:
+            assert drop(session) == 1
+        lost += 1
+    up, down, events = roundtrip(session, server, now)
+    assert (up, down) == (1, 1)
+    (answer,) = events
+    assert isinstance(answer, Answered) and answer.attempts == 3
+    assert isinstance(answer.reply, QuoteReply) and answer.reply.total == 3 * PRICES["apple"]
+    assert answer.reply.transmission == 3
+    assert session.pending == 0

@@ -11,17 +11,44 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wire_format as wf
-from wire_format import (
-    MAX_BATCH,
+from udp_price.wire import (
     BatchReply,
     BatchRequest,
     LineResult,
+    ListReply,
+    ListRequest,
     MalformedDatagram,
     QuoteReply,
     QuoteRequest,
     Status,
+    decode_any_reply,
+    decode_any_request,
+    decode_batch_reply,
+    decode_batch_request,
+    decode_list_reply,
+    decode_list_request,
+    decode_reply,
+    decode_request,
+    encode_batch_reply,
+    encode_batch_request,
+    encode_list_reply,
+    encode_list_request,
+    encode_reply,
+    encode_request,
 )
+from udp_price.wire.reference import (
+    reference_decode_batch_reply,
+    reference_decode_batch_request,
+    reference_decode_reply,
+    reference_decode_request,
+    reference_encode_batch_reply,
+    reference_encode_batch_request,
+    reference_encode_list_reply,
+    reference_encode_list_request,
+    reference_encode_reply,
+    reference_encode_request,
+)
+from wire_format import LIST_PAGE_SIZE, LIST_REQUEST_SIZE, MAX_BATCH
 
 ITEMS = ["apple", "café crème", "x" * 32, "é" * 16, "eggs (dozen)", "a"]
 u64, u32, u16 = st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1)
@@ -56,21 +83,21 @@ KINDS: list[
         Callable[[bytes], Any],
     ]
 ] = [
-    (requests, wf.encode_request, wf.reference_encode_request, wf.decode_request, wf.reference_decode_request),
-    (replies, wf.encode_reply, wf.reference_encode_reply, wf.decode_reply, wf.reference_decode_reply),
+    (requests, encode_request, reference_encode_request, decode_request, reference_decode_request),
+    (replies, encode_reply, reference_encode_reply, decode_reply, reference_decode_reply),
     (
         batch_requests,
-        wf.encode_batch_request,
-        wf.reference_encode_batch_request,
-        wf.decode_batch_request,
-        wf.reference_decode_batch_request,
+        encode_batch_request,
+        reference_encode_batch_request,
+        decode_batch_request,
+        reference_decode_batch_request,
     ),
     (
         batch_replies,
-        wf.encode_batch_reply,
-        wf.reference_encode_batch_reply,
-        wf.decode_batch_reply,
-        wf.reference_decode_batch_reply,
+        encode_batch_reply,
+        reference_encode_batch_reply,
+        decode_batch_reply,
+        reference_decode_batch_reply,
     ),
 ]
 
@@ -110,35 +137,35 @@ def test_fast_decoders_on_arbitrary_bytes(data: bytes) -> None:
         assert outcome(fast, data) == outcome(reference, data)
 
 
-list_requests = st.builds(wf.ListRequest, u64, u16)
+list_requests = st.builds(ListRequest, u64, u16)
 list_replies = st.builds(
-    wf.ListReply,
+    ListReply,
     u64,
     st.sampled_from(Status),
     u16,
     u16,
-    st.lists(st.tuples(item, u64), max_size=wf.LIST_PAGE_SIZE).map(tuple),
+    st.lists(st.tuples(item, u64), max_size=LIST_PAGE_SIZE).map(tuple),
     u32,
 )
 
 
 @given(list_requests, list_replies)
-def test_list_messages_match_construct_and_round_trip(req: wf.ListRequest, rep: wf.ListReply) -> None:
-    data = wf.encode_list_request(req)
-    assert data == wf.reference_encode_list_request(req) and len(data) == wf.LIST_REQUEST_SIZE
-    assert wf.decode_list_request(data) == req
-    page = wf.encode_list_reply(rep)
-    assert page == wf.reference_encode_list_reply(rep)
-    assert wf.decode_list_reply(page) == rep
+def test_list_messages_match_construct_and_round_trip(req: ListRequest, rep: ListReply) -> None:
+    data = encode_list_request(req)
+    assert data == reference_encode_list_request(req) and len(data) == LIST_REQUEST_SIZE
+    assert decode_list_request(data) == req
+    page = encode_list_reply(rep)
+    assert page == reference_encode_list_reply(rep)
+    assert decode_list_reply(page) == rep
     assert len(page) <= len(data), "a page is never larger than the request for it"
 
 
 @given(st.binary(max_size=800), st.integers(0, 700), st.integers(0, 255))
 def test_list_decoders_only_raise_malformed(data: bytes, pos: int, value: int) -> None:
-    good = bytearray(wf.encode_list_reply(wf.ListReply(1, Status.OK, 0, 1, (("apple", 50),) * 3, 7))[:-4])
+    good = bytearray(encode_list_reply(ListReply(1, Status.OK, 0, 1, (("apple", 50),) * 3, 7))[:-4])
     good[pos % len(good)] = value
     resealed = bytes(good) + struct.pack(">I", zlib.crc32(bytes(good)))
     for candidate in (data, resealed):
-        for decode in (wf.decode_list_request, wf.decode_list_reply, wf.decode_any_request, wf.decode_any_reply):
+        for decode in (decode_list_request, decode_list_reply, decode_any_request, decode_any_reply):
             with contextlib.suppress(MalformedDatagram):
                 decode(candidate)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import struct
 import zlib
 
-from conftest import expected_prices
+from helpers import expected_prices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog import Catalog
-from guards import RateLimiter, ReplyCache
-from udp_server import QuoteServer
-from wire_format import MAX_QUANTITY, QuoteRequest, encode_request
+from udp_price.catalog import Catalog
+from udp_price.server.core import QuoteServer
+from udp_price.server.guards import RateLimiter, ReplyCache
+from udp_price.wire import QuoteRequest, encode_request
+from wire_format import MAX_QUANTITY
 
 PRICES = expected_prices() | {"yacht": 10**15}
 NAMES = [*sorted(PRICES), "kiwi", "café crème", "cafe\u0301 cre\u0300me"]

@@ -10,13 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningServer
 from faultlib import Report, run_scenario
+from helpers import ROOT, RunningServer
 
-from fault_proxy import FaultPlan, FaultProxy, Faults
-from retry import RetryPolicy
-from udp_client import NoAnswer, QuoteClient
-from wire_format import QuoteReply, QuoteRequest, Status, encode_reply
+from udp_price.client.api import NoAnswer, QuoteClient
+from udp_price.client.retry import RetryPolicy
+from udp_price.faults.plan import FaultPlan, Faults
+from udp_price.faults.relay import FaultProxy
+from udp_price.wire import QuoteReply, QuoteRequest, Status, encode_reply
 
 COMPLETE = {
     "loss 10% each way": FaultPlan.both(seed=1, drop=0.10),

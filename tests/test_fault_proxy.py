@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
-from fault_proxy import Direction, FaultPlan, FaultProxy, Faults, decide, gilbert_step, parse_windows
+from udp_price.cli.proxy import parse_windows
+from udp_price.faults.plan import Direction, FaultPlan, Faults, decide, gilbert_step
+from udp_price.faults.relay import FaultProxy
 
 DATA = bytes(range(76))
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import expected_prices
+from helpers import expected_prices
 
-from catalog import Catalog
-from guards import NEWCOMER_BURSTS, RateLimiter, ReplyCache, Verdict
-from udp_server import QuoteServer
-from wire_format import (
+from udp_price.catalog import Catalog
+from udp_price.server.core import QuoteServer
+from udp_price.server.guards import NEWCOMER_BURSTS, RateLimiter, ReplyCache, Verdict
+from udp_price.wire import (
     BatchRequest,
     QuoteRequest,
     Status,
@@ -144,7 +144,7 @@ def test_retransmission_gets_the_same_reply_across_a_reload() -> None:
 
 
 def test_cache_memory_is_bounded_in_bytes_too() -> None:
-    from guards import ENTRY_OVERHEAD
+    from udp_price.server.guards import ENTRY_OVERHEAD
 
     cache = ReplyCache(max_entries=1_000_000, max_bytes=100 * (ENTRY_OVERHEAD + 76))
     for i in range(1000):

@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import CATALOG, ROOT, RunningServer, expected_prices, serving
+from helpers import CATALOG, ROOT, RunningServer, expected_prices, serving
 
-from catalog import load_catalog
-from guards import RateLimiter
-from retry import RetryPolicy
-from udp_client import NoAnswer, QuoteClient, QuoteResult
-from udp_server import QuoteServer
+from udp_price.catalog import load_catalog
+from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
+from udp_price.client.retry import RetryPolicy
+from udp_price.server.core import QuoteServer
+from udp_price.server.guards import RateLimiter
 
 PRICES = expected_prices()
 
@@ -101,7 +101,7 @@ def test_client_waits_the_retry_after_it_is_told() -> None:
     of any request may arrive sooner (a lower bound, so a slow machine cannot break it)."""
     from test_client_integration import fake_server, real_reply
 
-    from wire_format import QuoteReply, Status, decode_request, encode_reply
+    from udp_price.wire import QuoteReply, Status, decode_request, encode_reply
 
     seen: dict[int, list[float]] = {}
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from rootenv import require
 
 pytestmark = pytest.mark.root

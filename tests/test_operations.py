@@ -15,13 +15,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start_server
+from helpers import ROOT, start_server
 
-from catalog import Catalog, load_catalog
-from catalog_reload import Operations
-from fault_proxy import FaultPlan, FaultProxy
-from udp_client import QuoteClient, QuoteResult
-from udp_server import Control, QuoteServer, bind_socket, serve
+from udp_price.catalog import Catalog, load_catalog
+from udp_price.client.api import QuoteClient, QuoteResult
+from udp_price.faults.plan import FaultPlan
+from udp_price.faults.relay import FaultProxy
+from udp_price.server.core import QuoteServer
+from udp_price.server.loop import Control, bind_socket, serve
+from udp_price.server.ops import Operations
 
 PY = sys.executable
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from wire_format import (
+from udp_price.wire import (
     BatchReply,
     BatchRequest,
     LineResult,

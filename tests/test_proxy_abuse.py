@@ -8,16 +8,16 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from conftest import ROOT, spawn, start_server
+from helpers import free_port, spawn, start_server
 
-import fault_proxy
-from fault_proxy import MAX_COPIES, Direction, FaultPlan, FaultProxy, Faults, decide
-from proxy_guards import FD_RESERVE, HeldBudget, LoopGuard, flow_limit, normalise
+from udp_price.faults import relay
+from udp_price.faults.guards import FD_RESERVE, HeldBudget, LoopGuard, flow_limit, normalise
+from udp_price.faults.plan import MAX_COPIES, Direction, FaultPlan, Faults, decide
+from udp_price.faults.relay import FaultProxy
 
 WINDOW_S = 3.0
 
@@ -64,13 +64,6 @@ class Echo:
         self.sock.close()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_a_datagram_from_the_upstream_is_not_relayed_back_to_it() -> None:
     # Relayed, it would go echo -> proxy -> echo -> proxy ... forever.
     echo = Echo()
@@ -105,7 +98,6 @@ def need_root() -> None:
 
 
 def spoof_one(source: tuple[str, int], to: tuple[str, int], payload: bytes) -> None:
-    sys.path.insert(0, str(ROOT / "fuzz"))
     from spoof import raw_socket, send_spoofed
 
     raw = raw_socket()
@@ -115,7 +107,6 @@ def spoof_one(source: tuple[str, int], to: tuple[str, int], payload: bytes) -> N
 
 def test_a_proxy_spoofed_to_itself_does_not_loop() -> None:
     need_root()
-    sys.path.insert(0, str(ROOT / "fuzz"))
     from spoof import raw_socket, send_spoofed
 
     echo = Echo()
@@ -137,7 +128,7 @@ def test_duplication_is_bounded_to_two_copies_never_larger() -> None:
     proc, address = start_proxy(
         "--listen", "127.0.0.1:0", "--upstream", f"{server_addr[0]}:{server_addr[1]}", "--duplicate", "1"
     )
-    from wire_format import QuoteRequest, encode_request
+    from udp_price.wire import QuoteRequest, encode_request
 
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -300,7 +291,7 @@ def run_proxy(proxy: FaultProxy, payloads: list[bytes], until: str, count: int) 
 def test_no_free_file_descriptor_drops_the_datagram_and_logs_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = fault_proxy._udp_socket
+    real = relay._udp_socket
     opened = 0
 
     def limited(host: str) -> socket.socket:
@@ -310,7 +301,7 @@ def test_no_free_file_descriptor_drops_the_datagram_and_logs_once(
             raise OSError(24, "Too many open files")
         return real(host)
 
-    monkeypatch.setattr(fault_proxy, "_udp_socket", limited)
+    monkeypatch.setattr(relay, "_udp_socket", limited)
     proxy = FaultProxy(FaultPlan(), upstream=("127.0.0.1", free_port()))
     stats = run_proxy(proxy, [b"x%d" % n for n in range(10)], "up.drop:no_fd", 8)
     err = capsys.readouterr().err

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start_server
+from helpers import ROOT, start_server
 
-from catalog import MAX_ITEMS, Catalog, CatalogError, parse_catalog, wire_limit_problems
-from udp_server import QuoteServer
-from wire_format import (
+from udp_price.catalog import MAX_ITEMS, Catalog, parse_catalog, wire_limit_problems
+from udp_price.errors import CatalogError
+from udp_price.server.core import QuoteServer
+from udp_price.wire import (
     ListRequest,
     QuoteRequest,
     Status,
@@ -89,17 +90,18 @@ def test_parse_catalog_reports_the_limit_with_other_problems() -> None:
 _POISONED = """
 import sys
 import threading
-import udp_server
+from udp_price.cli import server as cli
+from udp_price.server.core import QuoteServer
 
-real = udp_server.QuoteServer.quote
+real = QuoteServer.quote
 
 def quote(self, request):
     if request.item == "poison":
         raise RuntimeError("injected fault")
     return real(self, request)
 
-udp_server.QuoteServer.quote = quote
-sys.exit(udp_server.main(sys.argv[1:]))
+QuoteServer.quote = quote
+sys.exit(cli.main(sys.argv[1:]))
 """
 
 
@@ -221,7 +223,7 @@ def test_watch_never_loads_a_file_without_a_final_newline(tmp_path: Path) -> Non
 
 
 def test_watch_decision_is_a_pure_policy() -> None:
-    from catalog_reload import FileState, watch_decision
+    from udp_price.server.ops import FileState, watch_decision
 
     loaded = FileState((1, 10), 100, 5, b"a", 5)
     edited = FileState((1, 10), 120, 6, b"b", 6)
@@ -299,7 +301,7 @@ def test_a_fifo_renamed_over_the_catalog_never_blocks_the_server(tmp_path: Path,
 
 
 def test_a_symlink_to_a_device_or_an_oversized_file_is_refused_unread(tmp_path: Path) -> None:
-    from catalog import MAX_CATALOG_BYTES
+    from udp_price.catalog import MAX_CATALOG_BYTES
 
     zero = tmp_path / "zero.csv"
     zero.symlink_to("/dev/zero")
@@ -356,7 +358,7 @@ def test_catalog_version_is_a_truncated_blake2b_not_a_crc() -> None:
 
 
 def test_reload_runs_off_the_serving_loop_and_an_unchanged_file_is_a_no_op(tmp_path: Path) -> None:
-    from catalog_reload import Operations
+    from udp_price.server.ops import Operations
 
     path = tmp_path / "catalog.csv"
     path.write_text("item,price\napple,1.00\n", encoding="utf-8")
@@ -381,7 +383,7 @@ def test_reload_runs_off_the_serving_loop_and_an_unchanged_file_is_a_no_op(tmp_p
 
 
 def test_requests_during_a_reload_run_it_once_more_afterwards(tmp_path: Path) -> None:
-    from catalog_reload import Operations
+    from udp_price.server.ops import Operations
 
     path = tmp_path / "catalog.csv"
     path.write_text("item,price\napple,1.00\n", encoding="utf-8")

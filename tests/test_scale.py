@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, expected_prices, spawn
+from helpers import ROOT, expected_prices, free_port, spawn
 from rootenv import require
 
-from udp_client import NoAnswer, QuoteClient, QuoteResult
+from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
 
 PY = sys.executable
 PRICES = expected_prices()
@@ -73,12 +72,6 @@ def test_two_workers_both_serve_and_stop_together() -> None:
 NGINX_CONF = ROOT / "deploy" / "nginx" / "udp-price.conf"
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def nginx_in_front(backends: list[int], listen: int, tmp: Path) -> Iterator[None]:
     """Run Debian's nginx with our shipped stream config, pointed at these loopback backends."""
@@ -113,7 +106,7 @@ def test_nginx_balances_udp_over_two_servers(tmp_path: Path) -> None:
     a, line_a = start("--port", "0")
     b, line_b = start("--port", "0")
     ports = [int(line.split("127.0.0.1:")[1].split()[0]) for line in (line_a, line_b)]
-    listen = free_udp_port()
+    listen = free_port()
     procs = {ports[0]: a, ports[1]: b}
     try:
         with nginx_in_front(ports, listen, tmp_path):

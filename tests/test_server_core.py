@@ -6,19 +6,12 @@ import struct
 import zlib
 
 import pytest
-from conftest import expected_prices
+from helpers import expected_prices
 
-from catalog import Catalog
-from udp_server import QuoteServer
-from wire_format import (
-    MAX_QUANTITY,
-    MESSAGE_SIZE,
-    VERSION,
-    QuoteRequest,
-    Status,
-    decode_reply,
-    encode_request,
-)
+from udp_price.catalog import Catalog
+from udp_price.server.core import QuoteServer
+from udp_price.wire import QuoteRequest, Status, decode_reply, encode_request
+from wire_format import MAX_QUANTITY, MESSAGE_SIZE, VERSION
 
 ADDR = ("127.0.0.1", 40000)
 
@@ -133,7 +126,7 @@ def test_no_reply_is_larger_than_its_request(core: QuoteServer) -> None:
 
 
 def test_batch_lines_priced_in_order(core: QuoteServer) -> None:
-    from wire_format import BatchRequest, decode_batch_reply, encode_batch_request, lines_digest
+    from udp_price.wire import BatchRequest, decode_batch_reply, encode_batch_request, lines_digest
 
     data = encode_batch_request(BatchRequest(8, (("apple", 2), ("kiwi", 1), ("pear", 0), ("yacht", MAX_QUANTITY))))
     out = core.handle_datagram(data, ADDR, 0.0)
@@ -150,7 +143,7 @@ def test_batch_lines_priced_in_order(core: QuoteServer) -> None:
 
 
 def test_malformed_batch_gets_a_small_batch_error(core: QuoteServer) -> None:
-    from wire_format import BatchRequest, decode_batch_reply, encode_batch_request
+    from udp_price.wire import BatchRequest, decode_batch_reply, encode_batch_request
 
     body = encode_batch_request(BatchRequest(9, (("apple", 2),)))[:-4]
     bad = reseal(body[:20] + b"\xff" + body[21:])
@@ -161,7 +154,8 @@ def test_malformed_batch_gets_a_small_batch_error(core: QuoteServer) -> None:
 
 
 def test_catalog_listing_pages(core: QuoteServer) -> None:
-    from wire_format import LIST_PAGE_SIZE, ListRequest, decode_list_reply, encode_list_request
+    from udp_price.wire import ListRequest, decode_list_reply, encode_list_request
+    from wire_format import LIST_PAGE_SIZE
 
     everything = sorted(core.catalog.prices.items())
     pages = -(-len(everything) // LIST_PAGE_SIZE)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, expected_prices, spawn
+from helpers import ROOT, expected_prices, free_port, spawn
 
 PY = sys.executable
 PRICES = expected_prices()
@@ -44,12 +44,6 @@ def need_browser() -> str:
     return chromium
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def page_and_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     server, line = spawn(["udp_server.py", "--port", "0"], "listening on")
@@ -65,7 +59,7 @@ def page_and_server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
             "1.5",
             "web",
             "--listen",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
         ],
         "quote page on",
     )

@@ -10,10 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wire_format import (
-    ITEM_SIZE,
-    MAX_BATCH,
-    MESSAGE_SIZE,
+from udp_price.wire import (
     BatchReply,
     BatchRequest,
     LineResult,
@@ -36,6 +33,7 @@ from wire_format import (
     encode_request,
     lines_digest,
 )
+from wire_format import ITEM_SIZE, MAX_BATCH, MESSAGE_SIZE
 
 RID = 0x0123456789ABCDEF
 # Version 2, transmission 5.
@@ -88,10 +86,10 @@ def test_decomposed_unicode_is_normalised_to_nfc() -> None:
 @pytest.mark.parametrize(
     ("item", "quantity", "message"),
     [
-        ("x" * (ITEM_SIZE + 1), 1, "the wire allows 32"),
+        ("x" * (ITEM_SIZE + 1), 1, "item is 33 bytes in UTF-8; the wire field holds 32"),
         ("é" * 17, 1, "34 bytes"),
-        ("", 1, "empty"),
-        ("a\0b", 1, "NUL"),
+        ("", 1, "missing item"),
+        ("a\0b", 1, "item contains NUL"),
         ("apple", 2**32, "quantity"),
         ("apple", -1, "quantity"),
     ],

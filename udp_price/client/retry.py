@@ -1,7 +1,7 @@
 """How hard the quote client tries (``RetryPolicy``) and why a request ended (``Outcome``).
 
-The decisions themselves live in the pure client session (client_session.py) and its
-recovery state (recovery.py); this module holds only the configuration they share with
+The decisions themselves live in the pure client session (udp_price.client.session) and its
+recovery state (udp_price.client.recovery); this module holds only the configuration they share with
 the command line and the web page.
 """
 

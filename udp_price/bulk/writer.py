@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from bulk_io import BulkInputError, Header
+from udp_price.bulk.reader import Header
+from udp_price.errors import BulkInputError
 
 RESULT_PREFIX = "quote_"
 

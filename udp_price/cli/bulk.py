@@ -17,22 +17,24 @@ import sys
 import time
 from collections import Counter
 
-import bulk
-from bulk_feed import ChunkLines, fd_read
-from bulk_io import BulkInputError, Header, RecordReader, check_encoding, read_header, rows_of
-from bulk_out import Output, open_output
-from progress import ProgressBar, Snapshot
-from recovery import RetryBudget
-from udp_client import (
+from udp_price.bulk.feed import ChunkLines, fd_read
+from udp_price.bulk.pipeline import BulkOptions, run_bulk
+from udp_price.bulk.progress import ProgressBar, Snapshot
+from udp_price.bulk.reader import Header, RecordReader, check_encoding, read_header, rows_of
+from udp_price.bulk.results import CsvSink, JsonlSink, Sink, Summary
+from udp_price.bulk.writer import Output, open_output
+from udp_price.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_NO_ANSWER,
     EXIT_OK,
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
-    QuoteClient,
     policy_from_args,
 )
+from udp_price.client.api import QuoteClient
+from udp_price.client.recovery import RetryBudget
+from udp_price.errors import BulkInputError
 
 # Bounds for the numeric flags (exit 2 beyond): past these a typo, not a wish, is more likely,
 # and the memory or the wait they would cost is not bounded by anything else.
@@ -68,7 +70,7 @@ def closed_standard_fds() -> set[int]:
     return closed
 
 
-def check_flags(args: argparse.Namespace) -> bulk.BulkOptions:
+def check_flags(args: argparse.Namespace) -> BulkOptions:
     """The bulk options, or ValueError naming the flag out of its bound."""
     if args.timeout > MAX_TIMEOUT_S:
         raise ValueError(f"--timeout must be at most {MAX_TIMEOUT_S:g} s")
@@ -76,7 +78,7 @@ def check_flags(args: argparse.Namespace) -> bulk.BulkOptions:
         raise ValueError(f"--deadline must be at most {MAX_DEADLINE_S:g} s")
     if args.retries > MAX_RETRIES:
         raise ValueError(f"--retries must be at most {MAX_RETRIES}")
-    return bulk.BulkOptions(window=args.window, batch=args.batch)
+    return BulkOptions(window=args.window, batch=args.batch)
 
 
 def open_input(path: str) -> tuple[int, os.stat_result | None]:
@@ -92,12 +94,12 @@ class _Run:
     """What the progress bar reads while the pipeline runs."""
 
     def __init__(self, total_bytes: int | None) -> None:
-        self.summary = bulk.Summary()
+        self.summary = Summary()
         self.stats: Counter[str] = Counter()
-        self.sink: bulk.CsvSink | None = None
+        self.sink: CsvSink | None = None
         self.total_bytes = total_bytes
 
-    def seen(self, summary: bulk.Summary, stats: Counter[str]) -> None:
+    def seen(self, summary: Summary, stats: Counter[str]) -> None:
         self.summary, self.stats = summary, stats
 
     def snapshot(self) -> Snapshot:
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             fail(args.output, f"cannot open for writing: {e.strerror or e}")
             return EXIT_OUTPUT
         try:
-            sink = bulk.CsvSink(output.write, header) if args.format == "csv" else bulk.JsonlSink(output.write, header)
+            sink = CsvSink(output.write, header) if args.format == "csv" else JsonlSink(output.write, header)
             output.uncount_last()  # the CSV header is not a row
         except OSError as e:  # the header row itself could not be written
             output.close(commit=False)
@@ -168,8 +170,8 @@ async def _pipeline(
     args: argparse.Namespace,
     reader: RecordReader,
     header: Header,
-    sink: bulk.Sink,
-    options: bulk.BulkOptions,
+    sink: Sink,
+    options: BulkOptions,
     state: _Run,
     bar: ProgressBar | None,
 ) -> bool:
@@ -191,7 +193,7 @@ async def _pipeline(
     try:
         async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
             state.stats = client.stats
-            await bulk.run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
+            await run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
             return stop.is_set()
     finally:
         if ticker is not None:
@@ -202,7 +204,7 @@ async def _pipeline(
 
 def _report(
     args: argparse.Namespace,
-    summary: bulk.Summary,
+    summary: Summary,
     stats: Counter[str],
     interrupted: bool,
     reader: RecordReader,

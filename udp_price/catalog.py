@@ -23,7 +23,9 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
-from wire_format import ITEM_SIZE, LIST_PAGE_SIZE, MAX_TOTAL, QuoteError, encode_item, normalize_item
+from udp_price.errors import CatalogError
+from udp_price.wire.items import encode_item, item_problem, normalize_item
+from wire_format import LIST_PAGE_SIZE, MAX_TOTAL
 
 MINOR_UNITS = 100
 """Minor units per major unit: prices are exact integer cents."""
@@ -43,15 +45,6 @@ _SORT_CHUNK = 16_384
 """Items sorted per C call when the listing is built: each call holds the GIL for milliseconds only,
 so a reload in a worker thread never stalls the serving thread for long (see Catalog.listing)."""
 _PRICE_RE = re.compile(r"^\d+(\.\d+)?$")
-
-
-class CatalogError(QuoteError):
-    """The catalog file is unusable; ``problems`` lists every defect as 'line N: what'."""
-
-    def __init__(self, path: str, problems: list[str]) -> None:
-        super().__init__(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
-        self.path = path
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -170,13 +163,9 @@ def _check_row(
     if len(row) <= max(item_col, price_col):
         return f"expected at least {max(item_col, price_col) + 1} columns, got {len(row)}"
     item = normalize_item(row[item_col])
-    if not item:
-        return "item name is empty"
-    if "\0" in item:
-        return "item name contains NUL"
-    size = len(item.encode("utf-8"))
-    if size > ITEM_SIZE:
-        return f"item {item!r} is {size} bytes in UTF-8; the wire field holds {ITEM_SIZE}"
+    problem = item_problem(item)
+    if problem is not None:
+        return problem
     if item in first_line:
         return f"duplicate item {item!r} (first on line {first_line[item]})"
     first_line[item] = line  # even if its price is bad: a second row of it is still a duplicate

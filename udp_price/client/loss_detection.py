@@ -1,6 +1,6 @@
 """Which requests are lost, and when to look again: RACK, the RTO timer and RTT sampling (pure).
 
-The client session (client_session.py) owns one ``LossDetection`` and tells it what it sends
+The client session (udp_price.client.session) owns one ``LossDetection`` and tells it what it sends
 and what is answered; it answers with the requests to resend. Time is passed in. Every reply
 echoes the transmission it answers, so every reply is an RTT sample and a reply to a
 transmission already declared lost proves that declaration wrong (RFC 9002 5, RFC 8985 6.2).
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from recovery import ReorderWindow, RttEstimator
+from udp_price.client.recovery import ReorderWindow, RttEstimator
 
 TIME_THRESHOLD = 9 / 8
 """RACK waits at least this many SRTTs (QUIC's kTimeThreshold, RFC 9002 6.1.2): replies queue behind

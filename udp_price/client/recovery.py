@@ -1,7 +1,7 @@
 """Pure loss-recovery state for the client session: RTT estimator, reorder window, retry budget.
 
 No sockets and no clocks: every method takes ``now`` (seconds on a monotonic clock). The
-session (client_session.py) owns one of each and feeds them every reply, because every
+session (udp_price.client.session) owns one of each and feeds them every reply, because every
 reply echoes the transmission it answers and so is an unambiguous RTT sample.
 """
 

@@ -9,9 +9,7 @@ and keeps waiting, so a lying server yields an explicit failure, never a wrong t
 
 from __future__ import annotations
 
-from wire_format import (
-    MAX_QUANTITY,
-    MAX_TOTAL,
+from udp_price.wire import (
     BatchReply,
     BatchRequest,
     LineResult,
@@ -23,6 +21,7 @@ from wire_format import (
     Request,
     Status,
 )
+from wire_format import MAX_QUANTITY, MAX_TOTAL
 
 UNREADABLE = frozenset({Status.MALFORMED, Status.UNSUPPORTED_VERSION})
 """The server could not read the request, so it echoes nothing of it."""

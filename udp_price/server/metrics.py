@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from udp_server import QuoteServer
+    from udp_price.server.core import QuoteServer
 
 LABELLED = {
     "status.": ("udp_price_replies_by_status", "Replies sent, by status", "status"),

@@ -9,18 +9,24 @@ it run once more afterwards. A file whose content hash equals the loaded one is 
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
+import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from catalog import Catalog, CatalogError, parse_catalog_bytes, read_catalog_file
+from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
+from udp_price.errors import CatalogError
+from udp_price.server.core import QuoteServer
+from udp_price.server.guards import RateLimiter, ReplyCache
 
 log = logging.getLogger("udp_price.server")
 
@@ -336,3 +342,49 @@ class Operations:
             )
         else:
             self._install(read)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, event, msg, and any structured extras."""
+
+    EXTRAS = ("event", "problems", "items", "version", "counters")
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "msg": record.getMessage(),
+        }
+        for key in self.EXTRAS[1:]:
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("udp_server: %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("udp_price")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def operations(server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None]) -> Operations:
+    return Operations(
+        server,
+        args.catalog,
+        watch_interval_s=WATCH_POLL_S if args.watch else None,
+        stats_interval_s=args.stats_interval or None,
+        settle_s=args.watch_settle,
+        wake=wake,
+    )
+
+
+def build_server(args: argparse.Namespace, catalog: Catalog) -> QuoteServer:
+    limiter = RateLimiter(rate=args.rate, burst=max(1.0, args.burst)) if args.rate > 0 else None
+    cache = ReplyCache(max_entries=args.cache_size, max_age_s=args.cache_age) if args.cache_size > 0 else None
+    return QuoteServer(catalog, limiter=limiter, cache=cache)

@@ -29,9 +29,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from bulk_feed import ChunkLines
-from quantity import BadQuantity, parse_quantity
-from wire_format import ITEM_SIZE, normalize_item
+from udp_price.bulk.feed import ChunkLines
+from udp_price.errors import BadQuantity, BulkInputError
+from udp_price.wire import item_problem, normalize_item
+from udp_price.wire.items import parse_quantity
+from wire_format import ITEM_SIZE
 
 MAX_RECORD_LINES = 100
 """Physical lines one record (a quoted field with line breaks) may span."""
@@ -48,10 +50,6 @@ ISO-2022 shift sequences (each codec that rewrites ASCII fails one of them)."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 csv.field_size_limit(MAX_RECORD_BYTES)  # the csv module's default (128 KB) would reject long notes
-
-
-class BulkInputError(Exception):
-    """The orders file itself is unusable (no header, no item/quantity column, unknown encoding)."""
 
 
 def check_encoding(name: str) -> str:
@@ -341,13 +339,9 @@ def parse_row(header: Header, seq: int, line_no: int, cells: list[str], error: s
     raw_item = cells[header.item]
     # NFC can only shrink a name a few times over, so a long cell is too long without normalizing it
     row.item = normalize_item(raw_item) if len(raw_item) <= 8 * ITEM_SIZE else raw_item.strip()
-    size = len(row.item.encode("utf-8"))
-    if size > ITEM_SIZE:
-        row.error = f"line {line_no}: item is {size:,} bytes in UTF-8; the wire field holds {ITEM_SIZE}"
-    elif not row.item:
-        row.error = f"line {line_no}: missing item"
-    elif "\0" in row.item:
-        row.error = f"line {line_no}: item contains NUL"
+    problem = item_problem(row.item)
+    if problem is not None:
+        row.error = f"line {line_no}: {problem}"
     else:
         try:
             row.quantity = parse_quantity(cells[header.quantity])

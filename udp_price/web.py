@@ -16,11 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from catalog import format_money
-from quantity import BadQuantity, parse_quantity
-from retry import RetryPolicy
-from udp_client import Address, NoAnswer, describe_status, format_address, list_once, quote_once
-from wire_format import MAX_QUANTITY, QuoteError
+from udp_price.address import Address, format_address
+from udp_price.catalog import format_money
+from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
+from udp_price.client.retry import RetryPolicy
+from udp_price.errors import BadQuantity, QuoteError
+from udp_price.wire import parse_quantity
+from wire_format import MAX_QUANTITY
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 32rem; margin: 2rem auto; padding: 0 1rem; color: #1a1a1a; }

@@ -1,12 +1,12 @@
 """Bulk quotes from a CSV: streaming, pipelined, batched, in input order, nothing lost.
 
-Pure parts (row parsing, ordered output, the summary) are plain functions and
-classes; ``run_bulk`` is the asyncio pipeline that drives a QuoteClient:
+Pure parts (row parsing in ``reader``, ordered output and the summary in ``results``) are plain
+functions and classes; ``run_bulk`` here is the asyncio pipeline that drives a QuoteClient:
 
     read a row -> validate -> group into batches of K -> up to W requests in flight
     -> results written in input order as soon as the head of the file is answered
 
-Reading runs in a thread (bulk_feed.RowFeed), so a stalled input never delays a signal or a
+Reading runs in a thread (udp_price.bulk.feed.RowFeed), so a stalled input never delays a signal or a
 reply. Memory is bounded: reading stops while more than ``max_ahead`` rows, or ``ahead_bytes``
 input bytes, are read but not yet written, so a million-row file costs no more than a
 thousand-row one, and 32 KB rows no more than a bounded number of bytes.
@@ -20,32 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import io
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import IO, Protocol
+from dataclasses import dataclass
+from typing import IO
 
-from bulk_feed import RowFeed
-from bulk_io import BulkInputError, Header, RecordReader, Row, read_header, rows_of
-from bulk_out import CsvRecords, JsonlRecords
-from catalog import format_money
-from retry import Outcome
-from udp_client import NoAnswer, QuoteClient
-from wire_format import MAX_BATCH, LineResult, Status
+from udp_price.bulk.feed import RowFeed
+from udp_price.bulk.reader import Header, RecordReader, Row, read_header, rows_of
+from udp_price.bulk.results import (
+    BAD_ROW,
+    CLIENT_ERROR,
+    FAILURE_STATUS,
+    INTERRUPTED,
+    NOT_ATTEMPTED,
+    OK,
+    OrderedWriter,
+    RowResult,
+    Sink,
+    Summary,
+)
+from udp_price.client.api import NoAnswer, QuoteClient
+from udp_price.errors import BulkInputError
+from udp_price.wire import LineResult, Status
+from wire_format import MAX_BATCH
 
 __all__ = ["BulkInputError", "Header", "Row", "read_rows"]
 
-RESULT_COLUMNS = ("unit_price", "total", "status", "attempts", "error", "catalog_version")
-"""catalog_version: the server's catalog version that priced the row (empty when none did), so a
-reload in the middle of a run is visible row by row."""
-BAD_ROW = "BAD_ROW"
-NOT_ATTEMPTED = "NOT_ATTEMPTED"
-INTERRUPTED = "INTERRUPTED"
-"""Sent at least once, then the interrupt came before an answer was accepted (attempts >= 1)."""
-CLIENT_ERROR = "CLIENT_ERROR"
-"""The request failed inside this program (a bug, never the server's answer); ``error`` says why."""
 BATCH_PATIENCE_S = 0.005
 """How long a partial batch waits for more rows from a pausing input before it is sent anyway."""
 COPY_AHEAD = 1024
@@ -55,32 +56,12 @@ MAX_WINDOW = 1024
 AHEAD_BYTES = 8 * 1024 * 1024
 """Bytes of rows read but not yet written before reading pauses (as well as the row bound); a
 row costs its input bytes plus ROW_OVERHEAD (its Python objects), about what it holds in memory."""
-OK = Status.OK.name
-FAILURE_STATUS = {
-    Outcome.TIMED_OUT: "NO_ANSWER",
-    Outcome.DEADLINE: "DEADLINE",
-    Outcome.REFUSED: "UNREACHABLE",
-    Outcome.UNREACHABLE: "UNREACHABLE",
-    Outcome.BUDGET: "RETRY_BUDGET",
-    Outcome.VERSION: "UNSUPPORTED_VERSION",
-}
-"""Row status when no valid answer came, by why the client gave up."""
-
-
-@dataclass(slots=True)
-class RowResult:
-    status: str
-    unit_price: int | None = None
-    total: int | None = None
-    attempts: int = 0
-    error: str = ""
-    catalog_version: int | None = None
 
 
 def read_rows(
     source: IO[bytes] | IO[str], encoding: str | None = None, delimiter: str = "auto"
 ) -> tuple[Header, Iterator[Row]]:
-    """Header plus a lazy iterator of validated rows (see bulk_io for the reading rules).
+    """Header plus a lazy iterator of validated rows (see udp_price.bulk.reader for the reading rules).
 
     Bytes are streamed and decoded with ``encoding`` (default utf-8). Text is already decoded:
     it is accepted for convenience and read whole, and giving an ``encoding`` with it is a
@@ -95,201 +76,6 @@ def read_rows(
     reader = RecordReader(stream, encoding or "utf-8")
     header = read_header(reader, delimiter)
     return header, rows_of(reader, header)
-
-
-# ---------------------------------------------------------------- output
-
-
-class Sink(Protocol):
-    def write(self, row: Row, outcome: RowResult) -> None: ...
-
-
-class CsvSink:
-    """Rows out as CSV through ``out`` (a text stream, or a function given one record's text)."""
-
-    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
-        self.records: CsvRecords | JsonlRecords = CsvRecords(_writer(out), header, RESULT_COLUMNS)
-        self.done_bytes = 0
-        """Input bytes up to the end of the last row written (for progress)."""
-
-    def write(self, row: Row, outcome: RowResult) -> None:
-        self.records.write(row.cells, row.line, _result_cells(outcome))
-        self.done_bytes = row.end
-
-
-class JsonlSink(CsvSink):
-    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
-        self.records = JsonlRecords(_writer(out), header, RESULT_COLUMNS)
-        self.done_bytes = 0
-
-
-def _writer(out: IO[str] | Callable[[str], object]) -> Callable[[str], object]:
-    return out if callable(out) else out.write
-
-
-def _result_cells(o: RowResult) -> list[object]:
-    """Result values in RESULT_COLUMNS order; None for what is not known (blank in CSV, null in JSON)."""
-    money = [format_money(v) if v is not None else None for v in (o.unit_price, o.total)]
-    return [*money, o.status, o.attempts, o.error, o.catalog_version]
-
-
-class LatencyHistogram:
-    """Percentiles in constant memory: log-spaced buckets 1% wide, from 1 us up.
-
-    A million-row run keeps a few hundred counters instead of a million floats.
-    """
-
-    RATIO = 1.01
-    FLOOR_S = 1e-6
-
-    def __init__(self) -> None:
-        self.buckets: Counter[int] = Counter()
-        self.count = 0
-
-    def append(self, seconds: float) -> None:
-        self.buckets[int(math.log(max(seconds, self.FLOOR_S) / self.FLOOR_S, self.RATIO))] += 1
-        self.count += 1
-
-    def percentile(self, q: float) -> float:
-        """Upper edge of the bucket holding the q-quantile, in seconds (0.0 when empty)."""
-        if not self.count:
-            return 0.0
-        rank, seen = q * self.count, 0
-        for bucket in sorted(self.buckets):
-            seen += self.buckets[bucket]
-            if seen >= rank:
-                return self.FLOOR_S * self.RATIO ** (bucket + 1)
-        return self.FLOOR_S * self.RATIO ** (max(self.buckets) + 1)
-
-
-@dataclass
-class Summary:
-    rows: int = 0
-    attempted: int = 0
-    """Rows sent to the server at least once (not BAD_ROW, not NOT_ATTEMPTED, not failed unsent)."""
-    ok: int = 0
-    grand_total: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
-    latencies: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    output_error: BaseException | None = None
-    """Why the output could not be written (an OSError, or anything else a write raised)."""
-    input_error: BaseException | None = None
-    """An unexpected failure of the reader (not a read error: RecordReader keeps those)."""
-    abandoned_at: int | None = None
-    """After a second interrupt: the input line from which on nothing was copied."""
-    signalled: float | None = None
-    """When ``stop`` was seen set (a signal, or the output failing)."""
-    stopped: float | None = None
-    """When, after that, the requests in flight were cancelled and every answered row written."""
-    written: int | None = None
-    """Rows that actually reached the output, when it failed (the rest were processed, not written)."""
-    copied: int = 0
-    """Rows streamed out as NOT_ATTEMPTED after the stop without being validated or held."""
-
-    def add(self, outcome: RowResult) -> None:
-        self.rows += 1
-        self.attempted += outcome.attempts > 0
-        self.by_status[outcome.status] += 1
-        if outcome.status == OK and outcome.total is not None:
-            self.ok += 1
-            self.grand_total += outcome.total
-
-    @property
-    def failed(self) -> int:
-        return self.rows - self.ok
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    def percentile_ms(self, q: float) -> float:
-        return self.latencies.percentile(q) * 1000
-
-    def lines(self, client_stats: Counter[str]) -> list[str]:
-        failed = ", ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()) if k != OK) or "none"
-        ignored = sum(v for k, v in client_stats.items() if k.startswith("ignored."))
-        sending = (self.stopped or self.finished or time.monotonic()) - self.started
-        rate = self.attempted / sending if sending > 0 else 0.0
-        written = f" written={self.written}" if self.written is not None else ""
-        lines = [
-            f"rows={self.rows}{written} ok={self.ok} failed={self.failed} ({failed})",
-            f"requests={client_stats['sent'] - client_stats['retransmissions']} "
-            f"retransmissions={client_stats['retransmissions']} "
-            f"duplicates_ignored={client_stats['ignored.duplicate']} other_replies_ignored="
-            f"{ignored - client_stats['ignored.duplicate']}",
-            f"latency p50={self.percentile_ms(0.5):.2f} ms p99={self.percentile_ms(0.99):.2f} ms; "
-            f"{rate:,.0f} rows/s ({self.attempted} rows sent) in {self.elapsed:.2f} s",
-            f"grand total of ok rows: {format_money(self.grand_total)}",
-        ]
-        if self.signalled is not None and self.stopped is not None:
-            copy_s = (self.finished or self.stopped) - self.stopped
-            copied = "the remaining" if self.abandoned_at is None else "then"
-            lines.append(
-                f"stopped sending {self.stopped - self.signalled:.2f} s after the interrupt; then copied {copied} "
-                f"{self.copied:,} rows as NOT_ATTEMPTED in {copy_s:.2f} s"
-            )
-        if self.abandoned_at is not None:
-            lines.append(
-                f"second interrupt: stopped copying; nothing was copied from input line {self.abandoned_at} on"
-            )
-        return lines
-
-
-class OrderedWriter:
-    """Writes outcomes in input order; holds early finishers until the rows before them are done."""
-
-    def __init__(
-        self,
-        sink: Sink,
-        summary: Summary,
-        on_flush: Callable[[int, int], None],
-        on_error: Callable[[BaseException], None],
-    ) -> None:
-        self.sink, self.summary, self.on_flush, self.on_error = sink, summary, on_flush, on_error
-        self.next_seq = 0
-        self.next_line = 0
-        """The input line after the last row written (0: none yet)."""
-        self.held: dict[int, tuple[Row, RowResult]] = {}
-        self.error: BaseException | None = None
-        """Set when the output could not be written (disk full, closed pipe): the run stops."""
-
-    def pending(self, row: Row) -> bool:
-        """Is ``row`` neither written nor held (so whoever owns it must still complete it)?"""
-        return row.seq >= self.next_seq and row.seq not in self.held
-
-    def complete(self, row: Row, outcome: RowResult) -> None:
-        if not self.pending(row):
-            return  # completed already (a failure path completing what a task had finished)
-        self.held[row.seq] = (row, outcome)
-        flushed = nbytes = 0
-        while self.next_seq in self.held:
-            r, o = self.held.pop(self.next_seq)
-            if self.error is None:
-                o = self._write(r, o)
-            self.summary.add(o)
-            self.next_seq += 1
-            self.next_line = r.next_line
-            flushed += 1
-            nbytes += r.size
-        if flushed:
-            self.on_flush(flushed, nbytes)
-
-    def _write(self, row: Row, outcome: RowResult) -> RowResult:
-        """Write one row; the outcome as written (a BAD_ROW if the output cannot hold a cell)."""
-        try:
-            try:
-                self.sink.write(row, outcome)
-            except UnicodeError as e:  # a cell the output encoding cannot hold (a lone surrogate)
-                safe = [c.encode("utf-8", "backslashreplace").decode("utf-8") for c in row.cells]
-                why = f"line {row.line}: a cell cannot be written ({e}); its cells are kept with \\u escapes"
-                outcome = RowResult(BAD_ROW, attempts=outcome.attempts, error=why)
-                self.sink.write(Row(row.seq, row.line, safe, end=row.end, size=row.size), outcome)
-        except Exception as e:  # OSError (disk full, closed pipe) or anything else: the output is broken
-            self.error = e
-            self.on_error(e)
-        return outcome
 
 
 # ---------------------------------------------------------------- the pipeline

@@ -1,7 +1,7 @@
 """The quote client's sans-I/O session: every decision about sending, waiting and giving up.
 
 In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping. The shell
-(udp_client.py) calls
+(udp_price.client.api) calls
 
     events = session.send(request, now)          # queue a new request
     events = session.datagram_received(data, now)
@@ -10,7 +10,7 @@ In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping
     for data in session.datagrams_to_send(): sock.send(data)
 
 and resolves each ``Answered`` / ``Failed`` event. Which requests are lost is decided in
-loss_detection.py (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
+udp_price.client.loss_detection (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
 budget (it only delays), BUSY, ICMP (before any reply: nothing listens; after: a restart, so
 pause and probe) and every give-up decision. The README's client section has the rules.
 """
@@ -18,18 +18,14 @@ pause and probe) and every give-up decision. The README's client section has the
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from loss_detection import LossDetection, Transmissions
-from recovery import RetryBudget, RttEstimator
-from reply_checks import UNREADABLE, violation
-from retry import Outcome, RetryPolicy
-from wire_format import (
-    CRC_SIZE,
-    MAX_TRANSMISSION,
-    VERSION,
+from udp_price.client.loss_detection import LossDetection, Transmissions
+from udp_price.client.recovery import RetryBudget, RttEstimator
+from udp_price.client.reply_checks import UNREADABLE, violation
+from udp_price.client.retry import Outcome, RetryPolicy
+from udp_price.wire import (
     BatchRequest,
     ListRequest,
     MalformedDatagram,
@@ -45,6 +41,7 @@ from wire_format import (
     lines_digest,
     peek_header,
 )
+from wire_format import MAX_TRANSMISSION, VERSION
 
 REFUSED_GRACE_S = 0.25
 """ICMP errors before any reply fail requests only once the session is this old: a server that
@@ -344,8 +341,8 @@ class ClientSession:
 
     def _on_undecodable(self, data: bytes, error: MalformedDatagram, now: float) -> list[Event]:
         header = peek_header(data)
-        intact = len(data) > CRC_SIZE and zlib.crc32(data[:-CRC_SIZE]) == int.from_bytes(data[-CRC_SIZE:], "big")
-        if header is not None and intact and header[0] != VERSION and header[1] in self._pending:
+        # peek_header answers only for a sealed datagram (length and CRC32 intact), see udp_price.wire.framing.
+        if header is not None and header[0] != VERSION and header[1] in self._pending:
             # An intact reply in another protocol version to one of our ids: an older or newer server.
             self.stats["other_version_replies"] += 1
             p = self._pending[header[1]]

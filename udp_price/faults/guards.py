@@ -21,7 +21,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-Address = tuple[str, int]
+from udp_price.address import Address
 
 LOOP_WINDOW_S = 2.0
 """How long a payload relayed upstream is remembered: longer than any path back to us takes, far

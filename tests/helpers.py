@@ -1,0 +1,92 @@
+"""What the tests share: the project paths, the independent price oracle, one way to run a command,
+one free port, one server starter (subprocess or in-process thread)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from udp_price.server.core import QuoteServer
+from udp_price.server.loop import Control, bind_socket, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG = ROOT / "catalog.csv"
+PY = sys.executable
+
+
+def expected_prices() -> dict[str, int]:
+    """Unit prices in cents straight from catalog.csv, without catalog.py: an independent oracle."""
+    with CATALOG.open(encoding="utf-8", newline="") as f:
+        return {row["item"]: int(Decimal(row["price"]) * 100) for row in csv.DictReader(f)}
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in the project directory (e.g. ``run_cli("udp_client.py", "quote", "apple", "1")``),
+    UTF-8 on the pipes, output captured."""
+    return subprocess.run(
+        [PY, *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
+    """A loopback port free right now (UDP by default; pass SOCK_STREAM for TCP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    core: QuoteServer
+    address: tuple[str, int]
+    sock: socket.socket
+
+
+def spawn(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python ARGS`` in the project; return it and its first stdout line, which must contain marker."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert marker in line, f"{args[0]} did not start: {line!r}"
+    return proc, line
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    """``udp_server.py --port 0 ARGS``; returns it and the (host, port) its start line names."""
+    proc, line = spawn(["udp_server.py", "--port", "0", *args], "listening on")
+    host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
+    return proc, (host.strip("[]"), int(port))
+
+
+@contextmanager
+def serving(core: QuoteServer) -> Iterator[RunningServer]:
+    """Run ``core`` on 127.0.0.1:<free port> in a thread; stop it and check it stopped."""
+    sock = bind_socket("127.0.0.1", 0)
+    control = Control()
+    thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
+    thread.start()
+    try:
+        yield RunningServer(core, sock.getsockname()[:2], sock)
+    finally:
+        control.stop()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "server thread did not stop"
+        sock.close()
+        control.close()

@@ -1,0 +1,1 @@
+"""Command-line front ends: udp-price-server, udp-price-client, udp-price-proxy and the demo."""

@@ -1,0 +1,268 @@
+"""``udp-price-client``: quotes, the catalog listing, bulk CSV quoting and the quote page."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from udp_price import web
+from udp_price.catalog import format_money
+from udp_price.cli import bulk as bulk_command
+from udp_price.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_NO_ANSWER,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_STATUS,
+    EXIT_USAGE,
+    add_version,
+    address_arg,
+    examples_for,
+    listen_address_arg,
+    policy_from_args,
+    prog_name,
+)
+from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
+from udp_price.client.retry import RetryPolicy
+from udp_price.errors import BadQuantity, QuoteError
+from udp_price.wire import parse_quantity as quantity_rule
+from wire_format import MAX_BATCH, MAX_QUANTITY
+
+EXAMPLES = f"""\
+examples:
+  python udp_client.py quote apple 3                   # 3 x apple @ 0.50 = 1.50
+  python udp_client.py quote "café crème" 2
+  python udp_client.py --json quote banana 12          # one JSON object on stdout
+  python udp_client.py --server [::1]:9999 --timeout 0.1 --retries 6 --deadline 3 quote pear 1
+  python udp_client.py bulk orders.csv -o quotes.csv   # every row, in order; summary on stderr
+  python udp_client.py items                           # the server's catalog, sorted by name
+  python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
+
+quantity: a whole number from 1 to {MAX_QUANTITY} (1 to 10 digits, no sign); anything else is
+          rejected before sending (quote: exit 2; bulk: BAD_ROW)
+
+exit codes:
+  {EXIT_OK}  quoted
+  {EXIT_STATUS}  the server answered with an error (unknown item, total too large, ...)
+  {EXIT_USAGE}  bad arguments (including a quantity that breaks the rule above); nothing was sent
+  {EXIT_NO_ANSWER}  no valid answer within the retries / deadline (server down or network lossy)
+  for bulk: 0 every row OK, 1 some rows failed (bad rows or server errors), 2 unusable input,
+            3 the server could not be reached, 4 output not writable, 130 interrupted (Ctrl-C, SIGTERM)
+"""
+BULK_EPILOG = f"""\
+examples:
+  python udp_client.py bulk orders.csv > quotes.csv
+  python udp_client.py bulk --format jsonl --batch 32 --window 128 orders.csv -o quotes.jsonl
+  cat orders.csv | python udp_client.py bulk - --no-progress
+  python udp_client.py bulk --encoding latin-1 --delimiter ';' export.csv -o quotes.csv
+
+One record out per record in, in order, every input cell kept. Bad records (missing item, bad
+quantity, item over 32 bytes, broken quoting, bytes not valid in --encoding) are written with
+status BAD_ROW and their line number in 'error'; the run goes on. Quoted fields may span lines
+(at most 100 lines / 16 MiB per record). A result column whose name the input already uses is
+written as quote_<name>. Retransmissions share a budget (10 per second + 20% of requests, 3 back
+per reply) that only delays them; a server that answers nothing for a whole --deadline fails the
+rest of the run at once. Ctrl-C / SIGTERM stop sending at once; the rest of the file is written
+as NOT_ATTEMPTED.
+
+exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} unusable input or flags (also: output
+            is the input, read error), {EXIT_NO_ANSWER} server unreachable (no reply at all),
+            {EXIT_OUTPUT} output not writable (open, write, flush or close), {EXIT_INTERRUPTED} interrupted
+"""
+
+
+def parse_quantity(text: str) -> int:
+    """The quantity rule (udp_price.wire.items): a whole number from 1 to MAX_QUANTITY, else a usage error (exit 2)."""
+    try:
+        return quantity_rule(text)
+    except BadQuantity as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _digits(text: str, limit: int = 9) -> bool:
+    """Whole number of at most ``limit`` digits: checked before int() so 5,000 digits cost nothing."""
+    return text.isascii() and text.isdigit() and len(text) <= limit
+
+
+def _positive_float(text: str) -> float:
+    if len(text) > 32:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r}... is not a number of seconds")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    if not _digits(text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r} must be a whole number >= 1 (at most 9 digits)")
+    return int(text)
+
+
+def _retries(text: str) -> int:
+    if not _digits(text):
+        raise argparse.ArgumentTypeError(f"--retries {text[:32]!r} must be a whole number >= 0 (at most 9 digits)")
+    return int(text)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    defaults = RetryPolicy()
+    p = argparse.ArgumentParser(
+        prog=prog_name(prog, "udp_client.py"),
+        description="Get price quotes from a udp-price server over UDP, with timeouts and retransmission.",
+        epilog=examples_for(prog_name(prog, "udp_client.py"), EXAMPLES, "python udp_client.py"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_version(p)
+    p.add_argument(
+        "--server", type=address_arg, default=("127.0.0.1", 9999), help="server HOST:PORT (default 127.0.0.1:9999)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=defaults.initial_timeout_s,
+        help=f"first attempt's timeout in seconds (default {defaults.initial_timeout_s})",
+    )
+    p.add_argument(
+        "--retries",
+        type=_retries,
+        default=defaults.max_attempts - 1,
+        help=f"retransmissions after the first attempt (default {defaults.max_attempts - 1})",
+    )
+    p.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=defaults.deadline_s,
+        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s})",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per result")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    q = sub.add_parser("quote", help="quote one item", description="Quote QUANTITY x ITEM.")
+    q.add_argument("item", help="item name as in the catalog (quote names with spaces)")
+    q.add_argument("quantity", type=parse_quantity, help=f"whole number, 1 to {MAX_QUANTITY}")
+    sub.add_parser(
+        "items",
+        help="list the server's catalog",
+        description="List every item the server quotes, "
+        "with its unit price, sorted by name (one line each; --json: one JSON array).",
+    )
+    w = sub.add_parser(
+        "web",
+        help="serve a quote page on loopback",
+        description="Serve a small web page for quotes: pick an item, enter a quantity, see the total. "
+        "The page talks HTTP to this process; this process talks UDP to the quote server.",
+    )
+    w.add_argument(
+        "--listen",
+        type=listen_address_arg,
+        default=("127.0.0.1", 8080),
+        help="HTTP address for the page (default 127.0.0.1:8080)",
+    )
+    b = sub.add_parser(
+        "bulk",
+        help="quote every row of a CSV file",
+        description="Quote every row of ORDERS (a CSV with 'item' and 'quantity' columns; '-' for stdin). "
+        "Writes one row per input row, in order, with unit_price, total, status, attempts, error added.",
+        epilog=examples_for(prog_name(prog, "udp_client.py"), BULK_EPILOG, "python udp_client.py"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("orders", help="orders CSV file, or - for stdin")
+    b.add_argument("-o", "--output", default="-", help="where to write results (default - : stdout)")
+    b.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format (default csv)")
+    b.add_argument("--window", type=_at_least_one, default=64, help="requests in flight at once (default 64)")
+    b.add_argument(
+        "--batch",
+        type=_at_least_one,
+        default=32,
+        help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 32)",
+    )
+    b.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="input encoding, any ASCII-compatible one (default utf-8; a UTF-8 BOM is skipped; e.g. latin-1, cp1252)",
+    )
+    b.add_argument(
+        "--delimiter",
+        choices=["auto", ",", ";", "tab"],
+        default="auto",
+        help="field delimiter (default auto: whichever of , ; tab makes the header name item and quantity)",
+    )
+    b.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is drawn on stderr, only when a terminal)"
+    )
+    return p
+
+
+def run_quote(args: argparse.Namespace) -> int:
+    try:
+        result = quote_once(args.server, args.item, args.quantity, policy_from_args(args))
+    except ValueError as e:  # the request cannot be encoded, e.g. item longer than the wire field
+        print(f"udp_client: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoAnswer as e:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "item": args.item,
+                        "quantity": args.quantity,
+                        "unit_price": None,
+                        "total": None,
+                        "status": "NO_ANSWER",
+                        "attempts": e.attempts,
+                        "error": str(e),
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        print(f"udp_client: {e}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if args.json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+    elif result.ok:
+        print(f"{result.quantity} x {result.item} @ {format_money(result.unit_price)} = {format_money(result.total)}")
+    if not result.ok:
+        print(f"udp_client: {describe_status(result)}", file=sys.stderr)
+        return EXIT_STATUS
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.command == "quote":
+            return run_quote(args)
+        if args.command == "bulk":
+            return bulk_command.run(args)
+        if args.command == "items":
+            return run_items(args)
+        if args.command == "web":
+            return web.serve(args.listen, args.server, policy_from_args(args))
+    except KeyboardInterrupt:
+        print("udp_client: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. 'items | head': the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OUTPUT
+    return EXIT_USAGE
+
+
+def run_items(args: argparse.Namespace) -> int:
+    try:
+        version, entries = list_once(args.server, policy_from_args(args))
+    except QuoteError as e:
+        print(f"udp_client: {e}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if args.json:
+        print(json.dumps([{"item": i, "unit_price": format_money(p)} for i, p in entries], ensure_ascii=False))
+        return EXIT_OK
+    width = max((len(i) for i, _ in entries), default=0)
+    for item, price in entries:
+        print(f"{item:<{width}}  {format_money(price):>10}")
+    print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
+    return EXIT_OK

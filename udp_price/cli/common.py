@@ -1,0 +1,70 @@
+"""What the command-line front ends share: the program name, --version, the default catalog and
+the argparse adapters for addresses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from udp_price import __version__
+from udp_price.address import BadAddress, parse_address
+from udp_price.client.retry import RetryPolicy
+
+# The client's exit codes (quote, items, bulk): documented in its --help.
+EXIT_OK, EXIT_STATUS, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog.csv"
+"""The sample catalog shipped inside the package: the default only when ./catalog.csv is missing."""
+
+
+def prog_name(given: str | None, fallback: str) -> str:
+    """The name to show in usage lines: what the caller says (``python -m udp_price server``),
+    else the name this process was invoked as (``udp-price-server``, ``udp_server.py``)."""
+    if given:
+        return given
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return invoked if invoked and invoked not in ("-c", "__main__.py") else fallback
+
+
+def examples_for(prog: str, epilog: str, written_as: str) -> str:
+    """The examples epilog with each ``written_as`` command line (``python udp_server.py``) in
+    the form this process was invoked as, so the examples can be pasted as they are."""
+    return epilog.replace(written_as, f"python {prog}" if prog.endswith(".py") else prog)
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s (udp-price) {__version__}")
+
+
+def default_catalog() -> str:
+    """./catalog.csv when the working directory has one, else the sample shipped with the package."""
+    return "catalog.csv" if os.path.exists("catalog.csv") else str(SAMPLE_CATALOG)
+
+
+def address_arg(text: str) -> tuple[str, int]:
+    """argparse type for a peer HOST:PORT (port 0 refused)."""
+    try:
+        return parse_address(text)
+    except BadAddress as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def listen_address_arg(text: str) -> tuple[str, int]:
+    """argparse type for an address to listen on (port 0: any free port)."""
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except BadAddress as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def policy_from_args(args: argparse.Namespace) -> RetryPolicy:
+    base = RetryPolicy()
+    return RetryPolicy(
+        initial_timeout_s=args.timeout,
+        max_attempts=args.retries + 1,
+        deadline_s=args.deadline,
+        min_timeout_s=min(base.min_timeout_s, args.timeout),
+        max_timeout_s=max(base.max_timeout_s, args.timeout),
+    )

@@ -1,0 +1,1 @@
+"""The fault proxy: the pure fault plan and the asyncio relay that applies it."""

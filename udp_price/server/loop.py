@@ -1,0 +1,203 @@
+"""The server's socket shell: a non-blocking UDP loop around the pure core, woken by a self-pipe
+(``Control``) for signals, reloads and stop requests."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Protocol
+
+from udp_price.server.core import QuoteServer
+
+log = logging.getLogger("udp_price.server")
+RECV_BUFFER = 2048
+"""Bigger than any valid request, so oversized datagrams are seen whole and counted, not truncated."""
+RECV_QUEUE_BYTES = 4 * 1024 * 1024
+DRAIN_LIMIT = 256
+"""Datagrams handled per wake-up before checking for signals again."""
+
+
+class Control:
+    """Wakes the serving loop from another thread or a signal handler, via a self-pipe."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.stopped = False
+        self.reload_requested = False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def wake(self) -> None:
+        """Interrupt the loop's wait (from a signal handler or another thread)."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
+            os.write(self._w, b"x")
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake()
+
+    def request_reload(self) -> None:
+        self.reload_requested = True
+        self.wake()
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+class Duties(Protocol):
+    """What the loop does besides answering datagrams: reloads and periodic work."""
+
+    def reload(self) -> None:
+        """Ask for a reload; must return at once (the work happens elsewhere)."""
+        ...
+
+    def swap_in_ready(self) -> None:
+        """Install a catalog prepared elsewhere, if one is ready; cheap when none is."""
+        ...
+
+    def tick(self, now: float) -> float | None:
+        """Do what is due at ``now``; return when to be called next (None: never)."""
+        ...
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to (host, port); IPv6 if host contains ':'."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # A deeper receive queue rides out bursts instead of dropping legitimate requests. As root,
+    # SO_RCVBUFFORCE goes past net.core.rmem_max (often only 208 KB); otherwise take what we get.
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, RECV_QUEUE_BYTES)
+                break
+            except OSError:
+                continue
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def serve(
+    sock: socket.socket,
+    server: QuoteServer,
+    control: Control,
+    clock: Callable[[], float] = time.monotonic,
+    duties: Duties | None = None,
+) -> None:
+    """Answer datagrams on ``sock`` until ``control.stop()``; the datagram in hand is finished first."""
+    next_tick = duties.tick(clock()) if duties else None
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        sel.register(control, selectors.EVENT_READ)
+        while not control.stopped:
+            ready = sel.select(None if next_tick is None else max(0.0, next_tick - clock()))
+            if any(key.fileobj is control for key, _ in ready):
+                control.drain()
+            if control.reload_requested and duties is not None:
+                control.reload_requested = False
+                try:
+                    duties.reload()
+                except Exception as e:
+                    internal_error(server, e, "reloading the catalog")
+            if duties is not None:
+                duties.swap_in_ready()
+            _drain(sock, server, control, clock)
+            if duties is not None and next_tick is not None and clock() >= next_tick:
+                try:
+                    next_tick = duties.tick(clock())
+                except Exception as e:
+                    internal_error(server, e, "running periodic duties")
+                    next_tick = clock() + 1.0
+
+
+def _drain(sock: socket.socket, server: QuoteServer, control: Control, clock: Callable[[], float]) -> None:
+    # Read until the socket is empty: one select() per burst instead of one per datagram.
+    # Methods are bound to locals once per burst: this loop runs once per datagram.
+    recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
+    for _ in range(DRAIN_LIMIT):
+        if control.stopped:
+            return
+        try:
+            data, addr = recvfrom(RECV_BUFFER)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED: not fatal
+            stats["socket_errors"] += 1
+            log.debug("recvfrom failed: %s", e)
+            continue
+        stats["bytes_received"] += len(data)
+        try:
+            reply = handle(data, addr, clock())
+        except Exception as e:  # a bug met by one datagram must not stop the service for everyone
+            internal_error(server, e, "handling a datagram")
+            continue
+        if reply is not None:
+            try:
+                sendto(reply, addr)
+            except OSError as e:  # a full buffer or a vanished peer loses one reply, not the server
+                stats["send_errors"] += 1
+                log.debug("sendto %s failed: %s", addr, e)
+                continue
+            stats["bytes_sent"] += len(reply)
+
+
+_logged_errors: set[tuple[str, str, int | None]] = set()
+
+
+def internal_error(server: QuoteServer, error: Exception, doing: str) -> None:
+    """Count ``error`` as ``internal_errors`` and log its traceback the first time this kind of
+    error is raised at this place; repeats are only counted (one bad datagram sent a million times
+    must not flood the log)."""
+    server.stats["internal_errors"] += 1
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (type(error).__qualname__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else None)
+    if where in _logged_errors:
+        return
+    _logged_errors.add(where)
+    log.error(
+        "internal error while %s (serving goes on; repeats of this error are only counted as internal_errors)",
+        doing,
+        exc_info=error,
+        extra={"event": "internal_error"},
+    )
+
+
+@contextmanager
+def handle_signals(control: Control) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the loop to stop instead of killing it mid-datagram; SIGHUP reloads."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        control.stop()
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        control.request_reload()
+
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: reload}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
