@@ -55,6 +55,3 @@ class CatalogError(QuoteError):
 class BulkInputError(QuoteError):
     """The orders file itself is unusable (no header, no item/quantity column, unknown encoding)."""
 
-
-class UsageError(QuoteError):
-    """A command line that cannot be run: a bad address, a bad flag value (exit code 2)."""
