@@ -10,6 +10,7 @@ from helpers import expected_prices
 
 from udp_price.catalog import Catalog
 from udp_price.server.core import QuoteServer
+from udp_price.server.guards import RateLimiter
 from udp_price.wire import QuoteRequest, Status, decode_reply, encode_request
 from wire_format import MAX_QUANTITY, MESSAGE_SIZE, VERSION
 
@@ -170,3 +171,15 @@ def test_catalog_listing_pages(core: QuoteServer) -> None:
     assert got == everything
     past = decode_list_reply(core.handle_datagram(encode_list_request(ListRequest(1, pages)), ADDR, 0.0) or b"")
     assert (past.status, past.entries) == (Status.BAD_PAGE, ())
+
+
+def test_unsealed_junk_from_new_sources_cannot_lock_out_new_clients() -> None:
+    """A spoofed flood of junk from ever-new sources used to drain the rate limiter's newcomers'
+    pool, so a real new client was refused. Unsealed bytes are never answered: they are now
+    dropped before the limiter when their source is unknown."""
+    core = QuoteServer(Catalog.from_prices({"apple": 50}), limiter=RateLimiter(rate=10, burst=10))
+    for i in range(10_000):
+        assert core.handle_datagram(b"x", (f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 5000), 0.0) is None
+    assert core.stats["malformed.bad_length"] == 10_000
+    reply = core.handle_datagram(encode_request(QuoteRequest(7, "apple", 2, transmission=1)), ("192.0.2.9", 5000), 0.0)
+    assert reply is not None and decode_reply(reply).total == 100

@@ -39,12 +39,15 @@ def _command(name: str) -> Callable[[list[str] | None, str | None], int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--version"]:
+    if args[:1] == ["--version"] and len(args) == 1:
         print(f"udp-price {__version__}")
         return 0
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(f"{USAGE}\n\npython -m udp_price: a command is required", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if args else 2
+        return 0
     if args[0] not in COMMANDS:
         print(f"{USAGE}\n\npython -m udp_price: unknown command {args[0]!r}", file=sys.stderr)
         return 2

@@ -266,3 +266,7 @@ def run_items(args: argparse.Namespace) -> int:
         print(f"{item:<{width}}  {format_money(price):>10}")
     print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -39,8 +39,11 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def default_catalog() -> str:
-    """./catalog.csv when the working directory has one, else the sample shipped with the package."""
-    return "catalog.csv" if os.path.exists("catalog.csv") else str(SAMPLE_CATALOG)
+    """./catalog.csv when the working directory has one, else the sample shipped with the package.
+
+    "Has one" means any directory entry of that name, a broken or looping symlink included: a
+    release link pointing at a missing file must fail loudly (exit 4), never serve sample prices."""
+    return "catalog.csv" if os.path.lexists("catalog.csv") else str(SAMPLE_CATALOG)
 
 
 def address_arg(text: str) -> tuple[str, int]:

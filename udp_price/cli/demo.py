@@ -106,3 +106,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         thread.join(5)
         sock.close()
         print(f"server counters: {core.summary()}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

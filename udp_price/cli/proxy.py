@@ -166,3 +166,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return 5
     print(f"fault_proxy: stopped; seed={seed} {proxy.summary()}", flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

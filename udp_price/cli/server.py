@@ -159,3 +159,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print(f"udp_server: stopped; {server.summary()}", flush=True)
     control.close()
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

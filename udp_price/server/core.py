@@ -35,6 +35,7 @@ from udp_price.wire import (
     encode_list_reply,
     encode_ok_reply,
     encode_reply,
+    is_sealed,
     kind_of,
     lines_digest,
     peek_header,
@@ -95,6 +96,12 @@ class QuoteServer:
             # Checked before the rate limiter, so these cost no tokens of a real client behind the same IP.
             self.stats["refused.source_port"] += 1
             return None
+        if self.limiter is not None and not self.limiter.knows(addr[0]) and not is_sealed(data):
+            # Unsealed bytes are never answered; from a source the limiter does not know yet they
+            # are dropped before they can draw on the newcomers' pool (junk must not lock out
+            # new clients). Known sources go on paying their own bucket, as before.
+            self._count_unanswerable(data)
+            return None
         verdict = self.limiter.check(addr[0], now) if self.limiter is not None else Verdict.ALLOW
         if verdict is Verdict.DROP:
             self.stats["rate_limited.dropped"] += 1
@@ -122,6 +129,13 @@ class QuoteServer:
         if out is not None and self.cache is not None and len(out) <= len(data):
             self.cache.put(key, data, out, now)
         return out
+
+    def _count_unanswerable(self, data: bytes) -> None:
+        try:
+            decode_any_request(data)
+        except MalformedDatagram as e:
+            self.stats[f"malformed.{e.reason}"] += 1
+        return None
 
     def quote_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
         """The common case, profiled at ~2 us instead of ~10: an intact single quote request whose

@@ -89,6 +89,10 @@ class RateLimiter:
             return Verdict.SLIP
         return Verdict.DROP
 
+    def knows(self, source: str) -> bool:
+        """True if ``source`` has a bucket (it is not a newcomer)."""
+        return source in self._buckets
+
     def _draw_newcomer_tokens(self, now: float) -> float:
         """A new source's starting tokens, paid from the shared pool (so what all new sources get
         together is bounded by the pool, whatever their number); 0 when the pool is dry."""

@@ -59,6 +59,7 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
     with handle_signals(control):
         print(
             f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}, "
+            f"catalog {os.path.abspath(args.catalog)}, "
             f"{args.workers} workers (pids {' '.join(str(p.pid) for p in procs)})",
             flush=True,
         )
