@@ -127,7 +127,10 @@ def measure(n: int, tmp: Path) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     sizes = tuple(int(a) for a in argv) or SIZES
-    print("| items | start-up | server RSS (after listing) | reload | longest answer gap | `items` (all) | prefix search |")
+    print(
+        "| items | start-up | server RSS (after reload + listing) | reload | longest answer gap "
+        "| `items` (all) | prefix search |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:

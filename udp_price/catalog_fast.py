@@ -63,7 +63,7 @@ def _add_chunk(
         return False  # some row has another number of columns
     cells = ",".join(lines).split(",")
     names = list(map(str.strip, cells[item_col::width]))
-    if not "".join(names).isascii() and not all(map(unicodedata.is_normalized, repeat("NFC"), names)):
+    if not "".join(names).isascii() and not all(map(_is_nfc, names)):
         return False  # ASCII is NFC already; otherwise every name must be NFC as it stands
     try:
         encoded = list(map(str.encode, names))
@@ -80,6 +80,10 @@ def _add_chunk(
     fields += encoded
     cents += map(known.__getitem__, prices)
     return True
+
+
+def _is_nfc(name: str) -> bool:
+    return unicodedata.is_normalized("NFC", name)
 
 
 def fast_price(text: str) -> int | None:
