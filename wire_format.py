@@ -44,11 +44,15 @@ BATCH_REQUEST_LINE = 36
 BATCH_REPLY_FIXED = 29
 BATCH_REPLY_LINE = 17
 LIST_PAGE_SIZE = 16
-"""Catalog entries per list page: 26 + 40 * 16 = 666 bytes, so a list request is padded to 666."""
-LIST_REPLY_FIXED = 26
+"""Catalog entries per list page: 30 + 40 * 16 = 670 bytes, so a list request is padded to 670."""
+LIST_REPLY_FIXED = 30
 LIST_REPLY_ENTRY = 40
 LIST_REQUEST_SIZE = LIST_REPLY_FIXED + LIST_REPLY_ENTRY * LIST_PAGE_SIZE
-LIST_REQUEST_RESERVED = LIST_REQUEST_SIZE - HEADER_SIZE - 2 - CRC_SIZE
+PREFIX_SIZE = ITEM_SIZE
+"""Bytes of the NUL-padded UTF-8 prefix in a list request: all zero lists the whole catalog."""
+MAX_LIST_PAGE = 2**32 - 1
+"""Page numbers and page counts are u32: 16 x 4,294,967,295 items, far beyond any catalog."""
+LIST_REQUEST_RESERVED = LIST_REQUEST_SIZE - HEADER_SIZE - 4 - PREFIX_SIZE - CRC_SIZE
 """Zero bytes that pad a list request to the size of the largest page, so a listing never amplifies."""
 
 _HEADER = (
@@ -109,7 +113,9 @@ BATCH_REPLY_BODY = BATCH_REPLY_DEF.compile()
 
 LIST_REQUEST_DEF = Struct(
     *_HEADER,
-    "page" / Int16ub,
+    "page" / Int32ub,
+    # Only items whose name starts with these UTF-8 bytes are listed (NUL-padded; all zero: every item).
+    "prefix" / Bytes(PREFIX_SIZE),
     # Pads the request to the size of the largest page, so a listing never amplifies; must be zero.
     "reserved" / Bytes(LIST_REQUEST_RESERVED),
 )
@@ -118,8 +124,8 @@ LIST_REPLY_DEF = Struct(
     *_HEADER,
     "status" / Int8ub,
     "count" / Int8ub,
-    "page" / Int16ub,
-    "pages" / Int16ub,
+    "page" / Int32ub,
+    "pages" / Int32ub,  # page count of this listing (of the items matching the prefix)
     "catalog_version" / Int32ub,
     "entries" / Array(this.count, _LIST_ENTRY),
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import CATALOG, expected_prices
 
-from udp_price.catalog import format_money, load_catalog, parse_catalog, parse_price
+from udp_price.catalog import Catalog, format_money, load_catalog, parse_catalog, parse_price
 from udp_price.errors import CatalogError
 
 
@@ -96,3 +97,45 @@ def test_unreadable_file_is_a_catalog_error(tmp_path: Path) -> None:
     bad.write_bytes("item,price\ncaf\xe9,1\n".encode("latin-1"))
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "item,price\nzeta,1\nalpha, 2.5\n\nbeta ,003.07\r\n",
+        "price,note,item\n1,x,café\n2,y,cafe\n",
+        "item,price\napple,1\napple,2\n",  # duplicate: the exact parser names it
+        'item,price\n"a,b",1\n',  # quoting: exact parser
+    ],
+)
+def test_fast_path_agrees_with_the_exact_parser(text: str) -> None:
+    from udp_price.catalog import parse_catalog_exactly
+
+    def outcome(parse: Any) -> Any:
+        try:
+            c = parse(text)
+        except CatalogError as e:
+            return e.problems
+        return dict(c.prices), c.version
+
+    assert outcome(parse_catalog) == outcome(parse_catalog_exactly)
+
+
+def test_prefix_pages_list_exactly_the_matching_names() -> None:
+    from udp_price.server.core import QuoteServer
+    from udp_price.wire import ListRequest, decode_list_reply, encode_list_request
+
+    names = {f"{p}{k:03d}": k for p in ("pe", "pea", "pf", "p") for k in range(20)}
+    core = QuoteServer(Catalog.from_prices(names))
+    got: list[tuple[str, int]] = []
+    for page in range(3):
+        reply = decode_list_reply(
+            core.handle_datagram(encode_list_request(ListRequest(page, page, "pe")), ("127.0.0.1", 40000), 0.0) or b""
+        )
+        assert reply.pages == 3 and reply.catalog_version == core.catalog.version
+        got += reply.entries
+    assert got == sorted((n, p) for n, p in names.items() if n.startswith("pe"))
+    none = decode_list_reply(
+        core.handle_datagram(encode_list_request(ListRequest(9, 0, "zz")), ("127.0.0.1", 40000), 0.0) or b""
+    )
+    assert (none.pages, none.entries) == (1, ())

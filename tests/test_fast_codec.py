@@ -137,13 +137,14 @@ def test_fast_decoders_on_arbitrary_bytes(data: bytes) -> None:
         assert outcome(fast, data) == outcome(reference, data)
 
 
-list_requests = st.builds(ListRequest, u64, u16)
+prefix = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=8)
+list_requests = st.builds(ListRequest, u64, u32, prefix)
 list_replies = st.builds(
     ListReply,
     u64,
     st.sampled_from(Status),
-    u16,
-    u16,
+    u32,
+    u32,
     st.lists(st.tuples(item, u64), max_size=LIST_PAGE_SIZE).map(tuple),
     u32,
 )

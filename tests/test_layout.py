@@ -31,9 +31,17 @@ LAYERS = (
     ("wire_format",),
     ("udp_price.errors", "udp_price.address", "udp_price.__init__"),
     ("udp_price.wire",),
+    ("udp_price.catalog_index", "udp_price.catalog_fast"),
     ("udp_price.catalog", "udp_price.reflectors"),
     PURE_CORE,
-    ("udp_price.server", "udp_price.client", "udp_price.faults", "udp_price.bulk", "udp_price.web"),
+    (
+        "udp_price.server",
+        "udp_price.client",
+        "udp_price.faults",
+        "udp_price.bulk",
+        "udp_price.web",
+        "udp_price.web_search",
+    ),
     ("udp_price.cli",),
     ("udp_price.__main__",),
 )

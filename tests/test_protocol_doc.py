@@ -74,6 +74,7 @@ EXPECTED: dict[str, Codec] = {
         decode_batch_reply,
     ),
     "list-request": (ListRequest(0x8899AABBCCDDEEFF, 0), encode_list_request, decode_list_request),
+    "list-request-prefix": (ListRequest(0x8899AABBCCDDEEFF, 1, "pe"), encode_list_request, decode_list_request),
     "list-reply": (
         ListReply(0x8899AABBCCDDEEFF, Status.OK, 0, 1, (("apple", 50), ("pear", 55)), catalog_version=0x11223344),
         encode_list_reply,

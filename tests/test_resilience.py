@@ -15,18 +15,24 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, start_server
 
+from udp_price import catalog as catalog_module
 from udp_price.catalog import MAX_ITEMS, Catalog, parse_catalog, wire_limit_problems
+from udp_price.catalog_index import CatalogIndex
 from udp_price.errors import CatalogError
 from udp_price.server.core import QuoteServer
 from udp_price.wire import (
+    ListReply,
     ListRequest,
     QuoteRequest,
     Status,
     decode_list_reply,
+    decode_list_request,
     decode_reply,
+    encode_list_reply,
     encode_list_request,
     encode_request,
 )
+from wire_format import LIST_PAGE_SIZE
 
 
 def ask(addr: tuple[str, int], item: str, rid: int, timeout_s: float = 5.0) -> tuple[Status, int, int]:
@@ -46,43 +52,52 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 # ---------------------------------------------------------------- wire limits
 
 
-def test_the_largest_catalog_the_list_messages_carry_is_served_to_its_last_page() -> None:
-    core = QuoteServer(Catalog.from_prices({f"i{n:07d}": 1 for n in range(MAX_ITEMS)}))
-    last = core.handle_datagram(encode_list_request(ListRequest(1, 65534)), ("127.0.0.1", 40000), 0.0)
+def test_a_catalog_past_the_old_16_bit_page_count_is_served_to_its_last_page() -> None:
+    n = 16 * 65_536 + 5  # 65,537 pages: the page number and count no longer fit 16 bits
+    fields = b"".join(f"i{k:07d}".encode().ljust(32, b"\0") for k in range(n))
+    core = QuoteServer(Catalog.from_index(CatalogIndex.from_sorted_fields(fields, [1] * n)))
+    last = core.handle_datagram(encode_list_request(ListRequest(1, 65_536)), ("127.0.0.1", 40000), 0.0)
     reply = decode_list_reply(last or b"")
-    assert (reply.status, reply.pages, len(reply.entries)) == (Status.OK, 65535, 16)
+    assert (reply.status, reply.page, reply.pages) == (Status.OK, 65_536, 65_537)
+    assert reply.entries == tuple((f"i{k:07d}", 1) for k in range(n - 5, n))
 
 
-def test_one_item_more_is_refused_naming_the_limit() -> None:
-    problems = wire_limit_problems({f"i{n:07d}": 1 for n in range(MAX_ITEMS + 1)})
-    assert problems == [
-        "1,048,561 items; at most 1,048,560 fit the list messages (16 a page, page count in a 16-bit field: "
-        "65,535 pages)"
-    ]
-    with pytest.raises(ValueError, match="at most 1,048,560"):
-        QuoteServer(Catalog.from_prices({f"i{n:07d}": 1 for n in range(MAX_ITEMS + 1)}))
+def test_list_messages_carry_the_page_numbers_of_ten_million_items() -> None:
+    pages = -(-10_000_000 // LIST_PAGE_SIZE)
+    reply = ListReply(7, Status.OK, pages - 1, pages, (("z", 1),), 3)
+    assert decode_list_reply(encode_list_reply(reply)) == reply
+    assert decode_list_request(encode_list_request(ListRequest(7, pages - 1))).page == pages - 1
 
 
-def test_cli_refuses_a_catalog_over_the_limit_with_exit_4(tmp_path: Path) -> None:
+def test_one_item_more_than_the_limit_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "MAX_ITEMS", 100)
+    problems = wire_limit_problems({f"i{n:07d}": 1 for n in range(101)})
+    assert problems == ["101 items; a catalog may hold at most 100 (its index costs 40 bytes an item in memory)"]
+    with pytest.raises(ValueError, match="at most 100"):
+        QuoteServer(Catalog.from_prices({f"i{n:07d}": 1 for n in range(101)}))
+    assert MAX_ITEMS >= 10_000_000  # the real limit: at least ten million items
+
+
+def test_cli_refuses_a_catalog_over_the_limit_with_exit_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from udp_price.cli import server as cli
+
+    monkeypatch.setattr(catalog_module, "MAX_ITEMS", 100)
     path = tmp_path / "big.csv"
-    path.write_text("item,price\n" + "".join(f"i{n},1\n" for n in range(MAX_ITEMS + 1)), encoding="utf-8")
-    r = subprocess.run(
-        [sys.executable, "udp_server.py", "--port", "0", "--catalog", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 4 and "Traceback" not in r.stderr
-    assert "1,048,561 items; at most 1,048,560 fit the list messages" in r.stderr
+    path.write_text("item,price\n" + "".join(f"i{n},1\n" for n in range(101)), encoding="utf-8")
+    assert cli.main(["--port", "0", "--catalog", str(path)]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "101 items; a catalog may hold at most 100" in err
 
 
-def test_parse_catalog_reports_the_limit_with_other_problems() -> None:
-    text = "item,price\n" + "".join(f"i{n},1\n" for n in range(MAX_ITEMS + 1)) + "bad,-1\n"
+def test_parse_catalog_reports_the_limit_with_other_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_module, "MAX_ITEMS", 100)
+    text = "item,price\n" + "".join(f"i{n},1\n" for n in range(101)) + "bad,-1\n"
     with pytest.raises(CatalogError) as e:
         parse_catalog(text)
     assert any("price '-1' is negative" in p for p in e.value.problems)
-    assert any("at most 1,048,560" in p for p in e.value.problems)
+    assert any("at most 100" in p for p in e.value.problems)
 
 
 # ---------------------------------------------------------------- exceptions inside one datagram
@@ -351,7 +366,8 @@ def test_catalog_version_is_a_truncated_blake2b_not_a_crc() -> None:
     import zlib
 
     prices = {"apple": 50, "pear": 60}
-    canonical = b"apple\t50\npear\t60\n"
+    # Every 32-byte wire field in name order, then every price as a big-endian u64.
+    canonical = b"apple".ljust(32, b"\0") + b"pear".ljust(32, b"\0") + (50).to_bytes(8, "big") + (60).to_bytes(8, "big")
     version = Catalog.from_prices(prices).version
     assert version == int.from_bytes(hashlib.blake2b(canonical, digest_size=4).digest(), "big")
     assert version != zlib.crc32(canonical)

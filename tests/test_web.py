@@ -121,3 +121,48 @@ def test_quote_in_headless_chromium(page_and_server: tuple[str, subprocess.Popen
         expect(alert).to_contain_text("attempt(s) in")
         page.screenshot(path=str(ARTIFACTS / "web-unreachable.png"))
         browser.close()
+
+
+def test_search_box_over_a_100k_item_catalog_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    catalog = tmp_path / "big.csv"
+    with catalog.open("w", encoding="utf-8") as f:
+        f.write("item,price\n")
+        f.writelines(f"sku-{k:06d},{k % 1000}.{k % 100:02d}\n" for k in range(100_000))
+    server, line = spawn(["udp_server.py", "--port", "0", "--catalog", str(catalog)], "listening on")
+    udp = line.split("listening on ")[1].split()[0]
+    web, web_line = spawn(
+        ["udp_client.py", "--server", udp, "web", "--listen", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"],
+        "quote page on",
+    )
+    url = web_line.split("quote page on ")[1].split()[0]
+    try:
+        html = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert 'role="combobox"' in html and "<option" not in html  # no 100,000-option drop-down
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 640, "height": 700})
+            page.goto(url)
+            box = page.get_by_role("combobox", name="Item")  # labelled, and a combobox to screen readers
+            box.press_sequentially("sku-04242")
+            options = page.get_by_role("option")
+            expect(options).to_have_count(10)  # sku-042420 .. sku-042429
+            expect(page.locator("#item-status")).to_have_text("10 matches")
+            box.press("ArrowDown")
+            box.press("ArrowDown")
+            expect(box).to_have_attribute("aria-activedescendant", "item-option-1")
+            box.press("Enter")  # takes the highlighted match
+            expect(box).to_have_value("sku-042421")
+            page.get_by_label("Quantity").fill("2")
+            page.get_by_label("Quantity").press("Enter")
+            cents = (42421 % 1000 * 100 + 42421 % 100) * 2
+            expect(page.locator("#total")).to_have_text(f"2 x sku-042421 @ 421.21 = {cents // 100}.{cents % 100:02d}")
+            page.screenshot(path=str(ARTIFACTS / "web-search.png"))
+            browser.close()
+    finally:
+        for proc in (web, server):
+            if proc.poll() is None:
+                proc.terminate()
+            proc.communicate(timeout=10)

@@ -11,39 +11,42 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import heapq
 import io
 import os
 import re
 import stat
-from collections.abc import Mapping
+import sys
+from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
+from udp_price.catalog_fast import parse_fast
+from udp_price.catalog_index import CatalogIndex, IndexedPrices, field_name
 from udp_price.errors import CatalogError
 from udp_price.wire.items import encode_item, item_problem, normalize_item
-from wire_format import LIST_PAGE_SIZE, MAX_TOTAL
+from wire_format import MAX_TOTAL
 
 MINOR_UNITS = 100
 """Minor units per major unit: prices are exact integer cents."""
 MAX_PRICE = 10**15
 """Largest unit price in minor units (10 trillion); keeps catalogs sane, totals still can overflow."""
-MAX_LIST_PAGES = 2**16 - 1
-"""The list reply's page-count field is a u16."""
-MAX_ITEMS = LIST_PAGE_SIZE * MAX_LIST_PAGES
-"""1,048,560: more items would need a page count the list reply cannot carry."""
+MAX_ITEMS = 10_000_000
+"""Most items a catalog may hold: the index costs 40 bytes an item (400 MB at the limit), and a
+catalog this big takes seconds to parse. The list messages carry far more (page numbers are u32:
+16 x 4,294,967,295 items), so this is a memory policy, not a wire limit."""
 MAX_WIRE_PRICE = 2**64 - 1
 """Unit prices travel in u64 fields."""
-MAX_CATALOG_BYTES = 128 * 1024 * 1024
-"""128 MiB: a catalog file larger than this is refused unread. The largest catalog the wire carries
-(1,048,560 items with 64-byte names and 16-digit prices) is about 90 MB; anything bigger is a mistake
-or an attack (a sparse file, a symlink to a device) and would cost seconds and gigabytes to parse."""
-_SORT_CHUNK = 16_384
-"""Items sorted per C call when the listing is built: each call holds the GIL for milliseconds only,
-so a reload in a worker thread never stalls the serving thread for long (see Catalog.listing)."""
+MAX_CATALOG_BYTES = 1024 * 1024 * 1024
+"""1 GiB: a catalog file larger than this is refused unread. The largest catalog allowed (10,000,000
+items with 32-byte names, quoted, and 16-digit prices) is under 1 GB; anything bigger is a mistake or
+an attack (a sparse file, a symlink to a device) and would cost seconds and gigabytes to parse."""
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_HASH_CHUNK = 65_536
+"""Items formatted and hashed per step when the catalog version is computed."""
 _PRICE_RE = re.compile(r"^\d+(\.\d+)?$")
 
 
@@ -51,53 +54,76 @@ _PRICE_RE = re.compile(r"^\d+(\.\d+)?$")
 class Catalog:
     """Item name (NFC) -> unit price in minor units, plus a version that changes with the content.
 
-    What serving needs besides the prices (the sorted listing, the wire-encoded names) is cached on
-    the catalog object itself, so swapping in a new catalog is one reference assignment and nothing
-    derived from an old catalog can outlive it (two catalogs may share a version: it is 32 bits)."""
+    Everything serving needs (quoting by name or by wire field, the sorted listing, prefix
+    search) comes from one compact CatalogIndex cached on the catalog object itself (see
+    udp_price.catalog_index: 40 bytes an item), so swapping in a new catalog is one reference
+    assignment and nothing derived from an old catalog can outlive it (two catalogs may share a
+    version: it is 32 bits). ``prices`` is a read-only mapping; Catalog(dict, version) also works
+    (the index is then built on first use)."""
 
     prices: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: int = 0
 
     @classmethod
     def from_prices(cls, prices: Mapping[str, int]) -> Catalog:
-        frozen = MappingProxyType(dict(prices))
-        listing = _sorted_items(frozen)
-        catalog = cls(prices=frozen, version=_content_version(listing))
-        object.__setattr__(catalog, "listing", listing)  # fills the cached_property: sorted once
+        items = {encode_item(name): price for name, price in prices.items()}
+        if any(not 0 <= price <= MAX_WIRE_PRICE for price in items.values()):
+            # Kept as a plain mapping: QuoteServer.set_catalog refuses it naming the limit.
+            return cls(MappingProxyType(dict(prices)), _content_version(sorted(prices.items())))
+        return cls.from_index(CatalogIndex.from_items(items.items()))
+
+    @classmethod
+    def from_index(cls, index: CatalogIndex) -> Catalog:
+        catalog = cls(IndexedPrices(index), _index_version(index))
+        object.__setattr__(catalog, "index", index)  # fills the cached_property
         return catalog
 
     def __len__(self) -> int:
         return len(self.prices)
 
     @cached_property
-    def listing(self) -> tuple[tuple[str, int], ...]:
-        """(name, price) sorted by name: what the list messages page through."""
-        return _sorted_items(self.prices)
+    def index(self) -> CatalogIndex:
+        """The compact sorted index every lookup uses (built once per catalog object)."""
+        return CatalogIndex.from_items((encode_item(name), price) for name, price in self.prices.items())
 
-    @cached_property
-    def wire_prices(self) -> dict[bytes, int]:
-        """Encoded item field -> price: the fast path looks up the request's bytes directly."""
-        return {encode_item(name): price for name, price in self.prices.items()}
+    def price_of_field(self, item_field: bytes) -> int | None:
+        """Unit price for a 32-byte wire item field, or None: the fast path's look-up."""
+        return self.index.price_of_field(item_field)
+
+    def entries(self, start: int, stop: int) -> list[tuple[str, int]]:
+        """(name, price) of the items start..stop-1 in name order."""
+        return [(field_name(f), price) for f, price in self.index.entries(start, stop)]
+
+    def prefix_range(self, prefix: bytes) -> tuple[int, int]:
+        """[start, stop) in name order of the items whose UTF-8 name starts with ``prefix``."""
+        return self.index.prefix_range(prefix)
 
     def prepared(self) -> Catalog:
-        """This catalog with its derived data built, so serving never builds it (returns self)."""
-        _ = self.listing, self.wire_prices
+        """This catalog with its index built, so serving never builds it (returns self)."""
+        _ = self.index
         return self
 
 
-def _sorted_items(prices: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-    # Sorted in chunks, then merged by heapq.merge (Python code, so the GIL changes hands between
-    # items): one sorted() of a million items would hold it for most of a second.
-    items = list(prices.items())
-    chunks = [sorted(items[i : i + _SORT_CHUNK]) for i in range(0, len(items), _SORT_CHUNK)]
-    return tuple(heapq.merge(*chunks))
+def _index_version(index: CatalogIndex) -> int:
+    # First 4 bytes of BLAKE2b of the canonical content: every item's 32-byte wire field in name
+    # order, then every price as a big-endian u64 in the same order. Reloading an unchanged file
+    # keeps the version, and unlike a CRC (linear: anyone can pick prices that give any CRC)
+    # nobody can make two different catalogs share a version without a brute-force search of
+    # ~2^31 catalogs.
+    digest = hashlib.blake2b(digest_size=4)
+    for start in range(0, len(index), _HASH_CHUNK):
+        digest.update(index.fields_blob(start, min(start + _HASH_CHUNK, len(index))))
+    prices = array("Q", index.prices)
+    if _LITTLE_ENDIAN:
+        prices.byteswap()
+    digest.update(prices.tobytes())
+    return int.from_bytes(digest.digest(), "big")
 
 
-def _content_version(listing: tuple[tuple[str, int], ...]) -> int:
-    # First 4 bytes of BLAKE2b of the canonical content: reloading an unchanged file keeps the
-    # version, and unlike a CRC (linear: anyone can pick prices that give any CRC) nobody can
-    # make two different catalogs share a version without a brute-force search of ~2^31 catalogs.
-    canonical = "".join(f"{name}\t{price}\n" for name, price in listing).encode("utf-8")
+def _content_version(listing: Iterable[tuple[str, int]]) -> int:
+    """The version of a catalog not indexed (its prices do not all fit the wire): same canonical form."""
+    items = list(listing)
+    canonical = b"".join(encode_item(name) for name, _ in items) + b"".join(str(p).encode() + b"\n" for _, p in items)
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=4).digest(), "big")
 
 
@@ -125,8 +151,8 @@ def format_money(minor: int) -> str:
     return f"{sign}{major}.{cents:02d}"
 
 
-def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
-    """Validate CSV text into a Catalog; raises CatalogError listing every problem."""
+def parse_catalog_exactly(text: str, path: str = "<catalog>") -> Catalog:
+    """Validate CSV text row by row into a Catalog; raises CatalogError listing every problem."""
     problems: list[str] = []
     prices: dict[str, int] = {}
     first_line: dict[str, int] = {}
@@ -154,6 +180,17 @@ def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
     if problems:
         raise CatalogError(path, problems)
     return Catalog.from_prices(prices)
+
+
+def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
+    """Validate CSV text into a Catalog; raises CatalogError listing every problem.
+
+    A plain catalog takes the fast path (udp_price.catalog_fast); anything it does not recognise,
+    every bad catalog included, goes through the exact row-by-row parser, which names each problem."""
+    index = parse_fast(text, MAX_PRICE, MAX_ITEMS)
+    if index is not None:
+        return Catalog.from_index(index)
+    return parse_catalog_exactly(text, path)
 
 
 def _check_row(
@@ -185,9 +222,11 @@ def wire_limit_problems(prices: Mapping[str, int]) -> list[str]:
     problems = []
     if len(prices) > MAX_ITEMS:
         problems.append(
-            f"{len(prices):,} items; at most {MAX_ITEMS:,} fit the list messages "
-            f"({LIST_PAGE_SIZE} a page, page count in a 16-bit field: {MAX_LIST_PAGES:,} pages)"
+            f"{len(prices):,} items; a catalog may hold at most {MAX_ITEMS:,} "
+            f"(its index costs 40 bytes an item in memory)"
         )
+    if isinstance(prices, IndexedPrices):
+        return problems  # its prices sit in a u64 array: every one fits the field
     too_big = [item for item, price in prices.items() if not 0 <= price <= MAX_WIRE_PRICE]
     if too_big:
         problems.append(f"{len(too_big)} price(s) do not fit the 64-bit price field, e.g. {too_big[0]!r}")

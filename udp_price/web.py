@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from udp_price import web_search
 from udp_price.address import Address, format_address
 from udp_price.catalog import format_money
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
@@ -44,6 +45,7 @@ def render(
     quantity: str = "1",
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    searchable: bool = False,
 ) -> str:
     """The whole page. ``items`` None means the catalog could not be listed (``list_error`` says why)."""
     esc = html.escape
@@ -60,11 +62,13 @@ def render(
     ]
     if list_error:
         parts.append(f'<div class="error" role="alert" id="error">{esc(list_error)}</div>')
-    disabled = "" if items else " disabled"
+    disabled = "" if items or searchable else " disabled"
     parts += [
         '<form method="get" action="/">',
         '<label for="item">Item</label>',
-        f'<select id="item" name="item" required{disabled}>{options}</select>',
+        web_search.combobox(chosen, "")
+        if searchable
+        else f'<select id="item" name="item" required{disabled}>{options}</select>',
         '<label for="quantity">Quantity</label>',
         f'<input id="quantity" name="quantity" type="number" inputmode="numeric" min="1" max="{MAX_QUANTITY}" '
         f'step="1" required value="{esc(quantity)}"{disabled}>',
@@ -114,6 +118,13 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/":
             self._page(query)
+        elif url.path == "/api/search":
+            found, search_error = web_search.search(self.server_address_udp, self.policy, query.get("q", ""))
+            self._send(
+                HTTPStatus.OK if found is not None else HTTPStatus.BAD_GATEWAY,
+                "application/json",
+                json.dumps(found if found is not None else {"error": search_error}, ensure_ascii=False),
+            )
         elif url.path == "/api/items":
             self._api_items()
         elif url.path == "/api/quote":
@@ -140,14 +151,21 @@ class Handler(BaseHTTPRequestHandler):
             return None, f"Cannot list the catalog: {e}."
 
     def _page(self, query: dict[str, str]) -> None:
-        items, list_error = self._items()
+        items, list_error, searchable = web_search.small_catalog(self.server_address_udp, self.policy)
         result = error = None
         if "item" in query:
             result, error = quote_for_page(
                 self.server_address_udp, self.policy, query["item"], query.get("quantity", "")
             )
         page = render(
-            self.server_address_udp, items, list_error, query.get("item", ""), query.get("quantity", "1"), result, error
+            self.server_address_udp,
+            items,
+            list_error,
+            query.get("item", ""),
+            query.get("quantity", "1"),
+            result,
+            error,
+            searchable,
         )
         self._send(HTTPStatus.OK, "text/html; charset=utf-8", page)
 

@@ -145,12 +145,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     q = sub.add_parser("quote", help="quote one item", description="Quote QUANTITY x ITEM.")
     q.add_argument("item", help="item name as in the catalog (quote names with spaces)")
     q.add_argument("quantity", type=parse_quantity, help=f"whole number, 1 to {MAX_QUANTITY}")
-    sub.add_parser(
+    it = sub.add_parser(
         "items",
         help="list the server's catalog",
         description="List every item the server quotes, "
-        "with its unit price, sorted by name (one line each; --json: one JSON array).",
+        "with its unit price, sorted by name (one line each; --json: one JSON array). "
+        "--prefix and --limit look items up without listing the whole catalog.",
     )
+    it.add_argument("--prefix", default="", help="only items whose name starts with PREFIX (the server filters)")
+    it.add_argument("--limit", type=_at_least_one, default=None, help="at most N items (only the pages needed)")
     w = sub.add_parser(
         "web",
         help="serve a quote page on loopback",
@@ -254,7 +257,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def run_items(args: argparse.Namespace) -> int:
     try:
-        version, entries = list_once(args.server, policy_from_args(args))
+        version, entries = list_once(args.server, policy_from_args(args), args.prefix, args.limit)
+    except ValueError as e:  # a prefix the wire cannot carry (over 32 bytes of UTF-8, or a NUL)
+        print(f"udp_client: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except QuoteError as e:
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER

@@ -35,10 +35,16 @@ from udp_price.wire import (
     Status,
     check_quantity,
     encode_batch_request,
+    encode_prefix,
     encode_request,
     normalize_item,
+    normalize_prefix,
 )
-from wire_format import MAX_QUANTITY
+from wire_format import LIST_PAGE_SIZE, MAX_QUANTITY
+
+LIST_WINDOW = 32
+"""List page requests in flight at once (like bulk's --window): a full listing of a million items
+(62,500 pages) then flows at the pace of the round trip without overflowing any buffer."""
 
 
 class NoAnswer(QuoteError):
@@ -237,22 +243,51 @@ class QuoteClient:
             request.lines, results, answered.attempts, request.request_id, answered.latency_s, reply.catalog_version
         )
 
-    async def list_items(self) -> tuple[int, list[tuple[str, int]]]:
-        """The server's whole catalog as (catalog version, [(item, unit price in cents)]) sorted by name.
+    async def list_items(
+        self, prefix: str = "", limit: int | None = None, window: int = LIST_WINDOW
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """The server's catalog as (catalog version, [(item, unit price in cents)]) sorted by name;
+        with ``prefix``, only the items whose name starts with it (the server filters); with
+        ``limit``, at most that many (only the pages needed are asked for).
 
-        Pages are fetched concurrently; if the catalog changes between pages (a reload), the
-        listing starts over so it never mixes two versions. Raises NoAnswer like ``quote``.
+        At most ``window`` page requests are in flight at once, as bulk does: firing every page
+        of a big catalog at once would overflow socket buffers and the server's rate limit. If
+        the catalog changes between pages (a reload), the listing starts over so it never mixes
+        two versions. Raises NoAnswer like ``quote``, ValueError for a prefix the wire cannot carry.
         """
+        prefix = normalize_prefix(prefix)
+        encode_prefix(prefix)  # a prefix that cannot be encoded is the caller's ValueError, now
         for _ in range(3):
-            first = await self._list_page(0)
-            pages = [first, *await asyncio.gather(*(self._list_page(p) for p in range(1, first.pages)))]
+            first = await self._list_page(0, prefix)
+            wanted = first.pages if limit is None else min(first.pages, max(1, -(-limit // LIST_PAGE_SIZE)))
+            pages = [first, *await self._pages(range(1, wanted), prefix, first.catalog_version, max(1, window))]
             if all(p.catalog_version == first.catalog_version and p.status is Status.OK for p in pages):
-                return first.catalog_version, [entry for p in pages for entry in p.entries]
+                entries = [entry for p in pages for entry in p.entries]
+                return first.catalog_version, entries if limit is None else entries[:limit]
             self.stats["list_restarts"] += 1
         raise QuoteError("the catalog kept changing while it was being listed")
 
-    async def _list_page(self, page: int) -> ListReply:
-        answered = await self._call(ListRequest(self._new_request_id(), page))
+    async def _pages(self, numbers: range, prefix: str, version: int, window: int) -> list[ListReply]:
+        """Pages ``numbers`` in order, ``window`` workers each taking the next page number; stops
+        early (the caller starts over) as soon as a page shows another catalog version."""
+        out: dict[int, ListReply] = {}
+        todo = iter(numbers)
+        changed = False
+
+        async def worker() -> None:
+            nonlocal changed
+            for number in todo:
+                if changed:
+                    return
+                reply = await self._list_page(number, prefix)
+                out[number] = reply
+                changed = changed or reply.catalog_version != version or reply.status is not Status.OK
+
+        await asyncio.gather(*(worker() for _ in range(min(window, len(numbers)))))
+        return [out[n] for n in sorted(out)]
+
+    async def _list_page(self, page: int, prefix: str = "") -> ListReply:
+        answered = await self._call(ListRequest(self._new_request_id(), page, prefix))
         reply = answered.reply
         if not isinstance(reply, ListReply):
             raise QuoteError(
@@ -332,11 +367,14 @@ def quote_once(server: Address, item: str, quantity: int, policy: RetryPolicy | 
     return asyncio.run(run())
 
 
-def list_once(server: Address, policy: RetryPolicy | None = None) -> tuple[int, list[tuple[str, int]]]:
-    """Blocking convenience: the server's catalog, (version, [(item, cents)])."""
+def list_once(
+    server: Address, policy: RetryPolicy | None = None, prefix: str = "", limit: int | None = None
+) -> tuple[int, list[tuple[str, int]]]:
+    """Blocking convenience: the server's catalog, (version, [(item, cents)]); ``prefix`` and
+    ``limit`` as for QuoteClient.list_items."""
 
     async def run() -> tuple[int, list[tuple[str, int]]]:
         async with QuoteClient(server, policy) as client:
-            return await client.list_items()
+            return await client.list_items(prefix, limit)
 
     return asyncio.run(run())

@@ -126,7 +126,15 @@ class QuoteServer:
                 self.stats["cache_hits"] += 1
                 return cached
         out = self._encoded(self.answer(request, data))
-        if out is not None and self.cache is not None and len(out) <= len(data):
+        # List pages are not cached: they are 670 bytes each (a full listing of a big catalog would
+        # fill the cache with them), a retransmitted list request is answered again for the same
+        # cost, and a client never mixes pages of two catalog versions anyway.
+        if (
+            out is not None
+            and self.cache is not None
+            and len(out) <= len(data)
+            and not isinstance(request, ListRequest)
+        ):
             self.cache.put(key, data, out, now)
         return out
 
@@ -146,7 +154,7 @@ class QuoteServer:
             return None
         request_id, item_field, quantity, transmission = peeked
         catalog = self.catalog
-        unit = catalog.wire_prices.get(item_field)
+        unit = catalog.price_of_field(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
             return None
         key = (addr[0], addr[1], request_id)
@@ -176,14 +184,16 @@ class QuoteServer:
         return self.list_page(request)
 
     def list_page(self, request: ListRequest) -> ListReply:
-        """One page of the catalog, sorted by name; BAD_PAGE past the end."""
-        entries = self.catalog.listing  # sorted once per catalog object, never keyed by version alone
-        pages = max(1, -(-len(entries) // LIST_PAGE_SIZE))
-        version = self.catalog.version
+        """One page of the catalog (or of the items whose name starts with the request's prefix),
+        sorted by name; BAD_PAGE past the end. A prefix nothing matches has one empty page."""
+        catalog = self.catalog  # one catalog for the whole answer, even if a reload swaps meanwhile
+        start, stop = catalog.prefix_range(request.prefix.encode("utf-8"))
+        pages = max(1, -(-(stop - start) // LIST_PAGE_SIZE))
         if request.page >= pages:
-            return ListReply(request.request_id, Status.BAD_PAGE, request.page, pages, catalog_version=version)
-        chunk = entries[request.page * LIST_PAGE_SIZE : (request.page + 1) * LIST_PAGE_SIZE]
-        return ListReply(request.request_id, Status.OK, request.page, pages, chunk, version)
+            return ListReply(request.request_id, Status.BAD_PAGE, request.page, pages, catalog_version=catalog.version)
+        first = start + request.page * LIST_PAGE_SIZE
+        chunk = tuple(catalog.entries(first, min(first + LIST_PAGE_SIZE, stop)))
+        return ListReply(request.request_id, Status.OK, request.page, pages, chunk, catalog.version)
 
     def _busy_reply(self, request: Request, data: bytes, retry_after_ms: int) -> Reply:
         retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)

@@ -32,7 +32,15 @@ from udp_price.wire.framing import (
     peek_header,
     seal,
 )
-from udp_price.wire.items import check_quantity, encode_item, item_problem, normalize_item, parse_quantity
+from udp_price.wire.items import (
+    check_quantity,
+    encode_item,
+    encode_prefix,
+    item_problem,
+    normalize_item,
+    normalize_prefix,
+    parse_quantity,
+)
 from udp_price.wire.messages import (
     REQUEST_KINDS,
     BatchReply,
@@ -89,6 +97,7 @@ __all__ = [
     "encode_list_reply",
     "encode_list_request",
     "encode_ok_reply",
+    "encode_prefix",
     "encode_reply",
     "encode_request",
     "is_sealed",
@@ -96,6 +105,7 @@ __all__ = [
     "kind_of",
     "lines_digest",
     "normalize_item",
+    "normalize_prefix",
     "parse_quantity",
     "peek_header",
     "peek_quote_request",

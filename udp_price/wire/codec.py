@@ -24,7 +24,7 @@ from construct import Array, Bytes, Const, FormatField, Struct
 
 from udp_price.errors import EncodeError, MalformedDatagram
 from udp_price.wire.framing import ZERO_RESERVED, check_batch_frame, check_frame, check_unsigned, kind_of, seal
-from udp_price.wire.items import decode_item, encode_item
+from udp_price.wire.items import decode_item, decode_prefix, encode_item, encode_prefix
 from udp_price.wire.messages import (
     BatchReply,
     BatchRequest,
@@ -115,7 +115,7 @@ _F_BATCH_REPLY = _derive(
     BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest", "transmission")
 )
 _F_BATCH_RESULT = _derive(_array_element(BATCH_REPLY_DEF), ("status", "unit_price", "total"))
-_F_LIST_REQUEST = _derive(LIST_REQUEST_DEF, (*_HDR, "page", "reserved"))
+_F_LIST_REQUEST = _derive(LIST_REQUEST_DEF, (*_HDR, "page", "prefix", "reserved"))
 _F_LIST_REPLY = _derive(LIST_REPLY_DEF, (*_HDR, "status", "count", "page", "pages", "catalog_version"))
 _F_LIST_ENTRY = _derive(_array_element(LIST_REPLY_DEF), ("item", "unit_price"))
 _LIST_RESERVED = bytes(LIST_REQUEST_RESERVED)
@@ -347,19 +347,22 @@ def decode_batch_reply(data: bytes) -> BatchReply:
 
 
 def encode_list_request(req: ListRequest) -> bytes:
-    """Bytes of a list request (always LIST_REQUEST_SIZE). Raises EncodeError (a ValueError) for a bad page number."""
+    """Bytes of a list request (always LIST_REQUEST_SIZE). Raises a ValueError for a bad page number or prefix."""
+    prefix = encode_prefix(req.prefix)
     return seal(
-        _pack(_F_LIST_REQUEST, MAGIC, VERSION, MessageKind.LIST_REQUEST, req.request_id, req.page, _LIST_RESERVED)
+        _pack(
+            _F_LIST_REQUEST, MAGIC, VERSION, MessageKind.LIST_REQUEST, req.request_id, req.page, prefix, _LIST_RESERVED
+        )
     )
 
 
 def decode_list_request(data: bytes) -> ListRequest:
     """Decode untrusted bytes into a ListRequest; raises MalformedDatagram on any defect."""
     request_id = check_frame(data, MessageKind.LIST_REQUEST, LIST_REQUEST_SIZE)
-    page, reserved = _F_LIST_REQUEST.unpack_from(data)[4:]
+    page, prefix, reserved = _F_LIST_REQUEST.unpack_from(data)[4:]
     if reserved != _LIST_RESERVED:
         raise MalformedDatagram("reserved_not_zero", request_id=request_id)
-    return ListRequest(request_id, page)
+    return ListRequest(request_id, page, decode_prefix(prefix, request_id))
 
 
 def encode_list_reply(rep: ListReply) -> bytes:

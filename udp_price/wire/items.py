@@ -22,7 +22,7 @@ from __future__ import annotations
 import unicodedata
 
 from udp_price.errors import BadItem, BadQuantity, MalformedDatagram
-from wire_format import ITEM_SIZE, MAX_QUANTITY
+from wire_format import ITEM_SIZE, MAX_QUANTITY, PREFIX_SIZE
 
 MAX_DIGITS = len(str(MAX_QUANTITY))
 """Digits in the largest valid quantity (10); longer text is rejected without converting it."""
@@ -94,3 +94,31 @@ def decode_item(raw: bytes, request_id: int) -> str:
         # Only one spelling of a name is valid on the wire (NFC, no outer spaces), so equal names are equal bytes.
         raise MalformedDatagram("item_not_canonical", request_id=request_id)
     return text
+
+
+def normalize_prefix(text: str) -> str:
+    """A search prefix as names are compared: NFC, leading spaces dropped (names have none); a
+    trailing space is kept, since it may be part of the name ("café " matches "café crème")."""
+    return unicodedata.normalize("NFC", text.lstrip())
+
+
+def encode_prefix(prefix: str) -> bytes:
+    """UTF-8 prefix NUL-padded to PREFIX_SIZE ('' is all zeros: no filter). Raises BadItem
+    (a ValueError) for one longer than the field or holding a NUL."""
+    data = prefix.encode("utf-8")
+    if len(data) > PREFIX_SIZE:
+        raise BadItem(f"prefix is {len(data):,} bytes in UTF-8; the wire field holds {PREFIX_SIZE}")
+    if b"\0" in data:
+        raise BadItem("prefix contains NUL")
+    return data.ljust(PREFIX_SIZE, b"\0")
+
+
+def decode_prefix(raw: bytes, request_id: int) -> str:
+    """The prefix in a list request's field: UTF-8 (possibly empty), no NUL before the padding."""
+    data = raw.rstrip(b"\0")
+    if b"\0" in data:
+        raise MalformedDatagram("nul_in_prefix", request_id=request_id)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedDatagram("bad_utf8", str(e), request_id=request_id) from e

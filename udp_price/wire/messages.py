@@ -91,10 +91,12 @@ class BatchReply:
 
 @dataclass(frozen=True, slots=True)
 class ListRequest:
-    """Ask for one page of the catalog (0-based), LIST_PAGE_SIZE items a page, sorted by name."""
+    """Ask for one page of the catalog (0-based), LIST_PAGE_SIZE items a page, sorted by name;
+    with a ``prefix``, one page of the items whose name starts with it (a search)."""
 
     request_id: int
     page: int
+    prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)

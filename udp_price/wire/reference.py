@@ -11,7 +11,7 @@ from construct import ConstructError
 
 from udp_price.errors import EncodeError, MalformedDatagram
 from udp_price.wire.framing import ZERO_RESERVED, check_batch_frame, check_frame, check_unsigned, seal
-from udp_price.wire.items import decode_item, encode_item
+from udp_price.wire.items import decode_item, encode_item, encode_prefix
 from udp_price.wire.messages import (
     BatchReply,
     BatchRequest,
@@ -253,6 +253,7 @@ def reference_encode_list_request(req: ListRequest) -> bytes:
             "kind": MessageKind.LIST_REQUEST,
             "request_id": req.request_id,
             "page": req.page,
+            "prefix": encode_prefix(req.prefix),
             "reserved": _LIST_RESERVED,
         }
     )

@@ -1,0 +1,119 @@
+"""Type-ahead item search for the quote page, so a catalog of a million items stays usable.
+
+A catalog of at most SELECT_LIMIT items is offered as a plain drop-down (it has its own
+type-ahead in every browser). A bigger one gets a search box instead: an ARIA 1.2 combobox
+(input + listbox, aria-activedescendant, arrow keys, Enter, Escape) that asks this process's
+``/api/search?q=TEXT`` as the user types; this process asks the quote server with a prefix-search
+list request (udp_price.client.api.list_once with prefix and limit: one or two page requests).
+Without JavaScript the box is an ordinary text field: the typed name is quoted as it stands.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from udp_price.address import Address
+from udp_price.catalog import format_money
+from udp_price.client.api import NoAnswer, list_once
+from udp_price.client.retry import RetryPolicy
+from udp_price.errors import QuoteError
+
+SELECT_LIMIT = 1000
+"""Largest catalog offered as a drop-down; above it the page shows the search box."""
+SEARCH_RESULTS = 20
+"""Suggestions per keystroke: two list pages."""
+
+SCRIPT = """
+(() => {
+  const box = document.getElementById('item'), list = document.getElementById('item-options');
+  const status = document.getElementById('item-status');
+  let active = -1, timer = null, asked = 0;
+  const options = () => Array.from(list.querySelectorAll('[role=option]'));
+  function close() { list.hidden = true; box.setAttribute('aria-expanded', 'false');
+    box.removeAttribute('aria-activedescendant'); active = -1; }
+  function mark(i) { const opts = options(); if (!opts.length) return;
+    active = (i + opts.length) % opts.length;
+    opts.forEach((o, k) => o.setAttribute('aria-selected', k === active ? 'true' : 'false'));
+    box.setAttribute('aria-activedescendant', opts[active].id); opts[active].scrollIntoView({block: 'nearest'}); }
+  function choose(o) { box.value = o.dataset.item; close(); }
+  async function ask() {
+    const q = box.value, mine = ++asked;
+    if (!q) { list.replaceChildren(); close(); status.textContent = ''; return; }
+    const r = await fetch('/api/search?q=' + encodeURIComponent(q));
+    if (mine !== asked) return;  // a later keystroke already asked again
+    const found = r.ok ? await r.json() : [];
+    list.replaceChildren(...found.map((f, k) => { const o = document.createElement('li');
+      o.id = 'item-option-' + k; o.setAttribute('role', 'option'); o.dataset.item = f.item;
+      o.textContent = f.item + ' (' + f.unit_price + ')';
+      o.addEventListener('mousedown', e => { e.preventDefault(); choose(o); }); return o; }));
+    list.hidden = !found.length; box.setAttribute('aria-expanded', found.length ? 'true' : 'false'); active = -1;
+    status.textContent = r.ok ? found.length + (found.length === 1 ? ' match' : ' matches') : 'search failed';
+  }
+  box.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(ask, 120); });
+  box.addEventListener('keydown', e => {
+    if (e.key === 'ArrowDown') { e.preventDefault(); if (list.hidden) ask(); else mark(active + 1); }
+    else if (e.key === 'ArrowUp') { e.preventDefault(); mark(active - 1); }
+    else if (e.key === 'Enter' && !list.hidden && active >= 0) { e.preventDefault(); choose(options()[active]); }
+    else if (e.key === 'Escape') { close(); }
+  });
+  box.addEventListener('blur', () => setTimeout(close, 100));
+})();
+"""
+
+STYLE = """
+.combo { position: relative; }
+#item-options { list-style: none; margin: 0; padding: 0; border: 1px solid #555; max-height: 16rem;
+  overflow-y: auto; background: #fff; position: absolute; width: 100%; z-index: 1; }
+#item-options [role=option] { padding: .3rem .5rem; cursor: pointer; }
+#item-options [aria-selected=true] { background: #1d4ed8; color: #fff; }
+.hint { font-size: .9rem; color: #444; }
+"""
+
+
+def combobox(chosen: str, disabled: str) -> str:
+    """The search box in place of the drop-down (``disabled`` is '' or ' disabled')."""
+    esc = html.escape
+    return (
+        f"<style>{STYLE}</style>"
+        '<div class="combo">'
+        f'<input id="item" name="item" type="text" required autocomplete="off" value="{esc(chosen)}" '
+        'role="combobox" aria-autocomplete="list" aria-expanded="false" aria-controls="item-options" '
+        f'aria-describedby="item-hint"{disabled}>'
+        '<ul id="item-options" role="listbox" aria-label="Matching items" hidden></ul></div>'
+        '<p id="item-hint" class="hint">Type the start of a name; arrow keys pick a match, Enter takes it.</p>'
+        '<p id="item-status" class="hint" role="status" aria-live="polite"></p>'
+        f"<script>{SCRIPT}</script>"
+    )
+
+
+def small_catalog(server: Address, policy: RetryPolicy) -> tuple[list[tuple[str, int]] | None, str | None, bool]:
+    """(items, error, searchable): the whole catalog when it has at most SELECT_LIMIT items (only
+    the pages needed to tell are asked for), else ([], None, True): the page shows the search box."""
+    try:
+        items = list_once(server, policy, limit=SELECT_LIMIT + 1)[1]
+    except NoAnswer as e:
+        return (
+            None,
+            (
+                f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in "
+                f"{e.elapsed_s:.1f} s, so the item list is empty."
+            ),
+            False,
+        )
+    except QuoteError as e:
+        return None, f"Cannot list the catalog: {e}.", False
+    if len(items) > SELECT_LIMIT:
+        return [], None, True
+    return items, None, False
+
+
+def search(server: Address, policy: RetryPolicy, query: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(matches as JSON objects, None) or (None, error in words) for /api/search?q=QUERY."""
+    try:
+        found = list_once(server, policy, prefix=query, limit=SEARCH_RESULTS)[1] if query.strip() else []
+    except NoAnswer as e:
+        return None, f"The quote server is unreachable: no answer after {e.attempts} attempt(s)."
+    except (ValueError, QuoteError) as e:
+        return None, f"Cannot search for that: {e}."
+    return [{"item": name, "unit_price": format_money(price)} for name, price in found], None
