@@ -54,4 +54,3 @@ class CatalogError(QuoteError):
 
 class BulkInputError(QuoteError):
     """The orders file itself is unusable (no header, no item/quantity column, unknown encoding)."""
-
