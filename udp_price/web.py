@@ -198,7 +198,8 @@ class Handler(BaseHTTPRequestHandler):
             "server": format_address(self.client.server),
             "local_port": self.client.local_port(),
             "srtt_ms": None if rtt.srtt is None else round(rtt.srtt * 1000, 3),
-            "requests": self.client.client.stats.get("requests", 0),
+            "sent": self.client.client.stats.get("sent", 0),
+            "accepted": self.client.client.stats.get("accepted", 0),
         }
         self._send(HTTPStatus.OK, "application/json", json.dumps(body))
 
