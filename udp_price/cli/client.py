@@ -38,10 +38,10 @@ EXAMPLES = f"""\
 examples:
   python udp_client.py quote apple 3                   # 3 x apple @ 0.50 = 1.50
   python udp_client.py quote "café crème" 2
-  python udp_client.py --json quote banana 12          # one JSON object on stdout
+  python udp_client.py quote banana 12 --json          # one JSON object on stdout (flags go anywhere)
   python udp_client.py --server [::1]:9999 --timeout 0.1 --retries 6 --deadline 3 quote pear 1
   python udp_client.py bulk orders.csv -o quotes.csv   # every row, in order; summary on stderr
-  python udp_client.py items                           # the server's catalog, sorted by name
+  python udp_client.py items -q --server [::1]:9999     # the server's catalog, sorted by name
   python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
 
 quantity: a whole number from 1 to {MAX_QUANTITY} (1 to 10 digits, no sign); anything else is
@@ -109,9 +109,11 @@ def _at_least_one(text: str) -> int:
 
 
 def _batch(text: str) -> int:
-    if not _digits(text, 2) or not 1 <= int(text) <= MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"{text[:32]!r} must be a whole number from 1 to {MAX_BATCH}")
-    return int(text)
+    """Checked here, so a bad --batch is a usage error naming the flag, before any file is opened."""
+    value = _at_least_one(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"--batch must be 1 to {MAX_BATCH}, not {value}")
+    return value
 
 
 def _retries(text: str) -> int:
