@@ -20,7 +20,7 @@ from udp_price.server.timing import DurationHistogram
 from udp_price.wire import QuoteRequest, encode_request
 
 N = 50_000
-ROUNDS = 7
+ROUNDS = 15
 
 
 def requests(n: int) -> list[bytes]:
@@ -42,15 +42,19 @@ def run(server: QuoteServer, data: list[bytes], timing: DurationHistogram | None
 
 def main() -> None:
     catalog = load_catalog("catalog.csv")
-    without, with_timing = [], []
-    for _ in range(ROUNDS):
-        # A fresh server (no limiter, no cache) each time, so neither side meets the other's replies.
-        without.append(run(QuoteServer(catalog), requests(N), None))
-        with_timing.append(run(QuoteServer(catalog), requests(N), DurationHistogram()))
+    without, with_timing, ratios = [], [], []
+    for round_no in range(ROUNDS):
+        # A fresh server (no limiter, no cache) each time, so neither side meets the other's replies;
+        # the order alternates, so neither side always runs first on a warmer (or busier) machine.
+        timings = [None, DurationHistogram()] if round_no % 2 == 0 else [DurationHistogram(), None]
+        results = {t is not None: run(QuoteServer(catalog), requests(N), t) for t in timings}
+        without.append(results[False])
+        with_timing.append(results[True])
+        ratios.append(results[True] / results[False])
     base, timed = statistics.median(without), statistics.median(with_timing)
     print(f"handling without histogram: {base:8.0f} ns/datagram (median of {ROUNDS} x {N:,})")
     print(f"handling with histogram:    {timed:8.0f} ns/datagram")
-    print(f"ratio with/without:         {timed / base:8.3f}  (+{timed - base:.0f} ns per datagram)")
+    print(f"ratio with/without:         {statistics.median(ratios):8.3f}  (median of the rounds' ratios)")
 
 
 if __name__ == "__main__":
