@@ -141,10 +141,17 @@ def test_quantity_rule_bulk_and_page(tmp_path: Path, text: str) -> None:
     assert r.returncode == 1 and b"Traceback" not in r.stderr
     out = list(csv.reader(io.StringIO(r.stdout.decode("utf-8"))))[1]
     assert out[:2] == ["apple", text] and out[4:6] == ["BAD_ROW", "0"] and out[6].startswith("line 2: quantity ")
+    from udp_price.client.kept import KeptClient
     from udp_price.client.retry import RetryPolicy
 
-    result, error = quote_for_page(("127.0.0.1", 9), RetryPolicy(deadline_s=0.5), "apple", text)
-    assert result is None and error is not None and error.startswith("Bad quantity"), error
+    page_client = KeptClient(("127.0.0.1", 9), RetryPolicy(deadline_s=0.5))
+    try:
+        result, error = quote_for_page(page_client, "apple", text)
+    finally:
+        page_client.close()
+    assert result is None and error is not None and error.message.startswith("Bad quantity"), error
+    assert (int(error.status), error.code) == (400, "bad_quantity")
+    assert page_client.client.stats["sent"] == 0
 
 
 @pytest.mark.parametrize("quantity", [0, -2, 1_000_000_001, 10**5000], ids=["0", "-2", "1e9+1", "5001-digits"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import sys
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,10 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 from udp_price import web_search
 from udp_price.address import Address, format_address
 from udp_price.catalog import format_money
-from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
+from udp_price.client.api import NoAnswer, describe_status
+from udp_price.client.kept import KeptClient
 from udp_price.client.retry import RetryPolicy
 from udp_price.errors import BadQuantity, QuoteError
-from udp_price.wire import parse_quantity
+from udp_price.wire import Status, parse_quantity
 from wire_format import MAX_QUANTITY
 
 STYLE = """
@@ -89,29 +91,64 @@ def render(
     return "".join(parts)
 
 
-def quote_for_page(
-    server: Address, policy: RetryPolicy, item: str, quantity_text: str
-) -> tuple[dict[str, Any] | None, str | None]:
-    """(result, None) or (None, error in words) for one form submission."""
+@dataclass(frozen=True)
+class PageError:
+    """A failed quote: the HTTP status (the caller's mistake 4xx, the quote server's trouble 5xx),
+    a machine-readable code for scripts, and the message in words for people."""
+
+    status: HTTPStatus
+    code: str
+    message: str
+
+
+_BY_STATUS = {
+    Status.UNKNOWN_ITEM: (HTTPStatus.NOT_FOUND, "unknown_item"),
+    Status.BAD_QUANTITY: (HTTPStatus.BAD_REQUEST, "bad_quantity"),
+    Status.OVERFLOW: (HTTPStatus.BAD_REQUEST, "total_too_large"),
+    Status.BUSY: (HTTPStatus.SERVICE_UNAVAILABLE, "busy"),
+}
+
+
+def no_answer_message(e: NoAnswer) -> str:
+    return f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in {e.elapsed_s:.1f} s."
+
+
+def quote_for_page(client: KeptClient, item: str, quantity_text: str) -> tuple[dict[str, Any] | None, PageError | None]:
+    """(result, None) or (None, what went wrong) for one form submission."""
     try:
         quantity = parse_quantity(quantity_text)  # the one quantity rule, as for quote and bulk
     except BadQuantity:
         shown = quantity_text if len(quantity_text) <= 20 else quantity_text[:20] + "..."
-        return None, f"Bad quantity {shown!r}: enter a whole number from 1 to {MAX_QUANTITY:,}."
+        message = f"Bad quantity {shown!r}: enter a whole number from 1 to {MAX_QUANTITY:,}."
+        return None, PageError(HTTPStatus.BAD_REQUEST, "bad_quantity", message)
     try:
-        r = quote_once(server, item, quantity, policy)
+        r = client.quote(item, quantity)
     except NoAnswer as e:
-        return None, f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in {e.elapsed_s:.1f} s."
-    except (ValueError, QuoteError) as e:
-        return None, f"Cannot ask for that: {e}."
+        return None, PageError(HTTPStatus.GATEWAY_TIMEOUT, "no_answer", no_answer_message(e))
+    except ValueError as e:  # cannot be encoded: the caller's item (too long for the wire field, ...)
+        return None, PageError(HTTPStatus.BAD_REQUEST, "bad_item", f"Cannot ask for that: {e}.")
+    except QuoteError as e:
+        return None, PageError(HTTPStatus.BAD_GATEWAY, "bad_reply", f"The quote server's answer was unusable: {e}.")
     if not r.ok:
-        return None, describe_status(r).capitalize() + "."
+        status, code = _BY_STATUS.get(r.status, (HTTPStatus.BAD_GATEWAY, r.status.name.lower()))
+        return None, PageError(status, code, describe_status(r).capitalize() + ".")
     return r.as_json(), None
+
+
+def _listing_error(e: NoAnswer | QuoteError) -> PageError:
+    if isinstance(e, NoAnswer):
+        return PageError(HTTPStatus.GATEWAY_TIMEOUT, "no_answer", no_answer_message(e))
+    return PageError(HTTPStatus.BAD_GATEWAY, "bad_reply", f"Cannot list the catalog: {e}.")
 
 
 class Handler(BaseHTTPRequestHandler):
     server_address_udp: Address
-    policy: RetryPolicy
+    client: KeptClient
+
+    def do_HEAD(self) -> None:
+        """The GET answer's status and headers without its body (RFC 9110 9.3.2)."""
+        self._head_only = True
+        self.do_GET()
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -119,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/":
             self._page(query)
         elif url.path == "/api/search":
-            found, search_error = web_search.search(self.server_address_udp, self.policy, query.get("q", ""))
+            found, search_error = web_search.search(self.client.list_items, query.get("q", ""))
             self._send(
                 HTTPStatus.OK if found is not None else HTTPStatus.BAD_GATEWAY,
                 "application/json",
@@ -128,71 +165,84 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/api/items":
             self._api_items()
         elif url.path == "/api/quote":
-            result, error = quote_for_page(
-                self.server_address_udp, self.policy, query.get("item", ""), query.get("quantity", "")
-            )
-            self._send(
-                HTTPStatus.OK if result else HTTPStatus.BAD_GATEWAY,
-                "application/json",
-                json.dumps(result or {"error": error}, ensure_ascii=False),
-            )
+            result, error = quote_for_page(self.client, query.get("item", ""), query.get("quantity", ""))
+            if error is not None:
+                self._send_error(error)
+            else:
+                self._send(HTTPStatus.OK, "application/json", json.dumps(result, ensure_ascii=False))
+        elif url.path == "/api/client":
+            self._api_client()
         else:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", "not found\n")
+            self._send_error(PageError(HTTPStatus.NOT_FOUND, "not_found", f"No page at {url.path[:100]}."))
 
-    def _items(self) -> tuple[list[tuple[str, int]] | None, str | None]:
+    def _items(self) -> tuple[list[tuple[str, int]] | None, PageError | None]:
         try:
-            return list_once(self.server_address_udp, self.policy)[1], None
-        except NoAnswer as e:
-            return None, (
-                f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in "
-                f"{e.elapsed_s:.1f} s, so the item list is empty."
-            )
-        except QuoteError as e:
-            return None, f"Cannot list the catalog: {e}."
+            return self.client.list_items()[1], None
+        except (NoAnswer, QuoteError) as e:
+            return None, _listing_error(e)
 
     def _page(self, query: dict[str, str]) -> None:
-        items, list_error, searchable = web_search.small_catalog(self.server_address_udp, self.policy)
+        items, failure, searchable = web_search.small_catalog(self.client.list_items)
+        list_error = _listing_error(failure) if failure is not None else None
         result = error = None
-        if "item" in query:
-            result, error = quote_for_page(
-                self.server_address_udp, self.policy, query["item"], query.get("quantity", "")
-            )
+        # A dead quote server gets one message: the quote is not tried when listing found no one there.
+        if "item" in query and not (list_error is not None and list_error.code == "no_answer"):
+            result, error = quote_for_page(self.client, query["item"], query.get("quantity", ""))
         page = render(
             self.server_address_udp,
             items,
-            list_error,
+            list_error.message if list_error else None,
             query.get("item", ""),
             query.get("quantity", "1"),
             result,
-            error,
+            error.message if error else None,
             searchable,
         )
         self._send(HTTPStatus.OK, "text/html; charset=utf-8", page)
 
     def _api_items(self) -> None:
         items, error = self._items()
-        body = [{"item": i, "unit_price": format_money(p)} for i, p in items] if items is not None else {"error": error}
-        self._send(
-            HTTPStatus.OK if items is not None else HTTPStatus.BAD_GATEWAY,
-            "application/json",
-            json.dumps(body, ensure_ascii=False),
-        )
+        if error is not None:
+            self._send_error(error)
+            return
+        body = [{"item": i, "unit_price": format_money(p)} for i, p in items or []]
+        self._send(HTTPStatus.OK, "application/json", json.dumps(body, ensure_ascii=False))
 
-    def _send(self, status: HTTPStatus, content_type: str, body: str) -> None:
+    def _api_client(self) -> None:
+        """The kept UDP client: its local port and what it has learned of the round trip."""
+        rtt = self.client.client.rtt
+        body = {
+            "server": format_address(self.client.server),
+            "local_port": self.client.local_port(),
+            "srtt_ms": None if rtt.srtt is None else round(rtt.srtt * 1000, 3),
+            "sent": self.client.client.stats.get("sent", 0),
+            "accepted": self.client.client.stats.get("accepted", 0),
+        }
+        self._send(HTTPStatus.OK, "application/json", json.dumps(body))
+
+    def _send_error(self, error: PageError) -> None:
+        body = json.dumps({"error": error.message, "code": error.code}, ensure_ascii=False)
+        retry = {"Retry-After": "1"} if error.status is HTTPStatus.SERVICE_UNAVAILABLE else {}
+        self._send(error.status, "application/json", body, retry)
+
+    def _send(self, status: HTTPStatus, content_type: str, body: str, extra: dict[str, str] | None = None) -> None:
         data = body.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not getattr(self, "_head_only", False):
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"udp_client web: {self.address_string()} {format % args}\n")
 
 
-def make_server(listen: Address, server: Address, policy: RetryPolicy) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"server_address_udp": server, "policy": policy})
+def make_server(listen: Address, server: Address, client: KeptClient) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"server_address_udp": server, "client": client})
     return ThreadingHTTPServer(listen, handler)
 
 
@@ -200,9 +250,11 @@ def serve(listen: Address, server: Address, policy: RetryPolicy) -> int:
     """Serve the page until Ctrl-C or SIGTERM; 0 on a clean stop, 5 if the address is taken."""
     import signal
 
+    client = KeptClient(server, policy)
     try:
-        httpd = make_server(listen, server, policy)
+        httpd = make_server(listen, server, client)
     except OSError as e:
+        client.close()
         print(f"udp_client: cannot listen on {format_address(listen)}: {e.strerror}", file=sys.stderr)
         return 5
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -218,4 +270,5 @@ def serve(listen: Address, server: Address, policy: RetryPolicy) -> int:
         pass
     finally:
         httpd.server_close()
+        client.close()
     return 0

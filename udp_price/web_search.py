@@ -4,20 +4,22 @@ A catalog of at most SELECT_LIMIT items is offered as a plain drop-down (it has 
 type-ahead in every browser). A bigger one gets a search box instead: an ARIA 1.2 combobox
 (input + listbox, aria-activedescendant, arrow keys, Enter, Escape) that asks this process's
 ``/api/search?q=TEXT`` as the user types; this process asks the quote server with a prefix-search
-list request (udp_price.client.api.list_once with prefix and limit: one or two page requests).
+list request (the page's one kept client, with prefix and limit: one or two page requests).
 Without JavaScript the box is an ordinary text field: the typed name is quoted as it stands.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
-from udp_price.address import Address
 from udp_price.catalog import format_money
-from udp_price.client.api import NoAnswer, list_once
-from udp_price.client.retry import RetryPolicy
+from udp_price.client.api import NoAnswer
 from udp_price.errors import QuoteError
+
+Lister = Callable[[str, int | None], tuple[int, list[tuple[str, int]]]]
+"""list_items(prefix, limit) -> (catalog version, [(item, cents)]), as the kept client offers it."""
 
 SELECT_LIMIT = 1000
 """Largest catalog offered as a drop-down; above it the page shows the search box."""
@@ -87,31 +89,25 @@ def combobox(chosen: str, disabled: str) -> str:
     )
 
 
-def small_catalog(server: Address, policy: RetryPolicy) -> tuple[list[tuple[str, int]] | None, str | None, bool]:
+def small_catalog(
+    list_items: Lister,
+) -> tuple[list[tuple[str, int]] | None, NoAnswer | QuoteError | None, bool]:
     """(items, error, searchable): the whole catalog when it has at most SELECT_LIMIT items (only
-    the pages needed to tell are asked for), else ([], None, True): the page shows the search box."""
+    the pages needed to tell are asked for), else ([], None, True): the page shows the search box.
+    On failure items is None and error is what went wrong (NoAnswer: nobody answered)."""
     try:
-        items = list_once(server, policy, limit=SELECT_LIMIT + 1)[1]
-    except NoAnswer as e:
-        return (
-            None,
-            (
-                f"The quote server is unreachable: no answer after {e.attempts} attempt(s) in "
-                f"{e.elapsed_s:.1f} s, so the item list is empty."
-            ),
-            False,
-        )
-    except QuoteError as e:
-        return None, f"Cannot list the catalog: {e}.", False
+        items = list_items("", SELECT_LIMIT + 1)[1]
+    except (NoAnswer, QuoteError) as e:
+        return None, e, False
     if len(items) > SELECT_LIMIT:
         return [], None, True
     return items, None, False
 
 
-def search(server: Address, policy: RetryPolicy, query: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+def search(list_items: Lister, query: str) -> tuple[list[dict[str, Any]] | None, str | None]:
     """(matches as JSON objects, None) or (None, error in words) for /api/search?q=QUERY."""
     try:
-        found = list_once(server, policy, prefix=query, limit=SEARCH_RESULTS)[1] if query.strip() else []
+        found = list_items(query, SEARCH_RESULTS)[1] if query.strip() else []
     except NoAnswer as e:
         return None, f"The quote server is unreachable: no answer after {e.attempts} attempt(s)."
     except (ValueError, QuoteError) as e:

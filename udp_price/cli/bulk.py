@@ -230,8 +230,9 @@ def _report(
         fail(args.orders, f"read error after line {reader.lines_read}: {e.strerror or e}; the rest was not read")
     if summary.input_error is not None:
         fail(args.orders, f"cannot read past line {reader.lines_read}: {_why(summary.input_error)}")
-    for line in summary.lines(stats):
-        print(f"udp_client: bulk: {line}", file=sys.stderr)
+    if getattr(args, "verbosity", 0) >= 0:  # -q: only errors on stderr; every row's outcome is in the output
+        for line in summary.lines(stats):
+            print(f"udp_client: bulk: {line}", file=sys.stderr)
     if write_error is not None:
         return EXIT_OUTPUT
     if reader.read_error is not None or summary.input_error is not None:

@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from udp_price import web
+from udp_price.address import format_address
 from udp_price.catalog import format_money
 from udp_price.cli import bulk as bulk_command
 from udp_price.cli.common import (
@@ -17,12 +19,14 @@ from udp_price.cli.common import (
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
+    add_verbosity,
     add_version,
     address_arg,
     examples_for,
     listen_address_arg,
     policy_from_args,
     prog_name,
+    verbosity,
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
 from udp_price.client.retry import RetryPolicy
@@ -34,10 +38,10 @@ EXAMPLES = f"""\
 examples:
   python udp_client.py quote apple 3                   # 3 x apple @ 0.50 = 1.50
   python udp_client.py quote "café crème" 2
-  python udp_client.py --json quote banana 12          # one JSON object on stdout
+  python udp_client.py quote banana 12 --json          # one JSON object on stdout (flags go anywhere)
   python udp_client.py --server [::1]:9999 --timeout 0.1 --retries 6 --deadline 3 quote pear 1
   python udp_client.py bulk orders.csv -o quotes.csv   # every row, in order; summary on stderr
-  python udp_client.py items                           # the server's catalog, sorted by name
+  python udp_client.py items -q --server [::1]:9999     # the server's catalog, sorted by name
   python udp_client.py web --listen 127.0.0.1:8080     # a quote page in the browser
 
 quantity: a whole number from 1 to {MAX_QUANTITY} (1 to 10 digits, no sign); anything else is
@@ -104,14 +108,79 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _batch(text: str) -> int:
+    """Checked here, so a bad --batch is a usage error naming the flag, before any file is opened."""
+    value = _at_least_one(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"--batch must be 1 to {MAX_BATCH}, not {value}")
+    return value
+
+
 def _retries(text: str) -> int:
     if not _digits(text):
         raise argparse.ArgumentTypeError(f"--retries {text[:32]!r} must be a whole number >= 0 (at most 9 digits)")
     return int(text)
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) -> None:
+    """The flags every subcommand shares. The top-level parser carries the defaults; each
+    subcommand gets the same flags with default SUPPRESS, so ``quote apple 3 --json`` and
+    ``--json quote apple 3`` mean the same and a flag given before the subcommand is not reset."""
     defaults = RetryPolicy()
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if on_subcommand else value
+
+    g = p.add_argument_group("shared flags (before or after the subcommand)")
+    g.add_argument(
+        "--server",
+        type=address_arg,
+        default=default(("127.0.0.1", 9999)),
+        metavar="HOST:PORT",
+        help="quote server (default 127.0.0.1:9999; IPv6 as [::1]:9999) - dig's @server",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=default(defaults.initial_timeout_s),
+        metavar="SECONDS",
+        help=f"first attempt's timeout in seconds, later ones adapt to the measured round trip "
+        f"(default {defaults.initial_timeout_s:g}) - dig +timeout",
+    )
+    g.add_argument(
+        "--retries",
+        type=_retries,
+        default=default(defaults.max_attempts - 1),
+        metavar="N",
+        help=f"retransmissions after the first attempt (default {defaults.max_attempts - 1}) - dig +retry",
+    )
+    g.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=default(defaults.deadline_s),
+        metavar="SECONDS",
+        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}) - curl --max-time",
+    )
+    g.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine-readable stdout, failures included: quote one object, items one array "
+        "(or one error object), bulk JSON lines (= --format jsonl)",
+    )
+    add_verbosity(p, default=default(0))
+
+
+def _subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand parser that also accepts the shared flags; add its own flags to what this returns."""
+    parser = sub.add_parser(name, **kwargs)
+    add_global_flags(parser, on_subcommand=True)
+    return parser
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "udp_client.py"),
         description="Get price quotes from a udp-price server over UDP, with timeouts and retransmission.",
@@ -119,33 +188,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)
-    p.add_argument(
-        "--server", type=address_arg, default=("127.0.0.1", 9999), help="server HOST:PORT (default 127.0.0.1:9999)"
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=defaults.initial_timeout_s,
-        help=f"first attempt's timeout in seconds (default {defaults.initial_timeout_s})",
-    )
-    p.add_argument(
-        "--retries",
-        type=_retries,
-        default=defaults.max_attempts - 1,
-        help=f"retransmissions after the first attempt (default {defaults.max_attempts - 1})",
-    )
-    p.add_argument(
-        "--deadline",
-        type=_positive_float,
-        default=defaults.deadline_s,
-        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s})",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object per result")
+    add_global_flags(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    q = sub.add_parser("quote", help="quote one item", description="Quote QUANTITY x ITEM.")
+    q = _subcommand(sub, "quote", help="quote one item", description="Quote QUANTITY x ITEM.")
     q.add_argument("item", help="item name as in the catalog (quote names with spaces)")
     q.add_argument("quantity", type=parse_quantity, help=f"whole number, 1 to {MAX_QUANTITY}")
-    it = sub.add_parser(
+    it = _subcommand(
+        sub,
         "items",
         help="list the server's catalog",
         description="List every item the server quotes, "
@@ -154,7 +203,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     it.add_argument("--prefix", default="", help="only items whose name starts with PREFIX (the server filters)")
     it.add_argument("--limit", type=_at_least_one, default=None, help="at most N items (only the pages needed)")
-    w = sub.add_parser(
+    w = _subcommand(
+        sub,
         "web",
         help="serve a quote page on loopback",
         description="Serve a small web page for quotes: pick an item, enter a quantity, see the total. "
@@ -164,9 +214,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--listen",
         type=listen_address_arg,
         default=("127.0.0.1", 8080),
-        help="HTTP address for the page (default 127.0.0.1:8080)",
+        metavar="HOST:PORT",
+        help="HTTP address for the page (default 127.0.0.1:8080; port 0: any free port)",
     )
-    b = sub.add_parser(
+    b = _subcommand(
+        sub,
         "bulk",
         help="quote every row of a CSV file",
         description="Quote every row of ORDERS (a CSV with 'item' and 'quantity' columns; '-' for stdin). "
@@ -175,18 +227,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("orders", help="orders CSV file, or - for stdin")
-    b.add_argument("-o", "--output", default="-", help="where to write results (default - : stdout)")
-    b.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format (default csv)")
-    b.add_argument("--window", type=_at_least_one, default=64, help="requests in flight at once (default 64)")
+    b.add_argument(
+        "-o", "--output", default="-", metavar="FILE", help="where to write results (default - : stdout) - curl -o"
+    )
+    b.add_argument(
+        "--format", choices=["csv", "jsonl"], default=None, help="output format (default csv; jsonl with --json)"
+    )
+    b.add_argument(
+        "--window", type=_at_least_one, default=64, metavar="N", help="requests in flight at once (default 64)"
+    )
     b.add_argument(
         "--batch",
-        type=_at_least_one,
+        type=_batch,
         default=32,
+        metavar="N",
         help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 32)",
     )
     b.add_argument(
         "--encoding",
         default="utf-8",
+        metavar="NAME",
         help="input encoding, any ASCII-compatible one (default utf-8; a UTF-8 BOM is skipped; e.g. latin-1, cp1252)",
     )
     b.add_argument(
@@ -201,42 +261,58 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _json_failure(status: str, error: str, **fields: Any) -> None:
+    """A failure as one JSON object on stdout, so a script reading --json output sees every outcome."""
+    print(json.dumps({**fields, "status": status, "error": error}, ensure_ascii=False))
+
+
 def run_quote(args: argparse.Namespace) -> int:
+    asked = {"item": args.item, "quantity": args.quantity, "unit_price": None, "total": None}
     try:
         result = quote_once(args.server, args.item, args.quantity, policy_from_args(args))
     except ValueError as e:  # the request cannot be encoded, e.g. item longer than the wire field
+        if args.json:
+            _json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except NoAnswer as e:
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "item": args.item,
-                        "quantity": args.quantity,
-                        "unit_price": None,
-                        "total": None,
-                        "status": "NO_ANSWER",
-                        "attempts": e.attempts,
-                        "error": str(e),
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            _json_failure("NO_ANSWER", str(e), **asked, attempts=e.attempts)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
     elif result.ok:
         print(f"{result.quantity} x {result.item} @ {format_money(result.unit_price)} = {format_money(result.total)}")
+    if args.verbosity > 0:
+        print(
+            f"udp_client: {result.status.name} from {format_address(args.server)} after {result.attempts} "
+            f"attempt(s), {result.latency_s * 1000:.2f} ms",
+            file=sys.stderr,
+        )
     if not result.ok:
         print(f"udp_client: {describe_status(result)}", file=sys.stderr)
         return EXIT_STATUS
     return EXIT_OK
 
 
+def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations that make no sense are refused with exit 2 instead of being ignored."""
+    args.verbosity = verbosity(parser, args)
+    if args.command == "web" and args.json:
+        parser.error("--json does not apply to web (the page serves its own JSON under /api/)")
+    if args.command == "bulk":
+        if args.json and args.format == "csv":
+            parser.error("--json and --format csv contradict each other (--json means --format jsonl)")
+        args.format = args.format or ("jsonl" if args.json else "csv")
+        if args.verbosity < 0:
+            args.no_progress = True
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
     try:
         if args.command == "quote":
             return run_quote(args)
@@ -262,6 +338,8 @@ def run_items(args: argparse.Namespace) -> int:
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except QuoteError as e:
+        if args.json:
+            _json_failure("NO_ANSWER" if isinstance(e, NoAnswer) else "ERROR", str(e))
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:
@@ -270,7 +348,8 @@ def run_items(args: argparse.Namespace) -> int:
     width = max((len(i) for i, _ in entries), default=0)
     for item, price in entries:
         print(f"{item:<{width}}  {format_money(price):>10}")
-    print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
+    if args.verbosity >= 0:
+        print(f"udp_client: {len(entries)} items, catalog version {version}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from udp_price import __version__
 from udp_price.address import BadAddress, parse_address
@@ -36,6 +37,22 @@ def examples_for(prog: str, epilog: str, written_as: str) -> str:
 
 def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (udp-price) {__version__}")
+
+
+def add_verbosity(parser: argparse.ArgumentParser, default: Any = 0) -> None:
+    """-v / -q, as dig, curl and tc users expect: each -v one step louder, each -q one step quieter.
+    ``default`` argparse.SUPPRESS on a subcommand's copy, so a flag given before the subcommand is
+    not reset by the subcommand's default."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", default=default, help="more detail on stderr (repeatable)")
+    group.add_argument("-q", "--quiet", action="count", default=default, help="only errors on stderr (repeatable)")
+
+
+def verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """-v minus -q; both at once is refused (exit 2), as a contradiction."""
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet contradict each other")
+    return int(args.verbose) - int(args.quiet)
 
 
 def default_catalog() -> str:

@@ -6,22 +6,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import socket
 import sys
-from dataclasses import fields
-from typing import IO, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn
 
 from udp_price.address import format_address
-from udp_price.cli.common import add_version, address_arg, examples_for, listen_address_arg, prog_name
+from udp_price.cli import netem
+from udp_price.cli.common import (
+    add_verbosity,
+    add_version,
+    address_arg,
+    examples_for,
+    listen_address_arg,
+    prog_name,
+    verbosity,
+)
+from udp_price.faults.control import ControlServer, is_loopback, plan_as_json
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
 
 EXAMPLES = """\
 examples:
   # 30% loss each way in front of a server on 9999; clients talk to 9000
-  python fault_proxy.py --listen 127.0.0.1:9000 --upstream 127.0.0.1:9999 --drop 0.3 --seed 7
+  python fault_proxy.py --listen 127.0.0.1:9000 --upstream 127.0.0.1:9999 --drop 30% --seed 7
+  # as tc qdisc ... netem delay 100ms 10ms loss 5% 25% rate 1mbit limit 100
+  python fault_proxy.py --upstream 127.0.0.1:9999 --delay 100ms --jitter 10ms --drop 5% \\
+      --drop-correlation 25% --rate 1mbit --limit 100
+  # netem gemodel p r 1-h 1-k, client -> server only; change the faults later over HTTP
+  python fault_proxy.py --upstream 127.0.0.1:9999 --gemodel-up 1% 30% 100% 0% --control 127.0.0.1:8474
+  curl -X PUT -d '{"faults": ["--drop", "50%"]}' http://127.0.0.1:8474/plan
   # bursty loss up, duplicates down, every decision logged
   python fault_proxy.py --upstream 127.0.0.1:9999 --burst-loss-up 0.3 --burst-len 3 --duplicate-down 0.2 \\
       --log decisions.jsonl
@@ -29,22 +47,11 @@ examples:
   python fault_proxy.py --upstream 127.0.0.1:9999 --drop-index-up 0,1 --blackhole 5:7
 
 Each fault flag X also exists as X-up (client -> server) and X-down (server -> client).
+Probabilities: 0.3 or 30%. Times: 100ms, 250us, 1.5s (a bare number is seconds). Rates: bit, kbit,
+mbit, gbit per second, or bps, kbps, mbps (bytes per second), as tc writes them.
 Stop with Ctrl-C or SIGTERM: the counters are printed on exit.
+exit codes: 0 stopped, 2 bad arguments, 5 cannot listen
 """
-
-_FLAG_HELP = {
-    "drop": "probability of independent loss",
-    "burst_loss": "long-run loss rate of Gilbert-Elliott burst loss",
-    "burst_len": "mean burst length in datagrams (with --burst-loss)",
-    "duplicate": "probability of delivering a second copy",
-    "reorder": "probability of holding a datagram back so later ones overtake it",
-    "reorder_delay_s": "seconds a reordered datagram is held (default 0.1)",
-    "delay_s": "seconds of delay added to every datagram",
-    "jitter_s": "extra random delay, uniform in [0, S] seconds",
-    "corrupt": "probability of flipping 1-3 bits",
-    "truncate": "probability of cutting the datagram short",
-}
-_FLAG_NAME = {"reorder_delay_s": "reorder-delay", "delay_s": "delay", "jitter_s": "jitter"}
 
 
 def parse_windows(text: str) -> tuple[tuple[float, float | None], ...]:
@@ -73,78 +80,220 @@ def parse_indices(text: str) -> frozenset[int]:
     return values
 
 
+@dataclass(frozen=True)
+class FaultFlag:
+    """One fault flag: its Faults field, argparse type, metavar, help, and the netem words it mirrors."""
+
+    flag: str
+    field: str
+    kind: Callable[[str], Any]
+    metavar: str
+    help: str
+    nargs: str | None = None
+
+
+FAULT_FLAGS = (
+    FaultFlag("drop", "drop", netem.probability, "P", "independent loss, 0.3 or 30% (netem loss random P)"),
+    FaultFlag(
+        "drop-correlation", "drop_correlation", netem.probability, "P", "loss correlation (netem loss P CORRELATION)"
+    ),
+    FaultFlag("burst-loss", "burst_loss", netem.probability, "P", "long-run loss rate of Gilbert-Elliott burst loss"),
+    FaultFlag("burst-len", "burst_len", float, "N", "mean burst length in datagrams, with --burst-loss (default 1)"),
+    FaultFlag(
+        "gemodel",
+        "gemodel",
+        str,
+        "P",
+        "netem gemodel p [r [1-h [1-k]]]: 1 to 4 probabilities (r default 1-p, 1-h 100%, 1-k 0%)",
+        nargs="+",
+    ),
+    FaultFlag("duplicate", "duplicate", netem.probability, "P", "deliver a second copy (netem duplicate P)"),
+    FaultFlag("reorder", "reorder", netem.probability, "P", "hold a datagram back so later ones overtake it"),
+    FaultFlag(
+        "reorder-delay", "reorder_delay_s", netem.duration, "TIME", "how long --reorder holds one (default 100ms)"
+    ),
+    FaultFlag(
+        "reorder-gap",
+        "reorder_gap",
+        netem.count,
+        "N",
+        "netem reorder P gap N: every datagram waits --delay except one sent at once, with probability "
+        "--reorder, after each N-1",
+    ),
+    FaultFlag("delay", "delay_s", netem.duration, "TIME", "delay every datagram: 100ms, 250us, 1.5s (netem delay)"),
+    FaultFlag("jitter", "jitter_s", netem.duration, "TIME", "extra delay, uniform in [0, TIME] (netem delay D JITTER)"),
+    FaultFlag("corrupt", "corrupt", netem.probability, "P", "flip 1-3 bits (netem corrupt P)"),
+    FaultFlag("truncate", "truncate", netem.probability, "P", "cut the datagram short (Toxiproxy slicer, nearest)"),
+    FaultFlag("rate", "rate_bps", netem.rate, "RATE", "bandwidth: 1mbit, 64kbit, 125kbps (netem rate; bytes: bps)"),
+    FaultFlag("limit", "limit", netem.count, "N", "datagrams held at once before tail drop (netem limit)"),
+    FaultFlag("blackhole", "blackhole", parse_windows, "S:E", "lose everything in these windows, seconds since start"),
+    FaultFlag("drop-index", "drop_indices", parse_indices, "I,J", "drop these 0-based datagram indices of every flow"),
+)
+_ALIASES = {"drop": ["--loss"]}
+"""netem's word for it, accepted as well."""
+
+
+class PlanError(ValueError):
+    """Fault flags that do not make a plan (used by the control API, which must not exit)."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise PlanError(message)
+
+
+def add_fault_flags(p: argparse.ArgumentParser) -> None:
+    both = p.add_argument_group("faults, both directions (each also exists as --FLAG-up and --FLAG-down)")
+    one = p.add_argument_group("faults, one direction: up = client -> server, down = server -> client")
+    for f in FAULT_FLAGS:
+        text = f.help if "default" in f.help else f"{f.help} (default off)"
+        kind = {"type": f.kind} if f.nargs is None else {"nargs": f.nargs}
+        names = [f"--{f.flag}", *_ALIASES.get(f.flag, [])]
+        both.add_argument(*names, dest=f.field, metavar=f.metavar, help=text.replace("%", "%%"), **kind)
+        for d in ("up", "down"):
+            one.add_argument(
+                f"--{f.flag}-{d}", dest=f"{f.field}_{d}", metavar=f.metavar, help=f"--{f.flag}, {d} only", **kind
+            )
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "fault_proxy.py"),
+        usage="%(prog)s --upstream HOST:PORT [--listen HOST:PORT] [options] [fault flags]",
         description="UDP proxy that drops, duplicates, reorders, delays and corrupts datagrams, reproducibly.",
         epilog=examples_for(prog_name(prog, "fault_proxy.py"), EXAMPLES, "python fault_proxy.py"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)
-    p.add_argument("--listen", type=listen_address_arg, default=("127.0.0.1", 9000), help="address for clients")
-    p.add_argument("--upstream", type=address_arg, required=True, help="the real server HOST:PORT")
+    p.add_argument(
+        "--listen",
+        type=listen_address_arg,
+        default=("127.0.0.1", 9000),
+        metavar="HOST:PORT",
+        help="address for clients (default 127.0.0.1:9000; port 0: any free port)",
+    )
+    p.add_argument(
+        "--upstream", type=address_arg, required=True, metavar="HOST:PORT", help="the real server (required)"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for every decision (default: random, printed)")
-    p.add_argument("--log", help="write one JSON line per datagram to this file ('-' for stdout)")
-    p.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
-    for name, text in _FLAG_HELP.items():
-        flag = _FLAG_NAME.get(name, name.replace("_", "-"))
-        p.add_argument(f"--{flag}", type=float, dest=name, metavar="X", help=f"{text}, both directions")
-        for d in ("up", "down"):
-            p.add_argument(f"--{flag}-{d}", type=float, dest=f"{name}_{d}", metavar="X", help=argparse.SUPPRESS)
-    for d in ("", "-up", "-down"):
-        p.add_argument(
-            f"--blackhole{d}",
-            type=parse_windows,
-            dest=f"blackhole{d.replace('-', '_')}",
-            metavar="S:E",
-            help="lose everything in these windows, seconds since start" if not d else argparse.SUPPRESS,
-        )
-        p.add_argument(
-            f"--drop-index{d}",
-            type=parse_indices,
-            dest=f"drop_indices{d.replace('-', '_')}",
-            metavar="I,J",
-            help="drop these 0-based datagram indices of every flow" if not d else argparse.SUPPRESS,
-        )
+    p.add_argument(
+        "--log",
+        metavar="FILE",
+        help="one JSON line per datagram to FILE ('-': stdout, which then carries only those lines)",
+    )
+    p.add_argument(
+        "--duration", type=netem.positive_duration, default=None, metavar="TIME", help="stop after TIME (default never)"
+    )
+    p.add_argument(
+        "--control",
+        type=listen_address_arg,
+        default=None,
+        metavar="HOST:PORT",
+        help="loopback HTTP API to read counters and replace the faults while running, like Toxiproxy's "
+        "(e.g. 127.0.0.1:8474; off by default)",
+    )
+    add_verbosity(p)
+    add_fault_flags(p)
     return p
 
 
 def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
+    """The plan the fault flags describe; ValueError (one line) for a combination that makes no sense."""
+
+    def given(f: FaultFlag, direction: str) -> Any:
+        specific = getattr(args, f"{f.field}_{direction}", None)
+        return specific if specific is not None else getattr(args, f.field, None)
+
     def faults(direction: str) -> Faults:
         values: dict[str, Any] = {}
-        for f in fields(Faults):
-            specific = getattr(args, f"{f.name}_{direction}", None)
-            both = getattr(args, f.name, None)
-            chosen = specific if specific is not None else both
-            if chosen is not None:
-                values[f.name] = chosen
+        for f in FAULT_FLAGS:
+            value = given(f, direction)
+            if value is not None:
+                values[f.field] = value
+        if "gemodel" in values:
+            try:
+                values["gemodel"] = netem.gemodel(values["gemodel"])
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(str(e)) from None
+        refuse_nonsense(values, direction)
         return Faults(**values)
 
     return FaultPlan(up=faults("up"), down=faults("down"), seed=seed)
 
 
-async def _run(proxy: FaultProxy, duration: float | None) -> None:
+def refuse_nonsense(values: dict[str, Any], direction: str) -> None:
+    """Flags that would be silently ignored are refused: they mean the user expects something else."""
+    needs = [
+        ("burst_len", "burst_loss", "--burst-len needs --burst-loss"),
+        ("drop_correlation", "drop", "--drop-correlation needs --drop"),
+        ("reorder_gap", "reorder", "--reorder-gap needs --reorder"),
+        ("reorder_gap", "delay_s", "--reorder-gap needs --delay (the datagrams the reordered one overtakes)"),
+        ("reorder_delay_s", "reorder", "--reorder-delay needs --reorder"),
+    ]
+    for flag, needed, message in needs:
+        if flag in values and needed not in values:
+            raise ValueError(f"{message} ({direction})")
+    if "reorder_gap" in values and "reorder_delay_s" in values:
+        raise ValueError("--reorder-delay and --reorder-gap are two reorder models; give one")
+
+
+def plan_from_flags(flags: list[str], seed: int) -> FaultPlan:
+    """A plan from fault flags alone (the control API's PUT /plan): PlanError for anything wrong."""
+    p = _RaisingParser(prog="plan", add_help=False)
+    add_fault_flags(p)
+    try:
+        return plan_from_args(p.parse_args(flags), seed)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+
+
+async def _run(proxy: FaultProxy, args: argparse.Namespace, say: Callable[[str], None]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with proxy:
-        print(
-            f"fault_proxy: {format_address(proxy.address)} -> {format_address(proxy.upstream)}, seed {proxy.plan.seed}",
-            flush=True,
-        )
+        control = ControlServer(proxy, plan_from_flags)
+        if args.control is not None:
+            try:
+                at = await control.start(*args.control)
+            except (OSError, ValueError) as e:
+                where = format_address(args.control)
+                print(f"fault_proxy: cannot serve the control API on {where}: {_why(e)}", file=sys.stderr)
+                return 5
+            say(f"fault_proxy: control API on http://{format_address(at)}/ (GET /counters, GET or PUT /plan)")
+        say(f"fault_proxy: {format_address(proxy.address)} -> {format_address(proxy.upstream)}, seed {proxy.plan.seed}")
+        if args.verbosity > 0:
+            say(f"fault_proxy: plan {json.dumps(plan_as_json(proxy.plan))}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+            await asyncio.wait_for(stop.wait(), args.duration)
+        await control.stop()
+    return 0
+
+
+def _why(e: BaseException) -> str:
+    return str(e.strerror) if isinstance(e, OSError) and e.strerror else str(e)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    args.verbosity = verbosity(parser, args)
+    if args.control is not None and not is_loopback(args.control[0]):
+        parser.error(f"--control {args.control[0]}: the control API has no authentication; give a loopback address")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     try:
         plan = plan_from_args(args, seed)
     except ValueError as e:
         parser.error(str(e))
+    # Human lines go to stdout as before, unless stdout carries the JSON decision log: then stderr,
+    # so 'fault_proxy.py --log - | jq' sees JSON lines only. -q: no human lines at all.
+    human = sys.stderr if args.log == "-" else sys.stdout
+
+    def say(line: str) -> None:
+        if args.verbosity >= 0:
+            print(line, file=human, flush=True)
+
     with contextlib.ExitStack() as stack:
         log: IO[str] | None = None
         try:
@@ -157,14 +306,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return 2
         proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
         try:
-            asyncio.run(_run(proxy, args.duration))
+            code = asyncio.run(_run(proxy, args, say))
         except socket.gaierror as e:
             print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
             return 2
         except OSError as e:
             print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
             return 5
-    print(f"fault_proxy: stopped; seed={seed} {proxy.summary()}", flush=True)
+    if code:
+        return code
+    say(f"fault_proxy: stopped; seed={seed} {proxy.summary()}")
     return 0
 
 

@@ -9,11 +9,21 @@ import sys
 
 from udp_price.address import format_address
 from udp_price.catalog import load_catalog
-from udp_price.cli.common import add_version, default_catalog, examples_for, prog_name
+from udp_price.cli.common import (
+    add_verbosity,
+    add_version,
+    default_catalog,
+    examples_for,
+    listen_address_arg,
+    prog_name,
+    verbosity,
+)
 from udp_price.errors import CatalogError
+from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.metrics import start_metrics
-from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations, setup_logging
+from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations
+from udp_price.server.timing import DurationHistogram
 from udp_price.server.workers import run_workers
 
 log = logging.getLogger("udp_price.server")
@@ -21,9 +31,9 @@ log = logging.getLogger("udp_price.server")
 EXAMPLES = """\
 examples:
   python udp_server.py                          # 127.0.0.1:9999, ./catalog.csv
-  python udp_server.py --port 0                 # any free port; the start line says which
-  python udp_server.py --host ::1 --catalog prices.csv --log-level debug
-  python udp_server.py --watch --stats-interval 60 --metrics-port 9100 --log-format json
+  python udp_server.py --listen 127.0.0.1:0     # any free port; the start line says which
+  python udp_server.py --listen [::1]:9999 --catalog prices.csv -v
+  python udp_server.py --watch --stats-interval 60 --metrics-listen 127.0.0.1:9100 --log-format json
   kill -HUP <pid>                               # reload the catalog (validated first)
   python udp_server.py --workers 2              # one process per core, SO_REUSEPORT
 
@@ -42,7 +52,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r} is not a port (0-65535)")
+    return int(text)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog_name(prog, "udp_server.py"),
         description="Serve price quotes over UDP from a CSV catalog.",
@@ -50,30 +66,53 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_version(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; '::1' for IPv6)")
-    p.add_argument("--port", type=int, default=9999, help="UDP port (default 9999; 0 picks a free one)")
+    p.add_argument(
+        "--listen",
+        type=listen_address_arg,
+        default=None,
+        metavar="HOST:PORT",
+        help="UDP address to serve on (default 127.0.0.1:9999; [::1]:9999 for IPv6; port 0: any free port)",
+    )
+    p.add_argument("--host", default=None, help="address to bind, the older spelling of --listen (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=None, help="UDP port, with --host (default 9999; 0 picks a free one)")
     p.add_argument(
         "--catalog",
         default=None,
+        metavar="FILE",
         help="catalog CSV with item,price columns (default ./catalog.csv, or the sample shipped with udp-price "
         "when the working directory has none)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"], help="stderr log lines (default text)")
+    p.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error"], help="(default info; or -v / -q)"
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text: log lines on stderr with ISO 8601 times; json: JSON lines only on stdout (start/stop) "
+        "and stderr (logs) (default text)",
+    )
+    add_verbosity(p)
     p.add_argument(
         "--rate",
         type=_non_negative,
         default=40_000,
+        metavar="PER_S",
         help="requests per second allowed per source IP (default 40000; 0 turns limiting off)",
     )
-    p.add_argument("--burst", type=_non_negative, default=80_000, help="token bucket size per source (default 80000)")
+    p.add_argument(
+        "--burst", type=_non_negative, default=80_000, metavar="N", help="token bucket size per source (default 80000)"
+    )
     p.add_argument(
         "--cache-size",
         type=int,
         default=100_000,
+        metavar="N",
         help="replies kept for retransmitted requests (default 100000; 0 turns the cache off)",
     )
-    p.add_argument("--cache-age", type=_non_negative, default=60.0, help="seconds a cached reply lives (default 60)")
+    p.add_argument(
+        "--cache-age", type=_non_negative, default=60.0, metavar="S", help="seconds a cached reply lives (default 60)"
+    )
     p.add_argument(
         "--watch",
         action="store_true",
@@ -92,28 +131,54 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         "--stats-interval",
         type=_non_negative,
         default=0,
+        metavar="S",
         help="log counters every this many seconds (default 0: only at exit)",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default 1)")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes sharing the port with SO_REUSEPORT (default 1)"
+    )
+    p.add_argument(
+        "--metrics-listen",
+        type=listen_address_arg,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (off by default; port 0: any free port)",
+    )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=None,
-        help="serve Prometheus metrics over HTTP on 127.0.0.1:PORT (off by default)",
+        metavar="PORT",
+        help="the same as --metrics-listen 127.0.0.1:PORT",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.catalog is None:
         args.catalog = default_catalog()
-    for name in ("port", "metrics_port"):
-        value = getattr(args, name)
-        if value is not None and not 0 <= value <= 65535:
-            p.error(f"--{name.replace('_', '-')} {value} is not a port (0-65535)")
+    if args.listen is not None and (args.host is not None or args.port is not None):
+        p.error("--listen HOST:PORT replaces --host and --port; give one or the other")
+    if args.listen is None:
+        args.listen = (args.host or "127.0.0.1", 9999 if args.port is None else args.port)
+    args.host, args.port = args.listen
+    if args.metrics_listen is not None and args.metrics_port is not None:
+        p.error("--metrics-listen and --metrics-port name the same thing; give one")
+    if args.metrics_port is not None:
+        args.metrics_listen = ("127.0.0.1", args.metrics_port)
+    steps = verbosity(p, args)
+    if steps and args.log_level is not None:
+        p.error("-v/-q and --log-level both set the log level; give one")
+    levels = ["error", "warning", "info", "debug"]
+    args.log_level = args.log_level or levels[max(0, min(3, 2 + steps))]
     if args.cache_size < 0:
         p.error("--cache-size must be >= 0")
     if args.workers < 1:
         p.error("--workers must be at least 1")
-    if args.workers > 1 and args.metrics_port is not None:
-        p.error("--metrics-port needs --workers 1 (each worker keeps its own counters)")
+    if args.workers > 1 and args.metrics_listen is not None:
+        p.error("--metrics-listen needs --workers 1 (each worker keeps its own counters)")
     return args
 
 
@@ -130,7 +195,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         sock = bind_socket(args.host, args.port, reuse_port=args.workers > 1)
     except OSError as e:
-        print(f"udp_server: cannot bind {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        print(f"udp_server: cannot bind {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BIND
     if args.workers > 1:
         return run_workers(args, catalog, sock)
@@ -139,24 +204,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # a server that reloads, not one killed by the signal's default action.
     with sock, handle_signals(control):
         ops = operations(server, args, control.wake)
-        if args.metrics_port is not None:
+        timing = DurationHistogram() if args.metrics_listen is not None else None
+        if args.metrics_listen is not None:
             try:
-                metrics_at = start_metrics(server, args.metrics_port)
+                metrics_at = start_metrics(server, args.metrics_listen, timing)
             except OSError as e:
-                print(
-                    f"udp_server: cannot serve metrics on 127.0.0.1:{args.metrics_port}: {e.strerror}", file=sys.stderr
-                )
+                where = format_address(args.metrics_listen)
+                print(f"udp_server: cannot serve metrics on {where}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_BIND
             log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
-        print(
-            f"udp_server: listening on {format_address(sock.getsockname())} (udp), {len(catalog)} items, "
-            f"catalog version {catalog.version}, "
-            f"catalog {os.path.abspath(args.catalog)}",
-            flush=True,
+        address = format_address(sock.getsockname())
+        announce(
+            f"udp_server: listening on {address} (udp), {len(catalog)} items, "
+            f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}",
+            args.log_format,
+            "listening",
+            address=address,
+            items=len(catalog),
+            version=catalog.version,
         )
-        serve(sock, server, control, duties=ops)
+        serve(sock, server, control, duties=ops, timing=timing)
         ops.close()
-    print(f"udp_server: stopped; {server.summary()}", flush=True)
+    announce(f"udp_server: stopped; {server.summary()}", args.log_format, "stopped", counters=server.counters())
     control.close()
     return EXIT_OK
 

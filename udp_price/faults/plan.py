@@ -52,9 +52,29 @@ class Faults:
     """Windows (start, end) in seconds since the proxy started where everything is lost; end None = forever."""
     drop_indices: frozenset[int] = frozenset()
     """Scripted drops: 0-based datagram indices within each flow."""
+    drop_correlation: float = 0.0
+    """netem's loss correlation: each drop draw is correlation * previous + (1 - correlation) * new."""
+    gemodel: tuple[float, float, float, float] | None = None
+    """netem's ``gemodel p r 1-h 1-k``: P(good->bad), P(bad->good), loss in the bad state, loss in
+    the good state. Replaces burst_loss/burst_len (which is gemodel with 1-h = 1, 1-k = 0)."""
+    reorder_gap: int = 0
+    """netem's ``reorder P gap N``: 0 keeps the plain model (hold with probability reorder for
+    reorder_delay_s); N > 0: every datagram is delayed by delay_s except that, once N - 1 have gone
+    since the last reordered one, the next is sent at once with probability reorder."""
+    rate_bps: float = 0.0
+    """Bandwidth limit in bits per second, 0 = unlimited (netem ``rate``, Toxiproxy ``bandwidth``)."""
+    limit: int = 0
+    """Datagrams held (delayed or queued by rate) at once per direction before tail drop; 0 = only the
+    proxy's memory bound (netem ``limit``)."""
 
     def __post_init__(self) -> None:
-        for name in ("drop", "burst_loss", "duplicate", "reorder", "corrupt", "truncate"):
+        if self.gemodel is not None and not all(0.0 <= v <= 1.0 for v in self.gemodel):
+            raise ValueError(f"gemodel={self.gemodel} holds values that are not probabilities in [0, 1]")
+        if self.gemodel is not None and self.burst_loss > 0:
+            raise ValueError("gemodel and burst_loss are two settings of one channel; give one")
+        if self.rate_bps < 0 or self.limit < 0 or self.reorder_gap < 0:
+            raise ValueError("rate, limit and reorder gap must be >= 0")
+        for name in ("drop", "burst_loss", "duplicate", "reorder", "corrupt", "truncate", "drop_correlation"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} is not a probability in [0, 1]")
@@ -109,26 +129,57 @@ def gilbert_step(bad: bool, u: float, loss: float, burst_len: float) -> bool:
     return u >= leave_bad if bad else u < enter_bad
 
 
+@dataclass(frozen=True)
+class ChannelState:
+    """What one flow's direction remembers between datagrams: the Gilbert-Elliott state, the last
+    drop draw (for loss correlation) and datagrams since the last reordered one (for the gap)."""
+
+    bad: bool = False
+    last_drop_u: float = 0.0
+    since_reorder: int = 0
+
+
 def decide(
     plan: FaultPlan, direction: Direction, flow: int, index: int, data: bytes, elapsed_s: float, bad: bool
 ) -> tuple[Decision, bool]:
-    """The fate of one datagram, and the flow's next Gilbert-Elliott state. Pure and reproducible.
+    """``decide_step`` for callers that keep only the Gilbert-Elliott state (no correlation, no gap)."""
+    decision, state = decide_step(plan, direction, flow, index, data, elapsed_s, ChannelState(bad=bad))
+    return decision, state.bad
+
+
+def decide_step(
+    plan: FaultPlan,
+    direction: Direction,
+    flow: int,
+    index: int,
+    data: bytes,
+    elapsed_s: float,
+    state: ChannelState,
+) -> tuple[Decision, ChannelState]:
+    """The fate of one datagram, and the flow's next channel state. Pure and reproducible.
 
     Every random number is drawn, in a fixed order, whether or not its fault is enabled,
-    so turning one fault on does not reshuffle the decisions of the others.
+    so turning one fault on does not reshuffle the decisions of the others (draws added later
+    come after the first seven, so old seeds keep their old decisions).
     """
     f = plan.faults(direction)
     rng = _rng_for(plan.seed, direction, flow, index)
-    u_state, u_drop, u_dup, u_reorder, u_jitter, u_corrupt, u_trunc = (rng.random() for _ in range(7))
-    bad = gilbert_step(bad, u_state, f.burst_loss, f.burst_len)
+    u_state, u_drop, u_dup, u_reorder, u_jitter, u_corrupt, u_trunc, u_ge_loss = (rng.random() for _ in range(8))
+    u_drop = f.drop_correlation * state.last_drop_u + (1.0 - f.drop_correlation) * u_drop
+    if f.gemodel is not None:
+        bad, ge_lost = gemodel_step(state.bad, u_state, u_ge_loss, f.gemodel)
+    else:
+        bad = gilbert_step(state.bad, u_state, f.burst_loss, f.burst_len)
+        ge_lost = bad
+    after = ChannelState(bad, u_drop, state.since_reorder)
     if any(start <= elapsed_s and (end is None or elapsed_s < end) for start, end in f.blackhole):
-        return Decision("drop:blackhole"), bad
+        return Decision("drop:blackhole"), after
     if index in f.drop_indices:
-        return Decision("drop:scripted"), bad
-    if bad:
-        return Decision("drop:burst"), bad
+        return Decision("drop:scripted"), after
+    if ge_lost:
+        return Decision("drop:burst"), after
     if u_drop < f.drop:
-        return Decision("drop:random"), bad
+        return Decision("drop:random"), after
     tags: list[str] = []
     payload = data
     if u_corrupt < f.corrupt and payload:
@@ -138,13 +189,61 @@ def decide(
         payload = payload[: rng.randrange(len(payload))]
         tags.append("truncate")
     delay = f.delay_s + u_jitter * f.jitter_s
-    if u_reorder < f.reorder:
+    if f.reorder_gap > 0:
+        # netem: a datagram becomes eligible once gap - 1 have gone since the last reordered one;
+        # an eligible one sent at once (no delay) overtakes those still delayed.
+        if after.since_reorder >= f.reorder_gap - 1 and u_reorder < f.reorder:
+            delay = 0.0
+            tags.append("reorder")
+            after = ChannelState(bad, u_drop, 0)
+        else:
+            after = ChannelState(bad, u_drop, after.since_reorder + 1)
+    elif u_reorder < f.reorder:
         delay += f.reorder_delay_s
         tags.append("reorder")
     copies = MAX_COPIES if u_dup < f.duplicate else 1
     if copies > 1:
         tags.append("duplicate")
-    return Decision("deliver", copies, delay, payload, tuple(tags)), bad
+    return Decision("deliver", copies, delay, payload, tuple(tags)), after
+
+
+def gemodel_step(
+    bad: bool, u_move: float, u_loss: float, model: tuple[float, float, float, float]
+) -> tuple[bool, bool]:
+    """netem's 4-parameter Gilbert-Elliott step: (next state, lost?). As in the kernel
+    (loss_gilb_ell), the state may move first, and the loss is judged by the state it was in."""
+    p, r, bad_loss, good_loss = model
+    if bad:
+        return (u_move >= r), u_loss < bad_loss
+    return (u_move < p), u_loss < good_loss
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """One direction's link, for rate and limit: when the last queued datagram leaves, and when
+    each held one leaves (elapsed seconds, ascending)."""
+
+    free_at: float = 0.0
+    departures: tuple[float, ...] = ()
+
+
+def shape(
+    link: LinkState, now: float, size: int, delay_s: float, rate_bps: float, limit: int
+) -> tuple[float | None, LinkState]:
+    """The delay to apply to a datagram of ``size`` bytes decided at ``now`` (elapsed seconds), or None
+    for a tail drop (``limit`` datagrams already held), and the link's next state. With a rate, a
+    datagram leaves no earlier than the previous one has finished plus its own transmission time
+    (size * 8 / rate), as netem's rate does."""
+    held = tuple(t for t in link.departures if t > now)
+    if limit and len(held) >= limit:
+        return None, LinkState(link.free_at, held)
+    leave = now + delay_s
+    if rate_bps > 0:
+        leave = max(leave, link.free_at) + size * 8 / rate_bps
+    free_at = leave if rate_bps > 0 else link.free_at
+    if leave <= now:
+        return 0.0, LinkState(free_at, held)
+    return leave - now, LinkState(free_at, tuple(sorted((*held, leave))))
 
 
 def flip_bits(data: bytes, rng: random.Random) -> bytes:

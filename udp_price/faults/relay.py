@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from udp_price.address import Address
@@ -40,10 +40,13 @@ from udp_price.faults.guards import (
 from udp_price.faults.plan import (
     MAX_DATAGRAM,
     MAX_FLOWS,
+    ChannelState,
     Decision,
     Direction,
     FaultPlan,
-    decide,
+    LinkState,
+    decide_step,
+    shape,
 )
 from udp_price.reflectors import REFLECTOR_PORTS
 
@@ -57,7 +60,9 @@ class _Flow:
     sock: socket.socket
     last_active: float = 0.0
     index: dict[Direction, int] = field(default_factory=lambda: {Direction.UP: 0, Direction.DOWN: 0})
-    bad: dict[Direction, bool] = field(default_factory=lambda: {Direction.UP: False, Direction.DOWN: False})
+    state: dict[Direction, ChannelState] = field(
+        default_factory=lambda: {Direction.UP: ChannelState(), Direction.DOWN: ChannelState()}
+    )
 
 
 class FaultProxy:
@@ -95,6 +100,8 @@ class FaultProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0.0
         self._timers: set[asyncio.TimerHandle] = set()
+        self._links = {Direction.UP: LinkState(), Direction.DOWN: LinkState()}
+        """Per direction, for --rate and --limit: one queue per direction, as netem has one per interface."""
 
     @property
     def address(self) -> Address:
@@ -259,9 +266,10 @@ class FaultProxy:
         index = flow.index[direction]
         flow.index[direction] += 1
         elapsed = time.monotonic() - self._started
-        decision, flow.bad[direction] = decide(
-            self.plan, direction, flow.ident, index, data, elapsed, flow.bad[direction]
+        decision, flow.state[direction] = decide_step(
+            self.plan, direction, flow.ident, index, data, elapsed, flow.state[direction]
         )
+        decision = self._shaped(direction, decision, elapsed)
         d = direction.value
         self.stats[f"{d}.received"] += 1
         self.stats[f"{d}.{decision.action}"] += 1
@@ -273,6 +281,22 @@ class FaultProxy:
                 self._later(decision.delay_s, direction, flow, decision.payload)
             else:
                 self._send(direction, flow, decision.payload)
+
+    def _shaped(self, direction: Direction, decision: Decision, elapsed: float) -> Decision:
+        """The decision with --rate's queueing delay added, or a tail drop when --limit is reached."""
+        f = self.plan.faults(direction)
+        if decision.action != "deliver" or not (f.rate_bps or f.limit):
+            return decision
+        delay: float | None = decision.delay_s
+        link = self._links[direction]
+        for _ in range(decision.copies):
+            delay, link = shape(link, elapsed, len(decision.payload), decision.delay_s, f.rate_bps, f.limit)
+            if delay is None:
+                break
+        self._links[direction] = link
+        if delay is None:
+            return Decision("drop:limit")
+        return replace(decision, delay_s=delay)
 
     def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes) -> None:
         assert self._loop is not None

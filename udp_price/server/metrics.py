@@ -1,7 +1,11 @@
 """Prometheus metrics for the server: a collector that reads the core's counters at scrape time.
 
-The serving loop never touches prometheus_client: it keeps plain counters, and this collector
-turns a snapshot of them into metric families when Prometheus asks (from the HTTP thread).
+The serving loop never touches prometheus_client: it keeps plain counters (and, with metrics on,
+a plain duration histogram), and this collector turns a snapshot of them into metric families
+when Prometheus asks (from the HTTP thread). Conventions followed: ``_total`` counters, an info
+metric for the catalog version (a version is a label, not a number to graph), every label value
+the server can produce exported as 0 from the start (so rate() and alerts see the series before
+the first event), and the default process_* and python_* collectors.
 """
 
 from __future__ import annotations
@@ -9,9 +13,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from udp_price.address import Address, format_address
+from udp_price.server.timing import DurationHistogram
+from udp_price.wire.messages import Status
 
 if TYPE_CHECKING:
     from udp_price.server.core import QuoteServer
@@ -27,6 +47,25 @@ LABELLED = {
         "reason",
     ),
 }
+KNOWN_LABELS = {
+    "status.": tuple(s.name for s in Status),
+    "malformed.": (
+        "bad_length",
+        "bad_checksum",
+        "bad_magic",
+        "parse_error",
+        "reserved_not_zero",
+        "empty_item",
+        "nul_in_item",
+        "item_not_canonical",
+        "count_mismatch",
+        "unexpected_kind",
+    ),
+    "rate_limited.": ("dropped", "busy", "new_sources_refused"),
+    "reloads.": ("ok", "failed", "unchanged", "no_final_newline"),
+    "refused.": ("source_port", "not_a_request"),
+}
+"""Label values exported (as 0) before the first event; any other value the server counts is added."""
 PLAIN = {
     "requests": "Datagrams received",
     "replies": "Replies sent",
@@ -41,32 +80,43 @@ PLAIN = {
 
 
 class ServerCollector(Collector):
-    def __init__(self, server: QuoteServer) -> None:
+    def __init__(self, server: QuoteServer, timing: DurationHistogram | None = None) -> None:
         self.server = server
+        self.timing = timing
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         counters = self.server.counters()  # one C-level dict copy: safe against the serving thread
         for key, help_text in PLAIN.items():
             yield CounterMetricFamily(f"udp_price_{key}", help_text, value=counters.get(key, 0))
         for prefix, (name, help_text, label) in LABELLED.items():
             family = CounterMetricFamily(name, help_text, labels=[label])
-            for key, value in sorted(counters.items()):
-                if key.startswith(prefix):
-                    family.add_metric([key[len(prefix) :]], value)
+            values = dict.fromkeys(KNOWN_LABELS[prefix], 0)
+            values.update({k[len(prefix) :]: v for k, v in counters.items() if k.startswith(prefix)})
+            for value_label, value in sorted(values.items()):
+                family.add_metric([value_label], value)
             yield family
         catalog = self.server.catalog
         yield GaugeMetricFamily("udp_price_catalog_items", "Items in the catalog being served", value=len(catalog))
-        yield GaugeMetricFamily(
-            "udp_price_catalog_version", "Version of the catalog being served", value=catalog.version
+        yield InfoMetricFamily(
+            "udp_price_catalog", "Version of the catalog being served", value={"version": str(catalog.version)}
         )
         cache = self.server.cache
         yield GaugeMetricFamily("udp_price_cache_entries", "Replies in the cache", value=len(cache) if cache else 0)
+        if self.timing is not None:
+            buckets, total_s = self.timing.cumulative()
+            yield HistogramMetricFamily(
+                "udp_price_request_handling_seconds",
+                "Time to handle one datagram (decode, guards, lookup, encode; socket calls excluded)",
+                buckets=buckets,
+                sum_value=total_s,
+            )
 
 
-def start_metrics(server: QuoteServer, port: int, host: str = "127.0.0.1") -> str:
-    """Serve /metrics on host:port (loopback by default) from a daemon thread; returns 'host:port'."""
+def start_metrics(server: QuoteServer, listen: Address, timing: DurationHistogram | None = None) -> str:
+    """Serve /metrics on listen (loopback unless told otherwise) from a daemon thread; returns 'host:port'."""
     registry = CollectorRegistry()
-    registry.register(ServerCollector(server))
-    httpd, _ = start_http_server(port, addr=host, registry=registry)
-    bound_port = httpd.server_address[1]
-    return f"{host}:{bound_port}"
+    registry.register(ServerCollector(server, timing))
+    for default in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(default)  # process_* and python_*, as every Prometheus client exports them
+    httpd, _ = start_http_server(listen[1], addr=listen[0], registry=registry)
+    return format_address((listen[0], int(httpd.server_address[1])))

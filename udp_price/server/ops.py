@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
 from udp_price.errors import CatalogError
@@ -342,35 +340,6 @@ class Operations:
             )
         else:
             self._install(read)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, msg, and any structured extras."""
-
-    EXTRAS = ("event", "problems", "items", "version", "counters")
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", "log"),
-            "msg": record.getMessage(),
-        }
-        for key in self.EXTRAS[1:]:
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else logging.Formatter("udp_server: %(levelname)s %(message)s")
-    )
-    root = logging.getLogger("udp_price")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def operations(server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None]) -> Operations:

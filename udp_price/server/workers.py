@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 from udp_price.catalog import Catalog
+from udp_price.server.logs import announce
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.ops import build_server, operations
 
@@ -57,11 +58,15 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
         s.close()  # each worker holds its own copy
     control = Control()
     with handle_signals(control):
-        print(
+        announce(
             f"udp_server: listening on {host}:{port} (udp), {len(catalog)} items, catalog version {catalog.version}, "
             f"catalog {os.path.abspath(args.catalog)}, "
             f"{args.workers} workers (pids {' '.join(str(p.pid) for p in procs)})",
-            flush=True,
+            args.log_format,
+            "listening",
+            address=f"{host}:{port}",
+            items=len(catalog),
+            version=catalog.version,
         )
         while not control.stopped and any(p.is_alive() for p in procs):
             if control.reload_requested:
@@ -85,6 +90,11 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
     for proc in procs:
         proc.join(10)
     summary = " ".join(f"{k}={v}" for k, v in sorted(totals.items()))
-    print(f"udp_server: stopped; workers_requests={','.join(map(str, per_worker))} {summary}", flush=True)
+    announce(
+        f"udp_server: stopped; workers_requests={','.join(map(str, per_worker))} {summary}",
+        args.log_format,
+        "stopped",
+        counters=dict(totals),
+    )
     control.close()
     return EXIT_OK
