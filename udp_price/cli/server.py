@@ -13,7 +13,14 @@ from udp_price.cli.common import add_version, default_catalog, examples_for, pro
 from udp_price.errors import CatalogError
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.metrics import start_metrics
-from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations, setup_logging
+from udp_price.server.ops import (
+    WATCH_POLL_S,
+    WATCH_SETTLE_S,
+    build_server,
+    operations,
+    return_freed_memory,
+    setup_logging,
+)
 from udp_price.server.workers import run_workers
 
 log = logging.getLogger("udp_price.server")
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CATALOG
+    return_freed_memory()  # the parse's temporaries: freed, but kept by the allocator until trimmed
     try:
         sock = bind_socket(args.host, args.port, reuse_port=args.workers > 1)
     except OSError as e:
