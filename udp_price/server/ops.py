@@ -3,10 +3,11 @@
 Reading, hashing, parsing, validating and indexing a catalog (millions of items: seconds of work)
 happen off the serving loop: a worker thread reads and hashes the file, and a file of a megabyte or
 more is parsed and indexed by a child process (udp_price.server.catalog_child), so the parse
-neither holds the server's GIL nor leaves its temporaries in the server's heap. The serving loop only asks for a reload and, when the worker
-has a prepared catalog ready, swaps it in with one reference assignment between two datagrams; the
-old catalog answers until then. At most one reload runs at a time: requests during a reload make
-it run once more afterwards. A file whose content hash equals the loaded one is a logged no-op.
+neither holds the server's GIL nor leaves its temporaries in the server's heap. The serving loop
+only asks for a reload and, when the worker has a prepared catalog ready, swaps it in with one
+reference assignment between two datagrams; the old catalog answers until then. At most one reload
+runs at a time: requests during a reload make it run once more afterwards. A file whose content
+hash equals the loaded one is a logged no-op.
 """
 
 from __future__ import annotations
@@ -293,12 +294,12 @@ class Operations:
             self._post(["reloads.unchanged"])
             return
         try:
-            new = self._parse(raw)  # every wire limit included
+            new, how = self._parse(raw)  # every wire limit included
         except CatalogError as e:
             self._reject(e)
             return
         old = self.server.catalog
-        self._post(["reloads.ok"], new.prepared())
+        self._post(["reloads.ok", *how], new.prepared())
         log.info(
             "catalog reloaded: %d items, version %d (was %d)",
             len(new),
@@ -307,18 +308,19 @@ class Operations:
             extra={"event": "reloaded", "items": len(new), "version": new.version},
         )
 
-    def _parse(self, raw: bytes) -> Catalog:
-        if len(raw) >= self.child_min_bytes:
-            catalog = parse_in_child(raw, self.catalog_path)
-            if catalog is not None:
-                return catalog
-            log.warning(
-                "could not parse catalog %s in a child process; parsing in the server (answers may pause)",
-                self.catalog_path,
-                extra={"event": "reload_in_process"},
-            )
-            self._post(["reloads.in_process"])
-        return parse_catalog_bytes(raw, self.catalog_path)
+    def _parse(self, raw: bytes) -> tuple[Catalog, list[str]]:
+        """The new catalog, and ["reloads.in_process"] if a child should have parsed it and could not."""
+        if len(raw) < self.child_min_bytes:
+            return parse_catalog_bytes(raw, self.catalog_path), []
+        catalog = parse_in_child(raw, self.catalog_path)
+        if catalog is not None:
+            return catalog, []
+        log.warning(
+            "could not parse catalog %s in a child process; parsing in the server (answers may pause)",
+            self.catalog_path,
+            extra={"event": "reload_in_process"},
+        )
+        return parse_catalog_bytes(raw, self.catalog_path), ["reloads.in_process"]
 
     def _reject(self, error: CatalogError) -> None:
         self._post(["reloads.failed"])
