@@ -156,8 +156,8 @@ def _server_to_server(counters: list[dict[str, int]], n: int) -> int:
 
 
 def cache_crc_collision(spoof: bool) -> Result:
-    """A 56-byte batch with the id of a 666-byte list request and a quantity chosen so that its
-    CRC32 equals the list request's, hoping for the cached 666-byte list reply (to a victim)."""
+    """A 56-byte batch with the id of a list request and a quantity chosen so that its CRC32
+    equals the list request's, hoping for the cached list reply (to a victim)."""
 
     def attack(group: list[Server]) -> tuple[int, str]:
         server, victim = group[0], udp_socket()

@@ -73,8 +73,9 @@ class Catalog:
         return cls.from_index(CatalogIndex.from_items(items.items()))
 
     @classmethod
-    def from_index(cls, index: CatalogIndex) -> Catalog:
-        catalog = cls(IndexedPrices(index), _index_version(index))
+    def from_index(cls, index: CatalogIndex, version: int | None = None) -> Catalog:
+        """The catalog of ``index``; ``version`` if already computed from the same index (by a child)."""
+        catalog = cls(IndexedPrices(index), _index_version(index) if version is None else version)
         object.__setattr__(catalog, "index", index)  # fills the cached_property
         return catalog
 

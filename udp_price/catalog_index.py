@@ -145,6 +145,10 @@ class CatalogIndex:
         fields = [blob[i : i + ITEM_SIZE] for i in range(0, len(blob), ITEM_SIZE)]
         return list(zip(fields, self.prices[start:stop], strict=True))
 
+    def arrays(self) -> tuple[array[int], ...]:
+        """The four word arrays and the prices: all an index holds (CatalogIndex(words, prices) rebuilds it)."""
+        return (*self._words, self.prices)
+
     def memory_bytes(self) -> int:
         """Bytes held by the arrays (what an item costs: BYTES_PER_ITEM)."""
         return sum(w.buffer_info()[1] * w.itemsize for w in (*self._words, self.prices))

@@ -22,7 +22,7 @@ from udp_price.errors import CatalogError
 from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.metrics import start_metrics
-from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations
+from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations, return_freed_memory
 from udp_price.server.timing import DurationHistogram
 from udp_price.server.workers import run_workers
 
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CATALOG
+    return_freed_memory()  # the parse's temporaries: freed, but kept by the allocator until trimmed
     try:
         sock = bind_socket(args.host, args.port, reuse_port=args.workers > 1)
     except OSError as e:

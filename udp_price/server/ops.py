@@ -1,19 +1,25 @@
 """Catalog reloads (SIGHUP, --watch) off the serving loop, and the server's periodic stats line.
 
-Reading, hashing, parsing, validating and indexing a catalog (up to 1,048,560 items: seconds of
-work) happen in one worker thread. The serving loop only asks for a reload and, when the worker
-has a prepared catalog ready, swaps it in with one reference assignment between two datagrams; the
-old catalog answers until then. At most one reload runs at a time: requests during a reload make
-it run once more afterwards. A file whose content hash equals the loaded one is a logged no-op.
+Reading, hashing, parsing, validating and indexing a catalog (millions of items: seconds of work)
+happen off the serving loop: a worker thread reads and hashes the file, and a file of a megabyte or
+more is parsed and indexed by a child process (udp_price.server.catalog_child), so the parse
+neither holds the server's GIL nor leaves its temporaries in the server's heap. The serving loop
+only asks for a reload and, when the worker has a prepared catalog ready, swaps it in with one
+reference assignment between two datagrams; the old catalog answers until then. At most one reload
+runs at a time: requests during a reload make it run once more afterwards. A file whose content
+hash equals the loaded one is a logged no-op.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,6 +29,7 @@ from typing import Protocol
 
 from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
 from udp_price.errors import CatalogError
+from udp_price.server.catalog_child import CHILD_MIN_BYTES, parse_in_child
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
 
@@ -142,6 +149,8 @@ class Operations:
     _ready: _Ready = field(default_factory=_Ready, repr=False)
     _thread: threading.Thread | None = None
     _closing: bool = False
+    child_min_bytes: int = CHILD_MIN_BYTES
+    """Files at least this big are parsed in a child process (see udp_price.server.catalog_child)."""
 
     def __post_init__(self) -> None:
         try:
@@ -216,7 +225,9 @@ class Operations:
                 retired, self._retired = self._retired, []
                 if self._closing and not forced:  # a reload asked for before the stop still runs
                     return
-            retired.clear()  # old catalogs are freed here, outside the lock and off the serving thread
+            if retired:
+                retired.clear()  # old catalogs are freed here, outside the lock and off the serving thread
+                return_freed_memory()
             try:
                 if forced:
                     self._reload_now()
@@ -282,12 +293,12 @@ class Operations:
             self._post(["reloads.unchanged"])
             return
         try:
-            new = parse_catalog_bytes(raw, self.catalog_path)  # every wire limit included
+            new, how = self._parse(raw)  # every wire limit included
         except CatalogError as e:
             self._reject(e)
             return
         old = self.server.catalog
-        self._post(["reloads.ok"], new.prepared())
+        self._post(["reloads.ok", *how], new.prepared())
         log.info(
             "catalog reloaded: %d items, version %d (was %d)",
             len(new),
@@ -295,6 +306,20 @@ class Operations:
             old.version,
             extra={"event": "reloaded", "items": len(new), "version": new.version},
         )
+
+    def _parse(self, raw: bytes) -> tuple[Catalog, list[str]]:
+        """The new catalog, and ["reloads.in_process"] if a child should have parsed it and could not."""
+        if len(raw) < self.child_min_bytes:
+            return parse_catalog_bytes(raw, self.catalog_path), []
+        catalog = parse_in_child(raw, self.catalog_path)
+        if catalog is not None:
+            return catalog, []
+        log.warning(
+            "could not parse catalog %s in a child process; parsing in the server (answers may pause)",
+            self.catalog_path,
+            extra={"event": "reload_in_process"},
+        )
+        return parse_catalog_bytes(raw, self.catalog_path), ["reloads.in_process"]
 
     def _reject(self, error: CatalogError) -> None:
         self._post(["reloads.failed"])
@@ -340,6 +365,28 @@ class Operations:
             )
         else:
             self._install(read)
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to give freed heap memory back to the system (malloc_trim(3)); a no-op elsewhere.
+
+    Freed small objects (a parse's millions of short strings) stay in glibc's arenas and keep
+    counting in the process's RSS; malloc_trim releases the free pages. ctypes releases the GIL
+    during the call, so serving goes on meanwhile."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    return trim
 
 
 def operations(server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None]) -> Operations:
