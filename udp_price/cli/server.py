@@ -8,7 +8,7 @@ import os
 import sys
 
 from udp_price.address import format_address
-from udp_price.catalog import load_catalog
+from udp_price.catalog import parse_catalog_bytes, read_catalog_file
 from udp_price.cli.common import (
     add_verbosity,
     add_version,
@@ -22,7 +22,14 @@ from udp_price.errors import CatalogError
 from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.metrics import start_metrics
-from udp_price.server.ops import WATCH_POLL_S, WATCH_SETTLE_S, build_server, operations, return_freed_memory
+from udp_price.server.ops import (
+    WATCH_POLL_S,
+    WATCH_SETTLE_S,
+    FileState,
+    build_server,
+    operations,
+    return_freed_memory,
+)
 from udp_price.server.timing import DurationHistogram
 from udp_price.server.workers import run_workers
 
@@ -186,12 +193,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     setup_logging(args.log_level, args.log_format)
     try:
-        catalog = load_catalog(args.catalog)
+        # One read: what is parsed is exactly what is recorded as loaded (its hash and stat), so a
+        # file replaced while this parse runs is seen as changed by SIGHUP and --watch.
+        st, raw = read_catalog_file(args.catalog)
+        catalog = parse_catalog_bytes(raw, args.catalog)
     except CatalogError as e:
         print(f"udp_server: bad catalog {e.path}:", file=sys.stderr)
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CATALOG
+    loaded_from = FileState.of(st, raw)
+    del raw
     return_freed_memory()  # the parse's temporaries: freed, but kept by the allocator until trimmed
     try:
         sock = bind_socket(args.host, args.port, reuse_port=args.workers > 1)
@@ -199,12 +211,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"udp_server: cannot bind {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BIND
     if args.workers > 1:
-        return run_workers(args, catalog, sock)
+        return run_workers(args, catalog, sock, loaded_from)
     server, control = build_server(args, catalog), Control()
     # Handlers first, start line after: whoever reacts to the start line with a SIGHUP must find
     # a server that reloads, not one killed by the signal's default action.
     with sock, handle_signals(control):
-        ops = operations(server, args, control.wake)
+        ops = operations(server, args, control.wake, loaded_from)
         timing = DurationHistogram() if args.metrics_listen is not None else None
         if args.metrics_listen is not None:
             try:

@@ -151,16 +151,32 @@ class Operations:
     _closing: bool = False
     child_min_bytes: int = CHILD_MIN_BYTES
     """Files at least this big are parsed in a child process (see udp_price.server.catalog_child)."""
+    loaded_from: FileState | None = None
+    """The state (stat and content hash) of the very bytes the serving catalog was parsed from, taken
+    from the same read (udp_price.cli.server does). Reading the file again here would be a race: a
+    file replaced by a rename between the start-up parse and that second read would be recorded as
+    loaded and then look "unchanged" to SIGHUP and --watch forever, while the old prices are served."""
 
     def __post_init__(self) -> None:
-        try:
-            st, raw = read_catalog_file(self.catalog_path)
-        except CatalogError:
-            return
-        self._loaded = self._idle = FileState.of(st, raw)
-        self._last_inode = self._loaded.inode
+        self._loaded = self.loaded_from if self.loaded_from is not None else self._state_if_serving()
+        if self._loaded is not None:
+            self._idle, self._last_inode = self._loaded, self._loaded.inode
         if self.watch_interval_s is not None:
             self._start()
+
+    def _state_if_serving(self) -> FileState | None:
+        """Without ``loaded_from``: the file's state only if its content is what is being served
+        (same catalog version), else None (the next SIGHUP or --watch look then loads it). Costs a
+        parse: callers that loaded the file themselves pass ``loaded_from`` instead."""
+        read = self._read()
+        if isinstance(read, CatalogError):
+            return None
+        state, raw = read
+        try:
+            same = parse_catalog_bytes(raw, self.catalog_path).version == self.server.catalog.version
+        except CatalogError:
+            return None
+        return state if same else None
 
     # ------------------------------------------------ serving thread
 
@@ -389,7 +405,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def operations(server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None]) -> Operations:
+def operations(
+    server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None], loaded_from: FileState | None
+) -> Operations:
+    """The server's Operations; ``loaded_from``: the state of the bytes its catalog was parsed from."""
     return Operations(
         server,
         args.catalog,
@@ -397,6 +416,7 @@ def operations(server: QuoteServer, args: argparse.Namespace, wake: Callable[[],
         stats_interval_s=args.stats_interval or None,
         settle_s=args.watch_settle,
         wake=wake,
+        loaded_from=loaded_from,
     )
 
 

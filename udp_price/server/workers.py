@@ -15,7 +15,7 @@ from collections import Counter
 from udp_price.catalog import Catalog
 from udp_price.server.logs import announce
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
-from udp_price.server.ops import build_server, operations
+from udp_price.server.ops import FileState, build_server, operations
 
 EXIT_OK = 0
 
@@ -23,13 +23,14 @@ EXIT_OK = 0
 def _worker(
     args: argparse.Namespace,
     catalog: Catalog,
+    loaded_from: FileState | None,
     sock: socket.socket,
     index: int,
     results: multiprocessing.queues.Queue[tuple[int, dict[str, int]]],
 ) -> None:
     """One worker process: its own server core and loop on its own SO_REUSEPORT socket."""
     server, control = build_server(args, catalog), Control()
-    ops = operations(server, args, control.wake)
+    ops = operations(server, args, control.wake, loaded_from)
     with sock, handle_signals(control):
         serve(sock, server, control, duties=ops)
         ops.close()
@@ -37,7 +38,9 @@ def _worker(
     control.close()
 
 
-def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket) -> int:
+def run_workers(
+    args: argparse.Namespace, catalog: Catalog, first: socket.socket, loaded_from: FileState | None = None
+) -> int:
     """N processes share the port with SO_REUSEPORT; the kernel spreads flows over them by a hash
     of the source address. This process supervises: it forwards SIGTERM/SIGINT/SIGHUP and sums
     the workers' counters at the end. One reply cache and one rate limit per worker: a flow always
@@ -50,7 +53,8 @@ def run_workers(args: argparse.Namespace, catalog: Catalog, first: socket.socket
     # forwarded to a worker still starting up must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     procs = [
-        ctx.Process(target=_worker, args=(args, catalog, s, i, results), daemon=True) for i, s in enumerate(sockets)
+        ctx.Process(target=_worker, args=(args, catalog, loaded_from, s, i, results), daemon=True)
+        for i, s in enumerate(sockets)
     ]
     for proc in procs:
         proc.start()
