@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,47 @@ def test_operations_without_a_start_up_state_does_not_take_a_different_file_as_l
         assert server.stats["reloads.ok"] == 1 and server.catalog.prices["probe"] == 200
     finally:
         ops.close()
+
+
+FULL_WIDTH_NAMES = ["x" * 32, "x" * 31, "x" * 30 + "y", "é" * 16, "é" * 15 + "e", "日" * 10 + "ab", "😀" * 8]
+
+
+@pytest.mark.parametrize("name", FULL_WIDTH_NAMES)
+def test_a_full_width_prefix_finds_exactly_that_name(name: str) -> None:
+    others = [n for n in FULL_WIDTH_NAMES if n != name]
+    catalog = parse_catalog("item,price\n" + "".join(f"{n},{i}.00\n" for i, n in enumerate(FULL_WIDTH_NAMES)))
+    prefix = name.encode()
+    start, stop = catalog.prefix_range(prefix)
+    assert [n for n, _ in catalog.entries(start, stop)] == sorted(
+        n for n in FULL_WIDTH_NAMES if n.encode().startswith(prefix)
+    )
+    if len(prefix) == 32:
+        assert [n for n, _ in catalog.entries(start, stop)] == [name]
+        without = parse_catalog("item,price\n" + "".join(f"{n},1.00\n" for n in others))
+        assert without.prefix_range(prefix)[0] == without.prefix_range(prefix)[1]
+
+
+def test_prefix_range_agrees_with_brute_force_for_every_prefix_length() -> None:
+    rng = random.Random(14)
+    alphabet = ["a", "b", "é", "日", "😀", "z", "~", "\x7f", "ÿ"]
+    for _ in range(60):  # bounded: 60 small catalogs
+        base = "".join(rng.choice(alphabet) for _ in range(20))
+        names: set[str] = set()
+        while len(names) < 25:
+            name = (
+                base[: rng.randint(0, 20)] + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            ).strip()
+            while len(name.encode()) > 32:
+                name = name[:-1]
+            if name:
+                names.add(name)
+        catalog = parse_catalog("item,price\n" + "".join(f"{n},1.00\n" for n in names))
+        ordered = sorted(names, key=str.encode)
+        for name in ordered:
+            data = name.encode()
+            for cut in range(1, len(data) + 1):
+                prefix = data[:cut]
+                start, stop = catalog.prefix_range(prefix)
+                got = [n for n, _ in catalog.entries(start, stop)]
+                assert got == [n for n in ordered if n.encode().startswith(prefix)], (prefix, ordered)
+        assert catalog.prefix_range(b"a" * 33) == (0, 0)

@@ -112,11 +112,18 @@ class CatalogIndex:
     def prefix_range(self, prefix: bytes) -> tuple[int, int]:
         """[start, stop) positions of the items whose name starts with the UTF-8 bytes ``prefix``.
 
-        Names are valid UTF-8 and so never contain the byte 0xFF: every name with the prefix sorts
-        before the prefix padded with 0xFF, and none after."""
+        Names are valid UTF-8 and so never contain the byte 0xFF: every name with a shorter prefix
+        sorts before the prefix padded with 0xFF, and none after. A prefix of the full field width
+        (32 bytes) has nothing to pad: the only name starting with it is that name itself, so the
+        range is that one item if it exists. A longer prefix matches nothing."""
         if not prefix:
             return 0, len(self.prices)
+        if len(prefix) > ITEM_SIZE:
+            return 0, 0
         start = self.lower_bound(prefix.ljust(ITEM_SIZE, b"\0"))
+        if len(prefix) == ITEM_SIZE:
+            found = start < len(self.prices) and self.field(start) == prefix
+            return start, start + 1 if found else start
         stop = self.lower_bound(prefix.ljust(ITEM_SIZE, b"\xff"))
         return start, stop
 
