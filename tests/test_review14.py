@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import udp_price.cli.server as server_cli
-from udp_price.catalog import parse_catalog, parse_catalog_bytes
+from udp_price.catalog import Catalog, parse_catalog, parse_catalog_bytes, parse_catalog_exactly
+from udp_price.errors import CatalogError
 from udp_price.server.core import QuoteServer
 from udp_price.server.ops import Operations
 
@@ -107,3 +110,34 @@ def test_prefix_range_agrees_with_brute_force_for_every_prefix_length() -> None:
                 got = [n for n, _ in catalog.entries(start, stop)]
                 assert got == [n for n in ordered if n.encode().startswith(prefix)], (prefix, ordered)
         assert catalog.prefix_range(b"a" * 33) == (0, 0)
+
+
+LIMIT = csv.field_size_limit()
+FIELD_LIMIT_CASES = {
+    "long extra column": "item,price,description\napple,1.00," + "d" * 200_000 + "\n",
+    "name padded with spaces": "item,price\n" + " " * 200_000 + "apple,1.00\n",
+    "price padded with spaces": "item,price\napple," + " " * 200_000 + "1.00\n",
+    "header padded with spaces": "item," + " " * 200_000 + "price\napple,1.00\n",
+    "one character over the limit": "item,price\n" + " " * (LIMIT - 4) + "apple,1.00\n",
+    "a field just under the limit": "item,price\n" + " " * (LIMIT - 6) + "apple,1.00\n",
+    "a line over the limit, every field under": "item,price,a,b\napple,1.00,"
+    + "d" * (LIMIT - 10)
+    + ","
+    + "e" * (LIMIT - 10)
+    + "\n",
+}
+
+
+def _outcome(parse: Callable[[str], Catalog], text: str) -> object:
+    try:
+        return dict(parse(text).prices.items())
+    except CatalogError as e:
+        return e.problems
+
+
+@pytest.mark.parametrize("text", FIELD_LIMIT_CASES.values(), ids=FIELD_LIMIT_CASES.keys())
+def test_the_fast_parser_obeys_the_csv_field_limit_like_the_exact_parser(text: str) -> None:
+    fast, exact = _outcome(parse_catalog, text), _outcome(parse_catalog_exactly, text)
+    assert fast == exact
+    too_long = any(len(cell) > LIMIT for line in text.split("\n") for cell in line.split(","))
+    assert isinstance(exact, list) == too_long

@@ -4,12 +4,14 @@ The exact parser (udp_price.catalog.parse_catalog) checks row by row in Python, 
 Here every step runs over whole chunks of rows in C (str.split, map over C functions, set, sort,
 array slicing), so a row costs a fraction of that. It accepts only what the exact parser accepts
 and gives the same result; anything unusual - a quote character, a lone CR, a row with another
-number of columns, a bad or duplicate name, a price it does not recognise - returns None, and the
-caller runs the exact parser, which then reports every problem with its line number.
+number of columns, a bad or duplicate name, a price it does not recognise, a line longer than the
+csv module's field size limit (131,072 characters unless changed) - returns None, and the caller
+runs the exact parser, which then reports every problem with its line number.
 """
 
 from __future__ import annotations
 
+import csv
 import struct
 import unicodedata
 from itertools import islice, repeat
@@ -33,6 +35,10 @@ def parse_fast(text: str, max_price: int, max_items: int) -> CatalogIndex | None
         if "\r" in text:
             return None
     lines = text.split("\n")
+    if max(map(len, lines)) > csv.field_size_limit():
+        # The exact parser (the csv module) refuses a field longer than this limit; a line this long
+        # may hold one, so the exact parser decides (and names the line). Same limit, same verdict.
+        return None
     columns = [c.strip().lower() for c in lines[0].split(",")]
     if "item" not in columns or "price" not in columns:
         return None
