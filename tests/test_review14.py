@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 import udp_price.cli.server as server_cli
-from udp_price.catalog import Catalog, parse_catalog, parse_catalog_bytes, parse_catalog_exactly
+from udp_price.catalog import MAX_LISTED_PROBLEMS, Catalog, parse_catalog, parse_catalog_bytes, parse_catalog_exactly
 from udp_price.errors import CatalogError
 from udp_price.server.core import QuoteServer
 from udp_price.server.ops import Operations
@@ -141,3 +143,58 @@ def test_the_fast_parser_obeys_the_csv_field_limit_like_the_exact_parser(text: s
     assert fast == exact
     too_long = any(len(cell) > LIMIT for line in text.split("\n") for cell in line.split(","))
     assert isinstance(exact, list) == too_long
+
+
+def _problems_of(text: str) -> list[str]:
+    with pytest.raises(CatalogError) as caught:
+        parse_catalog(text)
+    return caught.value.problems
+
+
+def test_a_bad_catalog_lists_the_first_problems_and_counts_the_rest() -> None:
+    problems = _problems_of("item,price\n" + "a,1\n" * 5_000)
+    assert len(problems) == MAX_LISTED_PROBLEMS + 1
+    assert problems[0] == "line 3: duplicate item 'a' (first on line 2)"
+    assert problems[-1] == "... and 4,899 more problem(s), 4,999 in all (only the first are listed)"
+    assert len(_problems_of("item,price\n" + "a,1\n" * (MAX_LISTED_PROBLEMS + 1))) == MAX_LISTED_PROBLEMS
+
+
+def test_a_problem_quotes_at_most_a_short_piece_of_a_long_cell() -> None:
+    (problem,) = _problems_of("item,price\napple," + "9" * 50 + "x" * 100_000 + "\n")
+    assert problem.startswith("line 2: item 'apple': price '99999") and len(problem) < 150
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "item,price\n" + "a,1\n" * 50_000,
+        "item,price\n" + "".join(f"i{i},x\n" for i in range(50_000)),
+        "item,price\n" + "".join(f"i{i % 40_000},1\n" for i in range(80_000)),  # duplicates across chunks
+    ],
+    ids=["one duplicate name", "every price bad", "duplicates across chunks"],
+)
+def test_a_bad_catalog_costs_no_more_memory_per_byte_than_a_parse_needs(text: str) -> None:
+    # Before: a message per row and every row's price kept, about 50 times the file's size.
+    tracemalloc.start()
+    try:
+        _problems_of(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 35 * len(text)
+
+
+def test_a_rejected_reload_logs_a_bounded_number_of_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text("item,price\napple,1.00\n", encoding="utf-8")
+    server = QuoteServer(parse_catalog(path.read_text(encoding="utf-8")))
+    ops = Operations(server, str(path))
+    path.write_text("item,price\n" + "a,1\n" * 5_000, encoding="utf-8")
+    try:
+        with caplog.at_level(logging.ERROR, logger="udp_price.server"):
+            _await_reload(ops, server)
+    finally:
+        ops.close()
+    assert server.stats["reloads.failed"] == 1 and server.catalog.prices["apple"] == 100
+    logged = [r for r in caplog.records if r.name == "udp_price.server"]
+    assert len(logged) == 1 + MAX_LISTED_PROBLEMS + 1 and "4,999 in all" in logged[-1].getMessage()

@@ -134,14 +134,14 @@ def parse_price(text: str) -> int:
     if not text:
         raise ValueError("price is empty")
     if text.startswith("-"):
-        raise ValueError(f"price {text!r} is negative")
+        raise ValueError(f"price {_shown(text)} is negative")
     if not _PRICE_RE.match(text):
-        raise ValueError(f"price {text!r} is not a decimal number like 12.50")
+        raise ValueError(f"price {_shown(text)} is not a decimal number like 12.50")
     if "." in text and len(text.split(".", 1)[1]) > 2:
-        raise ValueError(f"price {text!r} has more than 2 decimals")
+        raise ValueError(f"price {_shown(text)} has more than 2 decimals")
     cents = int(Decimal(text) * MINOR_UNITS)
     if cents > MAX_PRICE:
-        raise ValueError(f"price {text!r} is above the maximum {format_money(MAX_PRICE)}")
+        raise ValueError(f"price {_shown(text)} is above the maximum {format_money(MAX_PRICE)}")
     return cents
 
 
@@ -153,10 +153,15 @@ def format_money(minor: int) -> str:
 
 
 def parse_catalog_exactly(text: str, path: str = "<catalog>") -> Catalog:
-    """Validate CSV text row by row into a Catalog; raises CatalogError listing every problem."""
-    problems: list[str] = []
+    """Validate CSV text row by row into a Catalog; raises CatalogError listing the problems.
+
+    The first MAX_LISTED_PROBLEMS problems are listed, the rest only counted (a file of a million
+    bad rows must not cost a million messages). Once a row is bad the catalog will be refused, so
+    its prices are no longer kept: only the names seen (to find duplicates) and a count."""
+    problems = _Problems()
     prices: dict[str, int] = {}
     first_line: dict[str, int] = {}
+    items = 0
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
@@ -164,23 +169,64 @@ def parse_catalog_exactly(text: str, path: str = "<catalog>") -> Catalog:
             raise CatalogError(path, ["line 1: file is empty; expected a header 'item,price'"])
         columns = [h.strip().lower() for h in header]
         if "item" not in columns or "price" not in columns:
-            raise CatalogError(path, [f"line 1: header must name 'item' and 'price' columns, got {header}"])
+            raise CatalogError(path, [f"line 1: header must name 'item' and 'price' columns, got {_shown(header)}"])
         item_col, price_col = columns.index("item"), columns.index("price")
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue  # blank lines are harmless
-            problem = _check_row(row, item_col, price_col, prices, first_line, line)
-            if problem:
-                problems.append(f"line {line}: {problem}")
+            checked = _check_row(row, item_col, price_col, first_line, line)
+            if isinstance(checked, str):
+                problems.add(f"line {line}: {checked}")
+                prices.clear()  # refused anyway: keep nothing per row but the names
+                continue
+            items += 1
+            if not problems:
+                prices[checked[0]] = checked[1]
     except csv.Error as e:
-        problems.append(f"line {reader.line_num}: broken CSV: {e}")
-    if not prices and not problems:
-        problems.append("no items: the catalog must list at least one")
-    problems += wire_limit_problems(prices)
+        problems.add(f"line {reader.line_num}: broken CSV: {e}")
+    if not items and not problems:
+        problems.add("no items: the catalog must list at least one")
+    for problem in wire_limit_problems(prices) if not problems else _too_many_items(items):
+        problems.add(problem)
     if problems:
-        raise CatalogError(path, problems)
+        raise CatalogError(path, problems.report())
     return Catalog.from_prices(prices)
+
+
+MAX_LISTED_PROBLEMS = 100
+"""Problems a CatalogError lists (and a reload logs, one line each); the rest are counted."""
+_SHOWN_CHARS = 40
+"""Longest piece of a cell quoted in a problem (a cell may hold up to 131,072 characters)."""
+
+
+class _Problems:
+    """The first MAX_LISTED_PROBLEMS problem sentences, and how many more there were."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+        self.more = 0
+
+    def add(self, problem: str) -> None:
+        if len(self.listed) < MAX_LISTED_PROBLEMS:
+            self.listed.append(problem)
+        else:
+            self.more += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.listed)
+
+    def report(self) -> list[str]:
+        if not self.more:
+            return self.listed
+        total = len(self.listed) + self.more
+        return [*self.listed, f"... and {self.more:,} more problem(s), {total:,} in all (only the first are listed)"]
+
+
+def _shown(value: object) -> str:
+    """repr of ``value``, cut to _SHOWN_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
@@ -195,9 +241,9 @@ def parse_catalog(text: str, path: str = "<catalog>") -> Catalog:
 
 
 def _check_row(
-    row: list[str], item_col: int, price_col: int, prices: dict[str, int], first_line: dict[str, int], line: int
-) -> str | None:
-    """Add one row to ``prices``; return a problem description instead if it is bad."""
+    row: list[str], item_col: int, price_col: int, first_line: dict[str, int], line: int
+) -> tuple[str, int] | str:
+    """(item, price) of one row, or a problem description if it is bad."""
     if len(row) <= max(item_col, price_col):
         return f"expected at least {max(item_col, price_col) + 1} columns, got {len(row)}"
     item = normalize_item(row[item_col])
@@ -208,11 +254,9 @@ def _check_row(
         return f"duplicate item {item!r} (first on line {first_line[item]})"
     first_line[item] = line  # even if its price is bad: a second row of it is still a duplicate
     try:
-        price = parse_price(row[price_col])
+        return item, parse_price(row[price_col])
     except ValueError as e:
         return f"item {item!r}: {e}"
-    prices[item] = price
-    return None
 
 
 def wire_limit_problems(prices: Mapping[str, int]) -> list[str]:
@@ -220,18 +264,19 @@ def wire_limit_problems(prices: Mapping[str, int]) -> list[str]:
 
     Checked at every load and reload, so a catalog that loads can be served in full: no request
     meets a value that does not fit its field. (Name size is checked per row by parse_catalog.)"""
-    problems = []
-    if len(prices) > MAX_ITEMS:
-        problems.append(
-            f"{len(prices):,} items; a catalog may hold at most {MAX_ITEMS:,} "
-            f"(its index costs 40 bytes an item in memory)"
-        )
+    problems = _too_many_items(len(prices))
     if isinstance(prices, IndexedPrices):
         return problems  # its prices sit in a u64 array: every one fits the field
     too_big = [item for item, price in prices.items() if not 0 <= price <= MAX_WIRE_PRICE]
     if too_big:
         problems.append(f"{len(too_big)} price(s) do not fit the 64-bit price field, e.g. {too_big[0]!r}")
     return problems
+
+
+def _too_many_items(items: int) -> list[str]:
+    if items <= MAX_ITEMS:
+        return []
+    return [f"{items:,} items; a catalog may hold at most {MAX_ITEMS:,} (its index costs 40 bytes an item in memory)"]
 
 
 def load_catalog(path: str | Path) -> Catalog:

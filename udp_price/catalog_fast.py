@@ -77,6 +77,8 @@ def _add_chunk(
         return False
     if min(map(len, encoded)) < 1 or max(map(len, encoded)) > ITEM_SIZE:
         return False
+    if len(set(encoded)) < len(encoded):
+        return False  # a duplicate: found now rather than after holding every row (a bad file costs less)
     prices = list(map(str.strip, cells[price_col::width]))
     for text in set(prices).difference(known):
         price = fast_price(text)
