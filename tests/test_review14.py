@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import udp_price.cli.client as client_cli
 import udp_price.cli.server as server_cli
 from udp_price.catalog import MAX_LISTED_PROBLEMS, Catalog, parse_catalog, parse_catalog_bytes, parse_catalog_exactly
 from udp_price.errors import CatalogError
@@ -198,3 +199,10 @@ def test_a_rejected_reload_logs_a_bounded_number_of_lines(tmp_path: Path, caplog
     assert server.stats["reloads.failed"] == 1 and server.catalog.prices["apple"] == 100
     logged = [r for r in caplog.records if r.name == "udp_price.server"]
     assert len(logged) == 1 + MAX_LISTED_PROBLEMS + 1 and "4,999 in all" in logged[-1].getMessage()
+
+
+def test_items_with_a_prefix_of_only_spaces_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        client_cli.main(["--server", "127.0.0.1:9", "items", "--prefix", "  "])
+    assert caught.value.code == 2
+    assert "--prefix: is only spaces" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,26 @@ def test_search_box_over_a_100k_item_catalog_in_headless_chromium(tmp_path: Path
             if proc.poll() is None:
                 proc.terminate()
             proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [("ap%00", "NUL"), ("x" * 33, "33 bytes"), ("%C3%A9" * 17, "34 bytes of UTF-8")],
+)
+def test_a_search_the_wire_cannot_carry_is_the_callers_mistake(
+    page_and_server: tuple[str, subprocess.Popen[str]], query: str, why: str
+) -> None:
+    url, _ = page_and_server
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url + "api/search?q=" + query, timeout=10)
+    assert caught.value.code == 400, why
+    body = json.loads(caught.value.read())
+    assert body["code"] == "bad_prefix" and body["error"].startswith("Cannot search for that: prefix")
+
+
+def test_a_search_of_only_spaces_matches_nothing(page_and_server: tuple[str, subprocess.Popen[str]]) -> None:
+    url, _ = page_and_server
+    assert json.loads(urllib.request.urlopen(url + "api/search?q=%20%20", timeout=10).read()) == []
+    first = sorted(PRICES)[0]
+    found = json.loads(urllib.request.urlopen(url + "api/search?q=" + first[:2], timeout=10).read())
+    assert [f["item"] for f in found] == sorted(p for p in PRICES if p.startswith(first[:2]))

@@ -141,6 +141,14 @@ def _listing_error(e: NoAnswer | QuoteError) -> PageError:
     return PageError(HTTPStatus.BAD_GATEWAY, "bad_reply", f"Cannot list the catalog: {e}.")
 
 
+def _search_error(e: Exception) -> PageError:
+    """A bad search text (NUL, over 32 bytes) is the caller's mistake: 400 bad_prefix; a quote
+    server that did not answer or answered badly is 504 / 502, as for listing."""
+    if isinstance(e, (NoAnswer, QuoteError)) and not isinstance(e, ValueError):
+        return _listing_error(e)
+    return PageError(HTTPStatus.BAD_REQUEST, "bad_prefix", f"Cannot search for that: {e}.")
+
+
 class Handler(BaseHTTPRequestHandler):
     server_address_udp: Address
     client: KeptClient
@@ -156,12 +164,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/":
             self._page(query)
         elif url.path == "/api/search":
-            found, search_error = web_search.search(self.client.list_items, query.get("q", ""))
-            self._send(
-                HTTPStatus.OK if found is not None else HTTPStatus.BAD_GATEWAY,
-                "application/json",
-                json.dumps(found if found is not None else {"error": search_error}, ensure_ascii=False),
-            )
+            self._api_search(query.get("q", ""))
         elif url.path == "/api/items":
             self._api_items()
         elif url.path == "/api/quote":
@@ -207,6 +210,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = [{"item": i, "unit_price": format_money(p)} for i, p in items or []]
         self._send(HTTPStatus.OK, "application/json", json.dumps(body, ensure_ascii=False))
+
+    def _api_search(self, text: str) -> None:
+        found, failure = web_search.search(self.client.list_items, text)
+        if failure is not None:
+            self._send_error(_search_error(failure))
+            return
+        self._send(HTTPStatus.OK, "application/json", json.dumps(found, ensure_ascii=False))
 
     def _api_client(self) -> None:
         """The kept UDP client: its local port and what it has learned of the round trip."""

@@ -17,6 +17,7 @@ from typing import Any
 from udp_price.catalog import format_money
 from udp_price.client.api import NoAnswer
 from udp_price.errors import QuoteError
+from udp_price.wire.items import encode_prefix, normalize_prefix
 
 Lister = Callable[[str, int | None], tuple[int, list[tuple[str, int]]]]
 """list_items(prefix, limit) -> (catalog version, [(item, cents)]), as the kept client offers it."""
@@ -44,13 +45,15 @@ SCRIPT = """
     if (!q) { list.replaceChildren(); close(); status.textContent = ''; return; }
     const r = await fetch('/api/search?q=' + encodeURIComponent(q));
     if (mine !== asked) return;  // a later keystroke already asked again
-    const found = r.ok ? await r.json() : [];
+    const body = await r.json().catch(() => null);
+    const found = r.ok && Array.isArray(body) ? body : [];
     list.replaceChildren(...found.map((f, k) => { const o = document.createElement('li');
       o.id = 'item-option-' + k; o.setAttribute('role', 'option'); o.dataset.item = f.item;
       o.textContent = f.item + ' (' + f.unit_price + ')';
       o.addEventListener('mousedown', e => { e.preventDefault(); choose(o); }); return o; }));
     list.hidden = !found.length; box.setAttribute('aria-expanded', found.length ? 'true' : 'false'); active = -1;
-    status.textContent = r.ok ? found.length + (found.length === 1 ? ' match' : ' matches') : 'search failed';
+    status.textContent = r.ok ? found.length + (found.length === 1 ? ' match' : ' matches')
+      : (body && body.error) || 'search failed';
   }
   box.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(ask, 120); });
   box.addEventListener('keydown', e => {
@@ -104,12 +107,17 @@ def small_catalog(
     return items, None, False
 
 
-def search(list_items: Lister, query: str) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """(matches as JSON objects, None) or (None, error in words) for /api/search?q=QUERY."""
+def search(list_items: Lister, query: str) -> tuple[list[dict[str, Any]] | None, Exception | None]:
+    """(matches as JSON objects, None) or (None, what went wrong) for /api/search?q=QUERY.
+
+    The error is a ValueError for a query the wire cannot carry (a NUL, more than 32 bytes of
+    UTF-8: the caller's mistake), NoAnswer when nobody answered, another QuoteError for an
+    unusable answer. A query of only spaces matches nothing (names never start with a space)."""
+    if not query.strip():
+        return [], None
     try:
-        found = list_items(query, SEARCH_RESULTS)[1] if query.strip() else []
-    except NoAnswer as e:
-        return None, f"The quote server is unreachable: no answer after {e.attempts} attempt(s)."
-    except (ValueError, QuoteError) as e:
-        return None, f"Cannot search for that: {e}."
+        encode_prefix(normalize_prefix(query))  # the caller's mistake is told apart before asking anyone
+        found = list_items(query, SEARCH_RESULTS)[1]
+    except (NoAnswer, ValueError, QuoteError) as e:
+        return None, e
     return [{"item": name, "unit_price": format_money(price)} for name, price in found], None

@@ -201,7 +201,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "with its unit price, sorted by name (one line each; --json: one JSON array). "
         "--prefix and --limit look items up without listing the whole catalog.",
     )
-    it.add_argument("--prefix", default="", help="only items whose name starts with PREFIX (the server filters)")
+    it.add_argument(
+        "--prefix",
+        type=_search_prefix,
+        default="",
+        help="only items whose name starts with PREFIX (the server filters; leading spaces are dropped, "
+        "a PREFIX of only spaces is refused)",
+    )
     it.add_argument("--limit", type=_at_least_one, default=None, help="at most N items (only the pages needed)")
     w = _subcommand(
         sub,
@@ -329,6 +335,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OUTPUT
     return EXIT_USAGE
+
+
+def _search_prefix(text: str) -> str:
+    # Leading spaces are dropped (names never start with one), so "  " would become the empty
+    # prefix and list the whole catalog: surely not what was meant. A usage error instead.
+    if text and not text.strip():
+        raise argparse.ArgumentTypeError("is only spaces; names never start with a space (omit --prefix to list all)")
+    return text
 
 
 def run_items(args: argparse.Namespace) -> int:
