@@ -23,7 +23,7 @@ PRICES = expected_prices()
 
 
 def test_live_fuzz_short_run() -> None:
-    """The CI-sized run of fuzz/live_fuzz.py; the README reports the 200,000-datagram run."""
+    """The CI-sized run of fuzz/live_fuzz.py; docs/testing.md reports the 200,000-datagram run."""
     r = subprocess.run(
         [sys.executable, "fuzz/live_fuzz.py", "--count", "20000", "--max-seconds", "90", "--seed", "7"],
         cwd=ROOT,

@@ -1,5 +1,5 @@
 """Kernel-level loss, no proxy in the path: two network namespaces joined by a veth pair, and an
-nftables rule dropping UDP at random on each namespace's input hook (DESIGN.md section 6: netem is
+nftables rule dropping UDP at random on each namespace's input hook (tc netem is
 missing on these kernels, and an output-hook drop makes sendto() fail with EPERM instead of losing)."""
 
 from __future__ import annotations

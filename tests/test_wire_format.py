@@ -58,7 +58,7 @@ def sealed(body: bytes) -> bytes:
 
 def test_request_golden_bytes() -> None:
     assert encode_request(QuoteRequest(RID, "apple", 3, transmission=5)) == GOLDEN_REQUEST
-    # The same layout written by hand with struct, as the README's table describes it.
+    # The same layout written by hand with struct, as docs/protocol.md's table describes it.
     body = struct.pack(">2sBBQI32sB23s", b"QP", 2, 1, RID, 3, b"apple", 5, b"")
     assert sealed(body) == GOLDEN_REQUEST
 
