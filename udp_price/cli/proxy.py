@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import socket
@@ -30,6 +31,9 @@ from udp_price.faults.control import ControlServer, is_loopback, plan_as_json
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
 
+EXIT_LOG_FAILED = 4
+"""Stopped normally, but the decision log could not be written to the end (relaying went on)."""
+
 EXAMPLES = """\
 examples:
   # 30% loss each way in front of a server on 9999; clients talk to 9000
@@ -50,7 +54,7 @@ Each fault flag X also exists as X-up (client -> server) and X-down (server -> c
 Probabilities: 0.3 or 30%. Times: 100ms, 250us, 1.5s (a bare number is seconds). Rates: bit, kbit,
 mbit, gbit per second, or bps, kbps, mbps (bytes per second), as tc writes them.
 Stop with Ctrl-C or SIGTERM: the counters are printed on exit.
-exit codes: 0 stopped, 2 bad arguments, 5 cannot listen
+exit codes: 0 stopped, 2 bad arguments, 4 stopped, but the decision log failed (relaying went on), 5 cannot listen
 """
 
 
@@ -294,29 +298,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.verbosity >= 0:
             print(line, file=human, flush=True)
 
-    with contextlib.ExitStack() as stack:
-        log: IO[str] | None = None
-        try:
-            if args.log == "-":
-                log = sys.stdout
-            elif args.log:
-                log = stack.enter_context(open(args.log, "w", encoding="utf-8"))
-        except OSError as e:
-            print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
-            return 2
-        proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
-        try:
-            code = asyncio.run(_run(proxy, args, say))
-        except socket.gaierror as e:
-            print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
-            return 5
+    log: IO[str] | None = None
+    try:
+        if args.log == "-":
+            log = sys.stdout
+        elif args.log:
+            log = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed by _close_log, errors and all
+    except OSError as e:
+        print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
+        return 2
+    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
+    try:
+        code = asyncio.run(_run(proxy, args, say))
+    except socket.gaierror as e:
+        print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
+        code = 2
+    except OSError as e:
+        print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
+        code = 5
+    _close_log(proxy, log)
     if code:
         return code
     say(f"fault_proxy: stopped; seed={seed} {proxy.summary()}")
-    return 0
+    return EXIT_LOG_FAILED if proxy.log_error is not None else 0
+
+
+def _close_log(proxy: FaultProxy, log: IO[str] | None) -> None:
+    """Flush and close the decision log; a write error is counted, never a traceback at exit."""
+    proxy.close_log()
+    if log is None:
+        return
+    if proxy.log_error is not None:
+        # What is still buffered cannot be written: point the descriptor at /dev/null so the
+        # interpreter's own flush at exit (of stdout) or close() finds nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), log.fileno())
+    if log is not sys.stdout:
+        with contextlib.suppress(OSError):
+            log.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""Review of the CLI conventions (issue 16): a failing decision log never stops the relay; absurd
+and non-finite numbers are usage errors; every --json failure is one JSON object on stdout; the
+metrics address is in the start line; quiet shutdowns."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections import Counter
+
+import pytest
+from helpers import PY, ROOT, start_server
+
+from udp_price.client.api import quote_once
+from udp_price.client.retry import RetryPolicy
+from udp_price.wire import Status
+
+QUOTES = 120
+"""Enough decision records (two per quote, ~170 bytes each) to overflow an 8 KiB write buffer twice."""
+
+
+@pytest.fixture(scope="module")
+def server() -> object:
+    proc, (host, port) = start_server()
+    yield f"{host}:{port}"
+    proc.terminate()
+    proc.communicate(timeout=10)
+
+
+def _proxy(upstream: str, log: str, stdout: int) -> subprocess.Popen[str]:
+    args = [PY, "fault_proxy.py", "--listen", "127.0.0.1:0", "--upstream", upstream, "--log", log]
+    return subprocess.Popen(args, cwd=ROOT, text=True, stdout=stdout, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("log", ["-", "/dev/full"])
+def test_a_failing_decision_log_never_stops_the_relay(server: str, log: str) -> None:
+    proxy = _proxy(server, log, subprocess.PIPE)
+    assert proxy.stdout is not None and proxy.stderr is not None
+    banner_stream = proxy.stderr if log == "-" else proxy.stdout
+    listen = banner_stream.readline().split()[1]
+    if log == "-":
+        proxy.stdout.close()  # the reader goes away, as with '| head'
+    host, _, port = listen.rpartition(":")
+    outcomes = Counter(
+        quote_once((host, int(port)), "apple", 1, RetryPolicy(deadline_s=5)).status for _ in range(QUOTES)
+    )
+    proxy.send_signal(signal.SIGTERM)
+    out, err = proxy.communicate(timeout=10)
+    assert outcomes == Counter({Status.OK: QUOTES})
+    assert proxy.returncode == 4, err
+    assert err.count("decision log stopped") == 1 and "Traceback" not in err and "Exception" not in err, err
+    summary = err if log == "-" else out
+    assert "fault_proxy: stopped;" in summary and "log_errors=1" in summary, summary
