@@ -9,7 +9,7 @@ import subprocess
 from collections import Counter
 
 import pytest
-from helpers import PY, ROOT, start_server
+from helpers import PY, ROOT, run_cli, start_server
 
 from udp_price.client.api import quote_once
 from udp_price.client.retry import RetryPolicy
@@ -51,3 +51,28 @@ def test_a_failing_decision_log_never_stops_the_relay(server: str, log: str) -> 
     assert err.count("decision log stopped") == 1 and "Traceback" not in err and "Exception" not in err, err
     summary = err if log == "-" else out
     assert "fault_proxy: stopped;" in summary and "log_errors=1" in summary, summary
+
+
+UPSTREAM = ["--upstream", "127.0.0.1:9"]
+ABSURD = [
+    ("udp_client.py", ["--deadline", "inf", "quote", "apple", "1"], "--deadline"),
+    ("udp_client.py", ["--deadline", "1e18", "web", "--listen", "127.0.0.1:0"], "--deadline must be at most 86400 s"),
+    ("udp_client.py", ["--deadline", "nan", "items"], "not a number of seconds"),
+    ("udp_client.py", ["quote", "apple", "1", "--timeout", "1e300"], "--timeout must be at most 60 s"),
+    ("udp_client.py", ["--timeout", "-inf", "items"], "--timeout"),
+    ("fault_proxy.py", [*UPSTREAM, "--burst-loss", "0.5", "--burst-len", "nan"], "--burst-len"),
+    ("fault_proxy.py", [*UPSTREAM, "--blackhole", "nan:"], "--blackhole"),
+    ("fault_proxy.py", [*UPSTREAM, "--delay", "99999999999999999999s"], "--delay"),
+    ("fault_proxy.py", [*UPSTREAM, "--duration", "100000"], "--duration"),
+    ("udp_server.py", ["--rate", "nan"], "--rate"),
+    ("udp_server.py", ["--burst", "inf"], "--burst"),
+    ("udp_server.py", ["--cache-age", "nan"], "--cache-age"),
+    ("udp_server.py", ["--stats-interval", "nan"], "--stats-interval"),
+    ("udp_server.py", ["--stats-interval", "0.001"], "--stats-interval must be 0 (only at exit) or >= 0.1 s"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "says"), ABSURD)
+def test_non_finite_and_absurd_numbers_are_usage_errors(script: str, args: list[str], says: str) -> None:
+    r = run_cli(script, *args, timeout=20)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -19,6 +19,8 @@ from udp_price.cli.common import (
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
+    MAX_SECONDS,
+    MAX_TIMEOUT_S,
     add_verbosity,
     add_version,
     address_arg,
@@ -26,6 +28,7 @@ from udp_price.cli.common import (
     listen_address_arg,
     policy_from_args,
     prog_name,
+    seconds,
     verbosity,
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
@@ -90,16 +93,12 @@ def _digits(text: str, limit: int = 9) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= limit
 
 
-def _positive_float(text: str) -> float:
-    if len(text) > 32:
-        raise argparse.ArgumentTypeError(f"{text[:32]!r}... is not a number of seconds")
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
+def _timeout(text: str) -> float:
+    return seconds(text, "--timeout", 0.0, MAX_TIMEOUT_S, low_included=False)
+
+
+def _deadline(text: str) -> float:
+    return seconds(text, "--deadline", 0.0, MAX_SECONDS, low_included=False)
 
 
 def _at_least_one(text: str) -> int:
@@ -141,11 +140,11 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_timeout,
         default=default(defaults.initial_timeout_s),
         metavar="SECONDS",
         help=f"first attempt's timeout in seconds, later ones adapt to the measured round trip "
-        f"(default {defaults.initial_timeout_s:g}) - dig +timeout",
+        f"(default {defaults.initial_timeout_s:g}, at most {MAX_TIMEOUT_S:g}) - dig +timeout",
     )
     g.add_argument(
         "--retries",
@@ -156,10 +155,11 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--deadline",
-        type=_positive_float,
+        type=_deadline,
         default=default(defaults.deadline_s),
         metavar="SECONDS",
-        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}) - curl --max-time",
+        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}, "
+        f"at most {MAX_SECONDS:g}) - curl --max-time",
     )
     g.add_argument(
         "--json",

@@ -4,6 +4,7 @@ the argparse adapters for addresses."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ from udp_price.client.retry import RetryPolicy
 
 # The client's exit codes (quote, items, bulk): documented in its --help.
 EXIT_OK, EXIT_STATUS, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+# One bound for every time flag of every command (exit 2 beyond): past a day a typo, not a wish,
+# is more likely, and a larger or infinite number overflows the event loop's timers.
+MAX_SECONDS = 86_400.0
+MAX_TIMEOUT_S = 60.0
+"""A single attempt's timeout: longer is never a round trip on a working network."""
 
 SAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "sample_catalog.csv"
 """The sample catalog shipped inside the package: the default only when ./catalog.csv is missing."""
@@ -88,3 +95,27 @@ def policy_from_args(args: argparse.Namespace) -> RetryPolicy:
         min_timeout_s=min(base.min_timeout_s, args.timeout),
         max_timeout_s=max(base.max_timeout_s, args.timeout),
     )
+
+
+def finite_number(text: str, what: str = "a number") -> float:
+    """float(text), refusing nan, inf and over-long texts: argparse type helpers build on it."""
+    value = None
+    if len(text) <= 32:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text[:32]!r} is not {what} (a finite number)")
+    return value
+
+
+def seconds(text: str, flag: str, low: float = 0.0, high: float = MAX_SECONDS, low_included: bool = True) -> float:
+    """A number of seconds in [low, high] (or (low, high]), finite: nan and inf are refused."""
+    value = finite_number(text, "a number of seconds")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"{flag} must be at most {high:g} s, not {text[:32]!r}")
+    if value < low or (value == low and not low_included):
+        above = f">= {low:g}" if low_included else f"greater than {low:g}"
+        raise argparse.ArgumentTypeError(f"{flag} must be {above}, not {text[:32]!r}")
+    return value

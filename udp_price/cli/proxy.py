@@ -23,6 +23,7 @@ from udp_price.cli.common import (
     add_version,
     address_arg,
     examples_for,
+    finite_number,
     listen_address_arg,
     prog_name,
     verbosity,
@@ -64,9 +65,9 @@ def parse_windows(text: str) -> tuple[tuple[float, float | None], ...]:
     for part in text.split(","):
         start, sep, end = part.partition(":")
         try:
-            s = float(start or 0)
-            e = float(end) if end else None
-        except ValueError:
+            s = finite_number(start or "0")
+            e = finite_number(end) if end else None
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END seconds") from None
         if not sep or s < 0 or (e is not None and e <= s):
             raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END with END > START >= 0")
@@ -102,7 +103,9 @@ FAULT_FLAGS = (
         "drop-correlation", "drop_correlation", netem.probability, "P", "loss correlation (netem loss P CORRELATION)"
     ),
     FaultFlag("burst-loss", "burst_loss", netem.probability, "P", "long-run loss rate of Gilbert-Elliott burst loss"),
-    FaultFlag("burst-len", "burst_len", float, "N", "mean burst length in datagrams, with --burst-loss (default 1)"),
+    FaultFlag(
+        "burst-len", "burst_len", finite_number, "N", "mean burst length in datagrams, with --burst-loss (default 1)"
+    ),
     FaultFlag(
         "gemodel",
         "gemodel",
