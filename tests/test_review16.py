@@ -4,6 +4,7 @@ metrics address is in the start line; quiet shutdowns."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections import Counter
@@ -76,3 +77,21 @@ ABSURD = [
 def test_non_finite_and_absurd_numbers_are_usage_errors(script: str, args: list[str], says: str) -> None:
     r = run_cli(script, *args, timeout=20)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+JSON_FAILURES = [
+    (["quote", "apple", "0"], "quantity 0 is out of range"),
+    (["quote", "apple", "abc"], "not a whole number"),
+    (["quote", "apple", "99999999999"], "quantity"),
+    (["items", "--prefix", "x" * 40], "the wire field holds 32"),
+    (["bulk", "/nonexistent.csv"], "/nonexistent.csv: cannot read"),
+    (["quote", "apple", "1", "--deadline", "inf"], "--deadline"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), JSON_FAILURES)
+def test_every_json_failure_is_one_json_object_on_stdout(server: str, args: list[str], says: str) -> None:
+    r = run_cli("udp_client.py", "--server", server, *args, "--json", timeout=20)
+    failure = json.loads(r.stdout)
+    assert r.returncode == 2 and failure["status"] == "USAGE" and says in failure["error"], r.stdout
+    assert says in r.stderr and len(r.stdout.splitlines()) == 1

@@ -21,15 +21,18 @@ from udp_price.cli.common import (
     EXIT_USAGE,
     MAX_SECONDS,
     MAX_TIMEOUT_S,
+    JsonAwareParser,
     add_verbosity,
     add_version,
     address_arg,
     examples_for,
+    json_failure,
     listen_address_arg,
     policy_from_args,
     prog_name,
     seconds,
     verbosity,
+    wants_json,
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
 from udp_price.client.retry import RetryPolicy
@@ -172,7 +175,7 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
 
 
 def _subcommand(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
+    sub: argparse._SubParsersAction[JsonAwareParser], name: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
     """A subcommand parser that also accepts the shared flags; add its own flags to what this returns."""
     parser = sub.add_parser(name, **kwargs)
@@ -181,7 +184,7 @@ def _subcommand(
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JsonAwareParser(
         prog=prog_name(prog, "udp_client.py"),
         description="Get price quotes from a udp-price server over UDP, with timeouts and retransmission.",
         epilog=examples_for(prog_name(prog, "udp_client.py"), EXAMPLES, "python udp_client.py"),
@@ -267,23 +270,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _json_failure(status: str, error: str, **fields: Any) -> None:
-    """A failure as one JSON object on stdout, so a script reading --json output sees every outcome."""
-    print(json.dumps({**fields, "status": status, "error": error}, ensure_ascii=False))
-
-
 def run_quote(args: argparse.Namespace) -> int:
     asked = {"item": args.item, "quantity": args.quantity, "unit_price": None, "total": None}
     try:
         result = quote_once(args.server, args.item, args.quantity, policy_from_args(args))
     except ValueError as e:  # the request cannot be encoded, e.g. item longer than the wire field
         if args.json:
-            _json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
+            json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except NoAnswer as e:
         if args.json:
-            _json_failure("NO_ANSWER", str(e), **asked, attempts=e.attempts)
+            json_failure("NO_ANSWER", str(e), **asked, attempts=e.attempts)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:
@@ -317,6 +315,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
+    JsonAwareParser.json_errors = wants_json(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     check_combinations(parser, args)
     try:
@@ -349,11 +348,13 @@ def run_items(args: argparse.Namespace) -> int:
     try:
         version, entries = list_once(args.server, policy_from_args(args), args.prefix, args.limit)
     except ValueError as e:  # a prefix the wire cannot carry (over 32 bytes of UTF-8, or a NUL)
+        if args.json:
+            json_failure("USAGE", str(e))
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except QuoteError as e:
         if args.json:
-            _json_failure("NO_ANSWER" if isinstance(e, NoAnswer) else "ERROR", str(e))
+            json_failure("NO_ANSWER" if isinstance(e, NoAnswer) else "ERROR", str(e))
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:

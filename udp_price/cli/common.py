@@ -4,11 +4,12 @@ the argparse adapters for addresses."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from udp_price import __version__
 from udp_price.address import BadAddress, parse_address
@@ -119,3 +120,27 @@ def seconds(text: str, flag: str, low: float = 0.0, high: float = MAX_SECONDS, l
         above = f">= {low:g}" if low_included else f"greater than {low:g}"
         raise argparse.ArgumentTypeError(f"{flag} must be {above}, not {text[:32]!r}")
     return value
+
+
+def json_failure(status: str, error: str, **fields: Any) -> None:
+    """A failure as one JSON object on stdout, so a script reading --json output sees every outcome."""
+    print(json.dumps({**fields, "status": status, "error": error}, ensure_ascii=False), flush=True)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """--json among the options (not after '--', where it would be an operand)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+class JsonAwareParser(argparse.ArgumentParser):
+    """Usage errors (exit 2) also as one JSON object on stdout when --json was given: a usage error
+    is found while parsing, before argparse could tell the caller whether --json was set."""
+
+    json_errors = False
+    """Set by the command's main() from its argv; shared by the subcommands' parsers."""
+
+    def error(self, message: str) -> NoReturn:
+        if JsonAwareParser.json_errors:
+            json_failure("USAGE", f"{self.prog}: {message}")
+        super().error(message)
