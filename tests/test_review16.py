@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.request
 from collections import Counter
 
 import pytest
-from helpers import PY, ROOT, run_cli, start_server
+from helpers import PY, ROOT, run_cli, spawn, start_server
 
 from udp_price.client.api import quote_once
 from udp_price.client.retry import RetryPolicy
@@ -95,3 +96,16 @@ def test_every_json_failure_is_one_json_object_on_stdout(server: str, args: list
     failure = json.loads(r.stdout)
     assert r.returncode == 2 and failure["status"] == "USAGE" and says in failure["error"], r.stdout
     assert says in r.stderr and len(r.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_start_line_names_the_metrics_address(log_format: str) -> None:
+    args = ["udp_server.py", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "-q"]
+    proc, line = spawn([*args, "--log-format", log_format], "listening")
+    try:
+        url = json.loads(line)["metrics"] if log_format == "json" else line.split(", metrics ")[1].strip()
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert url.startswith("http://127.0.0.1:") and "udp_price_requests_total" in body
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     with sock, handle_signals(control):
         ops = operations(server, args, control.wake, loaded_from)
         timing = DurationHistogram() if args.metrics_listen is not None else None
+        metrics: dict[str, str] = {}
         if args.metrics_listen is not None:
             try:
                 metrics_at = start_metrics(server, args.metrics_listen, timing)
@@ -243,15 +244,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 print(f"udp_server: cannot serve metrics on {where}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_BIND
             log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
+            # In the start line too: with port 0 and -q it is the only place the chosen port is told.
+            metrics["metrics"] = f"http://{metrics_at}/metrics"
         address = format_address(sock.getsockname())
         announce(
             f"udp_server: listening on {address} (udp), {len(catalog)} items, "
-            f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}",
+            f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}"
+            + "".join(f", metrics {url}" for url in metrics.values()),
             args.log_format,
             "listening",
             address=address,
             items=len(catalog),
             version=catalog.version,
+            **metrics,
         )
         serve(sock, server, control, duties=ops, timing=timing)
         ops.close()
