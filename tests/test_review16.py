@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import urllib.request
 from collections import Counter
@@ -109,3 +110,20 @@ def test_the_start_line_names_the_metrics_address(log_format: str) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_sigterm_with_open_control_connections_is_quiet(server: str) -> None:
+    args = ["fault_proxy.py", "--upstream", server, "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]
+    proxy, first = spawn(args, "control API on")
+    host, _, port = first.split("http://")[1].split("/")[0].rpartition(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+    for conn in idle:
+        conn.sendall(b"GET /counters HTTP/1.1\r\n")  # a request head that never ends
+    with socket.create_connection((host, int(port)), timeout=10) as last:  # answered after the three were accepted
+        last.sendall(b"GET /counters HTTP/1.1\r\n\r\n")
+        assert last.recv(100).startswith(b"HTTP/1.1 200")
+    proxy.send_signal(signal.SIGTERM)
+    out, err = proxy.communicate(timeout=10)
+    for conn in idle:
+        conn.close()
+    assert proxy.returncode == 0 and err == "" and "fault_proxy: stopped;" in out, err
