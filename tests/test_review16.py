@@ -127,3 +127,14 @@ def test_sigterm_with_open_control_connections_is_quiet(server: str) -> None:
     for conn in idle:
         conn.close()
     assert proxy.returncode == 0 and err == "" and "fault_proxy: stopped;" in out, err
+
+
+def test_server_whose_stdout_reader_left_stops_cleanly() -> None:
+    proc, line = spawn(["udp_server.py", "--listen", "127.0.0.1:0", "--log-format", "json"], "listening")
+    host, _, port = json.loads(line)["address"].rpartition(":")
+    assert proc.stdout is not None
+    proc.stdout.close()  # as 'udp_server.py --log-format json | head -n 1' does after the start line
+    assert quote_once((host, int(port)), "apple", 1, RetryPolicy(deadline_s=5)).status is Status.OK
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

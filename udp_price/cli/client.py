@@ -174,9 +174,7 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     add_verbosity(p, default=default(0))
 
 
-def _subcommand(
-    sub: argparse._SubParsersAction[JsonAwareParser], name: str, **kwargs: Any
-) -> argparse.ArgumentParser:
+def _subcommand(sub: argparse._SubParsersAction[JsonAwareParser], name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand parser that also accepts the shared flags; add its own flags to what this returns."""
     parser = sub.add_parser(name, **kwargs)
     add_global_flags(parser, on_subcommand=True)
