@@ -14,6 +14,8 @@ from collections import Counter
 import pytest
 from helpers import PY, ROOT, run_cli, spawn, start_server
 
+from udp_price.cli import client as client_cli
+from udp_price.cli.proxy import plan_from_flags
 from udp_price.client.api import quote_once
 from udp_price.client.retry import RetryPolicy
 from udp_price.wire import Status
@@ -138,3 +140,32 @@ def test_server_whose_stdout_reader_left_stops_cleanly() -> None:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--loss", "10%", "--drop", "0.2"], "--loss and --drop are two spellings of one flag"),
+        (["--gemodel", "1%", "--drop", "0.2"], "--gemodel and --drop are two loss models"),
+        (["--gemodel-up", "1%", "--drop-up", "0.2"], "--gemodel and --drop are two loss models; give one (up)"),
+    ],
+)
+def test_proxy_refuses_two_spellings_or_two_loss_models(args: list[str], says: str) -> None:
+    r = run_cli("fault_proxy.py", *UPSTREAM, *args)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_shared_flags_after_the_subcommand_win_and_verbosity_adds_up() -> None:
+    parser = client_cli.build_parser("udp_client.py")
+    args = parser.parse_args(["--deadline", "1", "-v", "quote", "apple", "1", "--deadline", "2", "-v"])
+    client_cli.check_combinations(parser, args)
+    assert args.deadline == 2.0 and args.verbosity == 2
+    quiet = parser.parse_args(["-q", "items", "-q"])
+    client_cli.check_combinations(parser, quiet)
+    assert quiet.verbosity == -2
+
+
+def test_a_directions_loss_model_replaces_the_one_given_for_both() -> None:
+    plan = plan_from_flags(["--drop", "30%", "--drop-correlation", "25%", "--gemodel-down", "1%"], seed=1)
+    assert plan.up.drop == 0.3 and plan.up.gemodel is None
+    assert plan.down.drop == 0.0 and plan.down.drop_correlation == 0.0 and plan.down.gemodel is not None

@@ -171,7 +171,7 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
         help="machine-readable stdout, failures included: quote one object, items one array "
         "(or one error object), bulk JSON lines (= --format jsonl)",
     )
-    add_verbosity(p, default=default(0))
+    add_verbosity(p, on_subcommand=on_subcommand)
 
 
 def _subcommand(sub: argparse._SubParsersAction[JsonAwareParser], name: str, **kwargs: Any) -> argparse.ArgumentParser:

@@ -47,20 +47,24 @@ def add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (udp-price) {__version__}")
 
 
-def add_verbosity(parser: argparse.ArgumentParser, default: Any = 0) -> None:
+def add_verbosity(parser: argparse.ArgumentParser, on_subcommand: bool = False) -> None:
     """-v / -q, as dig, curl and tc users expect: each -v one step louder, each -q one step quieter.
-    ``default`` argparse.SUPPRESS on a subcommand's copy, so a flag given before the subcommand is
-    not reset by the subcommand's default."""
+    A subcommand's copy counts into its own dest, so ``-v quote ... -v`` adds up to two steps
+    (argparse would otherwise let the subcommand's count replace the one given before it)."""
     group = parser.add_argument_group("output")
-    group.add_argument("-v", "--verbose", action="count", default=default, help="more detail on stderr (repeatable)")
-    group.add_argument("-q", "--quiet", action="count", default=default, help="only errors on stderr (repeatable)")
+    suffix = "_after" if on_subcommand else ""
+    more, less = "more detail on stderr (repeatable)", "only errors on stderr (repeatable)"
+    group.add_argument("-v", "--verbose", dest=f"verbose{suffix}", action="count", default=0, help=more)
+    group.add_argument("-q", "--quiet", dest=f"quiet{suffix}", action="count", default=0, help=less)
 
 
 def verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """-v minus -q; both at once is refused (exit 2), as a contradiction."""
-    if args.verbose and args.quiet:
+    """-v minus -q, counted before and after a subcommand; both at once is refused (exit 2), as a contradiction."""
+    verbose = int(args.verbose) + int(getattr(args, "verbose_after", 0))
+    quiet = int(args.quiet) + int(getattr(args, "quiet_after", 0))
+    if verbose and quiet:
         parser.error("-v/--verbose and -q/--quiet contradict each other")
-    return int(args.verbose) - int(args.quiet)
+    return verbose - quiet
 
 
 def default_catalog() -> str:

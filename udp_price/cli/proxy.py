@@ -155,8 +155,9 @@ def add_fault_flags(p: argparse.ArgumentParser) -> None:
     for f in FAULT_FLAGS:
         text = f.help if "default" in f.help else f"{f.help} (default off)"
         kind = {"type": f.kind} if f.nargs is None else {"nargs": f.nargs}
-        names = [f"--{f.flag}", *_ALIASES.get(f.flag, [])]
-        both.add_argument(*names, dest=f.field, metavar=f.metavar, help=text.replace("%", "%%"), **kind)
+        both.add_argument(f"--{f.flag}", dest=f.field, metavar=f.metavar, help=text.replace("%", "%%"), **kind)
+        for alias in _ALIASES.get(f.flag, []):  # its own dest, so that both spellings at once are seen
+            both.add_argument(alias, dest=_alias_dest(alias), metavar=f.metavar, help=f"the same as --{f.flag}", **kind)
         for d in ("up", "down"):
             one.add_argument(
                 f"--{f.flag}-{d}", dest=f"{f.field}_{d}", metavar=f.metavar, help=f"--{f.flag}, {d} only", **kind
@@ -204,8 +205,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _alias_dest(alias: str) -> str:
+    return "alias_" + alias.lstrip("-").replace("-", "_")
+
+
+def _merge_aliases(args: argparse.Namespace) -> None:
+    """--loss is --drop: either spelling, but not both (which value was meant?)."""
+    for f in FAULT_FLAGS:
+        for alias in _ALIASES.get(f.flag, []):
+            value = getattr(args, _alias_dest(alias), None)
+            if value is None:
+                continue
+            if getattr(args, f.field, None) is not None:
+                raise ValueError(f"{alias} and --{f.flag} are two spellings of one flag; give one")
+            setattr(args, f.field, value)
+
+
 def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
     """The plan the fault flags describe; ValueError (one line) for a combination that makes no sense."""
+    _merge_aliases(args)
 
     def given(f: FaultFlag, direction: str) -> Any:
         specific = getattr(args, f"{f.field}_{direction}", None)
@@ -217,6 +235,9 @@ def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
             value = given(f, direction)
             if value is not None:
                 values[f.field] = value
+        one_loss_model(
+            values, {f.field for f in FAULT_FLAGS if getattr(args, f"{f.field}_{direction}", None) is not None}
+        )
         if "gemodel" in values:
             try:
                 values["gemodel"] = netem.gemodel(values["gemodel"])
@@ -226,6 +247,18 @@ def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
         return Faults(**values)
 
     return FaultPlan(up=faults("up"), down=faults("down"), seed=seed)
+
+
+def one_loss_model(values: dict[str, Any], specific: set[str]) -> None:
+    """--drop (netem 'loss random') and --gemodel ('loss gemodel') are two loss models of one
+    channel: given at the same level, refused (by refuse_nonsense); a direction's own flag
+    (--gemodel-down) replaces the other model given for both directions (--drop), as every
+    --FLAG-DIR overrides --FLAG."""
+    if "gemodel" not in values or "drop" not in values or ("gemodel" in specific) == ("drop" in specific):
+        return
+    general = {"gemodel"} if "drop" in specific else {"drop", "drop_correlation"}
+    for name in general - specific:
+        values.pop(name, None)
 
 
 def refuse_nonsense(values: dict[str, Any], direction: str) -> None:
@@ -240,6 +273,8 @@ def refuse_nonsense(values: dict[str, Any], direction: str) -> None:
     for flag, needed, message in needs:
         if flag in values and needed not in values:
             raise ValueError(f"{message} ({direction})")
+    if "gemodel" in values and "drop" in values:  # netem too takes one loss model: 'loss random' or 'loss gemodel'
+        raise ValueError(f"--gemodel and --drop are two loss models; give one ({direction})")
     if "reorder_gap" in values and "reorder_delay_s" in values:
         raise ValueError("--reorder-delay and --reorder-gap are two reorder models; give one")
 
