@@ -30,16 +30,16 @@ from udp_price.cli.common import (
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
+    json_failure,
     policy_from_args,
 )
 from udp_price.client.api import QuoteClient
 from udp_price.client.recovery import RetryBudget
 from udp_price.errors import BulkInputError
 
+# --timeout and --deadline are bounded for every subcommand by the parser (cli.common).
 # Bounds for the numeric flags (exit 2 beyond): past these a typo, not a wish, is more likely,
 # and the memory or the wait they would cost is not bounded by anything else.
-MAX_TIMEOUT_S = 60.0
-MAX_DEADLINE_S = 86_400.0
 MAX_RETRIES = 100
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 """All end a run the same way: stop sending, write what answered, copy the rest as NOT_ATTEMPTED.
@@ -48,6 +48,16 @@ A second one stops the copy too (an input still being written, like ``tail -f``,
 
 def fail(where: str, what: str) -> None:
     print(f"udp_client: {where}: {what}", file=sys.stderr)
+
+
+def refused(args: argparse.Namespace, where: str, what: str, code: int) -> int:
+    """A run refused before any row was written: the line on stderr and, under --json, one JSON
+    object on stdout (status USAGE for exit 2, OUTPUT_ERROR for exit 4); returns the exit code."""
+    fail(where, what)
+    if args.json:
+        with contextlib.suppress(OSError):  # stdout may be the very output that failed
+            json_failure("USAGE" if code == EXIT_USAGE else "OUTPUT_ERROR", f"{where}: {what}")
+    return code
 
 
 def closed_standard_fds() -> set[int]:
@@ -72,10 +82,6 @@ def closed_standard_fds() -> set[int]:
 
 def check_flags(args: argparse.Namespace) -> BulkOptions:
     """The bulk options, or ValueError naming the flag out of its bound."""
-    if args.timeout > MAX_TIMEOUT_S:
-        raise ValueError(f"--timeout must be at most {MAX_TIMEOUT_S:g} s")
-    if args.deadline is not None and args.deadline > MAX_DEADLINE_S:
-        raise ValueError(f"--deadline must be at most {MAX_DEADLINE_S:g} s")
     if args.retries > MAX_RETRIES:
         raise ValueError(f"--retries must be at most {MAX_RETRIES}")
     return BulkOptions(window=args.window, batch=args.batch)
@@ -111,17 +117,14 @@ class _Run:
 def run(args: argparse.Namespace) -> int:
     closed = closed_standard_fds()
     if 0 in closed and args.orders == "-":
-        fail("stdin", "is closed: no input to read")
-        return EXIT_USAGE
+        return refused(args, "stdin", "is closed: no input to read", EXIT_USAGE)
     if 1 in closed and args.output == "-":
-        fail("stdout", "is closed: cannot write the output")
-        return EXIT_OUTPUT
+        return refused(args, "stdout", "is closed: cannot write the output", EXIT_OUTPUT)
     try:
         options = check_flags(args)
         encoding = check_encoding(args.encoding)
     except (ValueError, BulkInputError) as e:
-        fail("bulk", str(e))
-        return EXIT_USAGE
+        return refused(args, "bulk", str(e), EXIT_USAGE)
     with contextlib.ExitStack() as stack:
         try:
             fd, input_stat = open_input(args.orders)
@@ -130,29 +133,24 @@ def run(args: argparse.Namespace) -> int:
             reader = RecordReader(ChunkLines(fd_read(fd)), encoding)
             header = read_header(reader, args.delimiter)
         except BulkInputError as e:
-            fail(args.orders, str(e))
-            return EXIT_USAGE
+            return refused(args, args.orders, str(e), EXIT_USAGE)
         except OSError as e:
-            fail(args.orders, f"cannot read: {e.strerror or e}")
-            return EXIT_USAGE
+            return refused(args, args.orders, f"cannot read: {e.strerror or e}", EXIT_USAGE)
         regular = input_stat is not None and stat.S_ISREG(input_stat.st_mode)
         state = _Run(input_stat.st_size if regular and input_stat is not None else None)
         bar = ProgressBar(sys.stderr, state.snapshot) if not args.no_progress and sys.stderr.isatty() else None
         try:
             output = open_output(args.output, input_stat, bar.clear if bar is not None else None)
         except BulkInputError as e:
-            fail(args.output, str(e))
-            return EXIT_USAGE
+            return refused(args, args.output, str(e), EXIT_USAGE)
         except OSError as e:
-            fail(args.output, f"cannot open for writing: {e.strerror or e}")
-            return EXIT_OUTPUT
+            return refused(args, args.output, f"cannot open for writing: {e.strerror or e}", EXIT_OUTPUT)
         try:
             sink = CsvSink(output.write, header) if args.format == "csv" else JsonlSink(output.write, header)
             output.uncount_last()  # the CSV header is not a row
         except OSError as e:  # the header row itself could not be written
             output.close(commit=False)
-            fail(output.name, f"cannot write: {e.strerror or e}")
-            return EXIT_OUTPUT
+            return refused(args, output.name, f"cannot write: {e.strerror or e}", EXIT_OUTPUT)
         state.sink = sink
         try:
             interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))

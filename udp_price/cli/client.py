@@ -19,14 +19,20 @@ from udp_price.cli.common import (
     EXIT_OUTPUT,
     EXIT_STATUS,
     EXIT_USAGE,
+    MAX_SECONDS,
+    MAX_TIMEOUT_S,
+    JsonAwareParser,
     add_verbosity,
     add_version,
     address_arg,
     examples_for,
+    json_failure,
     listen_address_arg,
     policy_from_args,
     prog_name,
+    seconds,
     verbosity,
+    wants_json,
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
 from udp_price.client.retry import RetryPolicy
@@ -90,16 +96,12 @@ def _digits(text: str, limit: int = 9) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= limit
 
 
-def _positive_float(text: str) -> float:
-    if len(text) > 32:
-        raise argparse.ArgumentTypeError(f"{text[:32]!r}... is not a number of seconds")
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
+def _timeout(text: str) -> float:
+    return seconds(text, "--timeout", 0.0, MAX_TIMEOUT_S, low_included=False)
+
+
+def _deadline(text: str) -> float:
+    return seconds(text, "--deadline", 0.0, MAX_SECONDS, low_included=False)
 
 
 def _at_least_one(text: str) -> int:
@@ -141,11 +143,11 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_timeout,
         default=default(defaults.initial_timeout_s),
         metavar="SECONDS",
         help=f"first attempt's timeout in seconds, later ones adapt to the measured round trip "
-        f"(default {defaults.initial_timeout_s:g}) - dig +timeout",
+        f"(default {defaults.initial_timeout_s:g}, at most {MAX_TIMEOUT_S:g}) - dig +timeout",
     )
     g.add_argument(
         "--retries",
@@ -156,10 +158,11 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--deadline",
-        type=_positive_float,
+        type=_deadline,
         default=default(defaults.deadline_s),
         metavar="SECONDS",
-        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}) - curl --max-time",
+        help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}, "
+        f"at most {MAX_SECONDS:g}) - curl --max-time",
     )
     g.add_argument(
         "--json",
@@ -168,12 +171,10 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
         help="machine-readable stdout, failures included: quote one object, items one array "
         "(or one error object), bulk JSON lines (= --format jsonl)",
     )
-    add_verbosity(p, default=default(0))
+    add_verbosity(p, on_subcommand=on_subcommand)
 
 
-def _subcommand(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, **kwargs: Any
-) -> argparse.ArgumentParser:
+def _subcommand(sub: argparse._SubParsersAction[JsonAwareParser], name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand parser that also accepts the shared flags; add its own flags to what this returns."""
     parser = sub.add_parser(name, **kwargs)
     add_global_flags(parser, on_subcommand=True)
@@ -181,7 +182,7 @@ def _subcommand(
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JsonAwareParser(
         prog=prog_name(prog, "udp_client.py"),
         description="Get price quotes from a udp-price server over UDP, with timeouts and retransmission.",
         epilog=examples_for(prog_name(prog, "udp_client.py"), EXAMPLES, "python udp_client.py"),
@@ -267,23 +268,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _json_failure(status: str, error: str, **fields: Any) -> None:
-    """A failure as one JSON object on stdout, so a script reading --json output sees every outcome."""
-    print(json.dumps({**fields, "status": status, "error": error}, ensure_ascii=False))
-
-
 def run_quote(args: argparse.Namespace) -> int:
     asked = {"item": args.item, "quantity": args.quantity, "unit_price": None, "total": None}
     try:
         result = quote_once(args.server, args.item, args.quantity, policy_from_args(args))
     except ValueError as e:  # the request cannot be encoded, e.g. item longer than the wire field
         if args.json:
-            _json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
+            json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except NoAnswer as e:
         if args.json:
-            _json_failure("NO_ANSWER", str(e), **asked, attempts=e.attempts)
+            json_failure("NO_ANSWER", str(e), **asked, attempts=e.attempts)
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:
@@ -317,6 +313,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
+    JsonAwareParser.json_errors = wants_json(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     check_combinations(parser, args)
     try:
@@ -349,11 +346,13 @@ def run_items(args: argparse.Namespace) -> int:
     try:
         version, entries = list_once(args.server, policy_from_args(args), args.prefix, args.limit)
     except ValueError as e:  # a prefix the wire cannot carry (over 32 bytes of UTF-8, or a NUL)
+        if args.json:
+            json_failure("USAGE", str(e))
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_USAGE
     except QuoteError as e:
         if args.json:
-            _json_failure("NO_ANSWER" if isinstance(e, NoAnswer) else "ERROR", str(e))
+            json_failure("NO_ANSWER" if isinstance(e, NoAnswer) else "ERROR", str(e))
         print(f"udp_client: {e}", file=sys.stderr)
         return EXIT_NO_ANSWER
     if args.json:

@@ -11,6 +11,8 @@ import argparse
 import math
 import re
 
+from udp_price.cli.common import MAX_SECONDS
+
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6}
 _RATE_UNITS = {
@@ -51,8 +53,11 @@ def probability(text: str) -> float:
 
 
 def duration(text: str) -> float:
-    """'100ms' -> 0.1 seconds; '2' -> 2 seconds; us, ms and s accepted."""
-    return _split(text, "a time", _TIME_UNITS)
+    """'100ms' -> 0.1 seconds; '2' -> 2 seconds; us, ms and s accepted; at most a day (MAX_SECONDS)."""
+    value = _split(text, "a time", _TIME_UNITS)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text[:32]!r} is more than {MAX_SECONDS:g} s")
+    return value
 
 
 def positive_duration(text: str) -> float:

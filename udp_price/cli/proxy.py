@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import socket
@@ -22,6 +23,7 @@ from udp_price.cli.common import (
     add_version,
     address_arg,
     examples_for,
+    finite_number,
     listen_address_arg,
     prog_name,
     verbosity,
@@ -29,6 +31,9 @@ from udp_price.cli.common import (
 from udp_price.faults.control import ControlServer, is_loopback, plan_as_json
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
+
+EXIT_LOG_FAILED = 4
+"""Stopped normally, but the decision log could not be written to the end (relaying went on)."""
 
 EXAMPLES = """\
 examples:
@@ -50,7 +55,7 @@ Each fault flag X also exists as X-up (client -> server) and X-down (server -> c
 Probabilities: 0.3 or 30%. Times: 100ms, 250us, 1.5s (a bare number is seconds). Rates: bit, kbit,
 mbit, gbit per second, or bps, kbps, mbps (bytes per second), as tc writes them.
 Stop with Ctrl-C or SIGTERM: the counters are printed on exit.
-exit codes: 0 stopped, 2 bad arguments, 5 cannot listen
+exit codes: 0 stopped, 2 bad arguments, 4 stopped, but the decision log failed (relaying went on), 5 cannot listen
 """
 
 
@@ -60,9 +65,9 @@ def parse_windows(text: str) -> tuple[tuple[float, float | None], ...]:
     for part in text.split(","):
         start, sep, end = part.partition(":")
         try:
-            s = float(start or 0)
-            e = float(end) if end else None
-        except ValueError:
+            s = finite_number(start or "0")
+            e = finite_number(end) if end else None
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END seconds") from None
         if not sep or s < 0 or (e is not None and e <= s):
             raise argparse.ArgumentTypeError(f"blackhole window {part!r} is not START:END with END > START >= 0")
@@ -98,7 +103,9 @@ FAULT_FLAGS = (
         "drop-correlation", "drop_correlation", netem.probability, "P", "loss correlation (netem loss P CORRELATION)"
     ),
     FaultFlag("burst-loss", "burst_loss", netem.probability, "P", "long-run loss rate of Gilbert-Elliott burst loss"),
-    FaultFlag("burst-len", "burst_len", float, "N", "mean burst length in datagrams, with --burst-loss (default 1)"),
+    FaultFlag(
+        "burst-len", "burst_len", finite_number, "N", "mean burst length in datagrams, with --burst-loss (default 1)"
+    ),
     FaultFlag(
         "gemodel",
         "gemodel",
@@ -148,8 +155,9 @@ def add_fault_flags(p: argparse.ArgumentParser) -> None:
     for f in FAULT_FLAGS:
         text = f.help if "default" in f.help else f"{f.help} (default off)"
         kind = {"type": f.kind} if f.nargs is None else {"nargs": f.nargs}
-        names = [f"--{f.flag}", *_ALIASES.get(f.flag, [])]
-        both.add_argument(*names, dest=f.field, metavar=f.metavar, help=text.replace("%", "%%"), **kind)
+        both.add_argument(f"--{f.flag}", dest=f.field, metavar=f.metavar, help=text.replace("%", "%%"), **kind)
+        for alias in _ALIASES.get(f.flag, []):  # its own dest, so that both spellings at once are seen
+            both.add_argument(alias, dest=_alias_dest(alias), metavar=f.metavar, help=f"the same as --{f.flag}", **kind)
         for d in ("up", "down"):
             one.add_argument(
                 f"--{f.flag}-{d}", dest=f"{f.field}_{d}", metavar=f.metavar, help=f"--{f.flag}, {d} only", **kind
@@ -197,8 +205,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _alias_dest(alias: str) -> str:
+    return "alias_" + alias.lstrip("-").replace("-", "_")
+
+
+def _merge_aliases(args: argparse.Namespace) -> None:
+    """--loss is --drop: either spelling, but not both (which value was meant?)."""
+    for f in FAULT_FLAGS:
+        for alias in _ALIASES.get(f.flag, []):
+            value = getattr(args, _alias_dest(alias), None)
+            if value is None:
+                continue
+            if getattr(args, f.field, None) is not None:
+                raise ValueError(f"{alias} and --{f.flag} are two spellings of one flag; give one")
+            setattr(args, f.field, value)
+
+
 def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
     """The plan the fault flags describe; ValueError (one line) for a combination that makes no sense."""
+    _merge_aliases(args)
 
     def given(f: FaultFlag, direction: str) -> Any:
         specific = getattr(args, f"{f.field}_{direction}", None)
@@ -210,6 +235,9 @@ def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
             value = given(f, direction)
             if value is not None:
                 values[f.field] = value
+        one_loss_model(
+            values, {f.field for f in FAULT_FLAGS if getattr(args, f"{f.field}_{direction}", None) is not None}
+        )
         if "gemodel" in values:
             try:
                 values["gemodel"] = netem.gemodel(values["gemodel"])
@@ -219,6 +247,18 @@ def plan_from_args(args: argparse.Namespace, seed: int) -> FaultPlan:
         return Faults(**values)
 
     return FaultPlan(up=faults("up"), down=faults("down"), seed=seed)
+
+
+def one_loss_model(values: dict[str, Any], specific: set[str]) -> None:
+    """--drop (netem 'loss random') and --gemodel ('loss gemodel') are two loss models of one
+    channel: given at the same level, refused (by refuse_nonsense); a direction's own flag
+    (--gemodel-down) replaces the other model given for both directions (--drop), as every
+    --FLAG-DIR overrides --FLAG."""
+    if "gemodel" not in values or "drop" not in values or ("gemodel" in specific) == ("drop" in specific):
+        return
+    general = {"gemodel"} if "drop" in specific else {"drop", "drop_correlation"}
+    for name in general - specific:
+        values.pop(name, None)
 
 
 def refuse_nonsense(values: dict[str, Any], direction: str) -> None:
@@ -233,6 +273,8 @@ def refuse_nonsense(values: dict[str, Any], direction: str) -> None:
     for flag, needed, message in needs:
         if flag in values and needed not in values:
             raise ValueError(f"{message} ({direction})")
+    if "gemodel" in values and "drop" in values:  # netem too takes one loss model: 'loss random' or 'loss gemodel'
+        raise ValueError(f"--gemodel and --drop are two loss models; give one ({direction})")
     if "reorder_gap" in values and "reorder_delay_s" in values:
         raise ValueError("--reorder-delay and --reorder-gap are two reorder models; give one")
 
@@ -294,29 +336,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.verbosity >= 0:
             print(line, file=human, flush=True)
 
-    with contextlib.ExitStack() as stack:
-        log: IO[str] | None = None
-        try:
-            if args.log == "-":
-                log = sys.stdout
-            elif args.log:
-                log = stack.enter_context(open(args.log, "w", encoding="utf-8"))
-        except OSError as e:
-            print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
-            return 2
-        proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
-        try:
-            code = asyncio.run(_run(proxy, args, say))
-        except socket.gaierror as e:
-            print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
-            return 2
-        except OSError as e:
-            print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
-            return 5
+    log: IO[str] | None = None
+    try:
+        if args.log == "-":
+            log = sys.stdout
+        elif args.log:
+            log = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed by _close_log, errors and all
+    except OSError as e:
+        print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
+        return 2
+    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
+    try:
+        code = asyncio.run(_run(proxy, args, say))
+    except socket.gaierror as e:
+        print(f"fault_proxy: cannot resolve upstream {args.upstream[0]}: {e.strerror or e}", file=sys.stderr)
+        code = 2
+    except OSError as e:
+        print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
+        code = 5
+    _close_log(proxy, log)
     if code:
         return code
     say(f"fault_proxy: stopped; seed={seed} {proxy.summary()}")
-    return 0
+    return EXIT_LOG_FAILED if proxy.log_error is not None else 0
+
+
+def _close_log(proxy: FaultProxy, log: IO[str] | None) -> None:
+    """Flush and close the decision log; a write error is counted, never a traceback at exit."""
+    proxy.close_log()
+    if log is None:
+        return
+    if proxy.log_error is not None:
+        # What is still buffered cannot be written: point the descriptor at /dev/null so the
+        # interpreter's own flush at exit (of stdout) or close() finds nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), log.fileno())
+    if log is not sys.stdout:
+        with contextlib.suppress(OSError):
+            log.close()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from udp_price.address import format_address
 from udp_price.catalog import parse_catalog_bytes, read_catalog_file
@@ -14,8 +15,10 @@ from udp_price.cli.common import (
     add_version,
     default_catalog,
     examples_for,
+    finite_number,
     listen_address_arg,
     prog_name,
+    seconds,
     verbosity,
 )
 from udp_price.errors import CatalogError
@@ -47,15 +50,25 @@ examples:
 exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 2 bad arguments, 4 bad catalog, 5 cannot bind
 """
 EXIT_OK, EXIT_USAGE, EXIT_CATALOG, EXIT_BIND = 0, 2, 4, 5
+MIN_STATS_INTERVAL_S = 0.1
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = finite_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _seconds_flag(flag: str) -> Callable[[str], float]:
+    return lambda text: seconds(text, flag)
+
+
+def _stats_interval(text: str) -> float:
+    """0 (only at exit) or at least MIN_STATS_INTERVAL_S: a shorter one would flood the log."""
+    value = seconds(text, "--stats-interval")
+    if 0 < value < MIN_STATS_INTERVAL_S:
+        raise argparse.ArgumentTypeError(f"--stats-interval must be 0 (only at exit) or >= {MIN_STATS_INTERVAL_S:g} s")
     return value
 
 
@@ -118,7 +131,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="replies kept for retransmitted requests (default 100000; 0 turns the cache off)",
     )
     p.add_argument(
-        "--cache-age", type=_non_negative, default=60.0, metavar="S", help="seconds a cached reply lives (default 60)"
+        "--cache-age",
+        type=_seconds_flag("--cache-age"),
+        default=60.0,
+        metavar="S",
+        help="seconds a cached reply lives (default 60)",
     )
     p.add_argument(
         "--watch",
@@ -128,7 +145,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--watch-settle",
-        type=_non_negative,
+        type=_seconds_flag("--watch-settle"),
         default=WATCH_SETTLE_S,
         metavar="S",
         help=f"with --watch: seconds a file edited in place must stay unchanged before it is loaded "
@@ -136,10 +153,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stats-interval",
-        type=_non_negative,
+        type=_stats_interval,
         default=0,
         metavar="S",
-        help="log counters every this many seconds (default 0: only at exit)",
+        help=f"log counters every this many seconds, 0 or {MIN_STATS_INTERVAL_S:g} to 86400 (default 0: only at exit)",
     )
     p.add_argument(
         "--workers", type=int, default=1, metavar="N", help="processes sharing the port with SO_REUSEPORT (default 1)"
@@ -218,6 +235,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     with sock, handle_signals(control):
         ops = operations(server, args, control.wake, loaded_from)
         timing = DurationHistogram() if args.metrics_listen is not None else None
+        metrics: dict[str, str] = {}
         if args.metrics_listen is not None:
             try:
                 metrics_at = start_metrics(server, args.metrics_listen, timing)
@@ -226,15 +244,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 print(f"udp_server: cannot serve metrics on {where}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_BIND
             log.info("metrics on http://%s/metrics", metrics_at, extra={"event": "metrics"})
+            # In the start line too: with port 0 and -q it is the only place the chosen port is told.
+            metrics["metrics"] = f"http://{metrics_at}/metrics"
         address = format_address(sock.getsockname())
         announce(
             f"udp_server: listening on {address} (udp), {len(catalog)} items, "
-            f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}",
+            f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}"
+            + "".join(f", metrics {url}" for url in metrics.values()),
             args.log_format,
             "listening",
             address=address,
             items=len(catalog),
             version=catalog.version,
+            **metrics,
         )
         serve(sock, server, control, duties=ops, timing=timing)
         ops.close()

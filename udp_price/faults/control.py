@@ -28,6 +28,8 @@ MAX_HEAD = 8192
 MAX_BODY = 65536
 READ_TIMEOUT_S = 5.0
 """A client that sends nothing is dropped after this long: one idle connection costs one task, briefly."""
+STOP_WAIT_S = 1.0
+"""How long stop() waits for open connections to finish once their sockets are closed."""
 
 BODY_SHAPE = 'body must be {"faults": [flags as strings], "seed": int (optional)}'
 PlanParser = Callable[[list[str], int], FaultPlan]
@@ -61,6 +63,9 @@ class ControlServer:
         self.proxy = proxy
         self.parse_plan = parse_plan
         self._server: asyncio.Server | None = None
+        self._open: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        """Connections being served: stop() ends them itself, so none is left for asyncio.run's
+        teardown to cancel (which prints a CancelledError traceback per connection)."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         if not is_loopback(host):
@@ -70,9 +75,15 @@ class ControlServer:
         return str(bound[0]), int(bound[1])
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is None:
+            return
+        self._server.close()
+        await asyncio.sleep(0)  # connections accepted just now start their task and register here
+        for writer in list(self._open):  # the reader sees end of file: each answer ends as a bad request
+            writer.close()
+        if self._open:
+            await asyncio.wait(list(self._open.values()), timeout=STOP_WAIT_S)
+        await self._server.wait_closed()
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for one request: the whole API, without sockets."""
@@ -107,6 +118,15 @@ class ControlServer:
         return 200, plan_as_json(plan)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[writer] = task
+        try:
+            await self._answer_one(reader, writer)
+        finally:
+            del self._open[writer]
+
+    async def _answer_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, payload = await asyncio.wait_for(self._read_and_answer(reader), READ_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):

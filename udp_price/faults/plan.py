@@ -5,6 +5,7 @@ relay (``udp_price.faults.relay``) passes the time in."""
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -68,6 +69,7 @@ class Faults:
     proxy's memory bound (netem ``limit``)."""
 
     def __post_init__(self) -> None:
+        self._check_finite()
         if self.gemodel is not None and not all(0.0 <= v <= 1.0 for v in self.gemodel):
             raise ValueError(f"gemodel={self.gemodel} holds values that are not probabilities in [0, 1]")
         if self.gemodel is not None and self.burst_loss > 0:
@@ -84,6 +86,17 @@ class Faults:
             raise ValueError("burst_len is a mean number of datagrams, at least 1")
         if min(self.delay_s, self.jitter_s, self.reorder_delay_s) < 0:
             raise ValueError("delays must be >= 0")
+
+    def _check_finite(self) -> None:
+        """nan passes every comparison above unnoticed (and is not JSON), inf overflows timers."""
+        numbers = [
+            self.drop, self.drop_correlation, self.burst_loss, self.burst_len, self.duplicate, self.reorder,
+            self.reorder_delay_s, self.delay_s, self.jitter_s, self.corrupt, self.truncate, self.rate_bps,
+            *(self.gemodel or ()),
+        ]  # fmt: skip
+        numbers += [v for window in self.blackhole for v in window if v is not None]
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError("fault values must be finite numbers (not nan or inf)")
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ class FaultProxy:
         self.upstream = upstream
         self.listen = listen
         self.log = log
+        self.log_error: BaseException | None = None
+        """The first decision-log write error; the log is off from then on, relaying is not."""
         self.stats: Counter[str] = Counter()
         self._flows: dict[Address, _Flow] = {}
         self._sock: socket.socket | None = None
@@ -275,12 +277,12 @@ class FaultProxy:
         self.stats[f"{d}.{decision.action}"] += 1
         for tag in decision.tags:
             self.stats[f"{d}.{tag}"] += 1
-        self._log(elapsed, direction, flow, index, len(data), decision)
-        for _ in range(decision.copies):
+        for _ in range(decision.copies):  # forward first: a failing decision log must never cost a datagram
             if decision.delay_s > 0:
                 self._later(decision.delay_s, direction, flow, decision.payload)
             else:
                 self._send(direction, flow, decision.payload)
+        self._log(elapsed, direction, flow, index, len(data), decision)
 
     def _shaped(self, direction: Direction, decision: Decision, elapsed: float) -> Decision:
         """The decision with --rate's queueing delay added, or a tail drop when --limit is reached."""
@@ -340,7 +342,27 @@ class FaultProxy:
         }
         if dec.action == "deliver":
             record.update(copies=dec.copies, delay_ms=round(dec.delay_s * 1000, 3), tags=list(dec.tags))
-        self.log.write(json.dumps(record) + "\n")
+        try:
+            self.log.write(json.dumps(record) + "\n")
+        except (OSError, ValueError) as e:  # reader gone (| head), disk full, closed file
+            self._log_failed(e)
+
+    def _log_failed(self, e: BaseException) -> None:
+        """Stop logging after the first write error, say so once, and keep relaying."""
+        self.log = None
+        self.log_error = e
+        self.stats["log_errors"] += 1
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        print(f"fault_proxy: decision log stopped ({why}); still relaying", file=sys.stderr, flush=True)
+
+    def close_log(self) -> None:
+        """Flush what the log buffered; a failure here is counted like one while running."""
+        if self.log is None:
+            return
+        try:
+            self.log.flush()
+        except (OSError, ValueError) as e:
+            self._log_failed(e)
 
     def summary(self) -> str:
         return " ".join(f"{k}={v}" for k, v in sorted(self.stats.items()))

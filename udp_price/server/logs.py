@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -49,10 +50,15 @@ def announce(text: str, fmt: str, event: str, **fields: Any) -> None:
     JSON format: stdout carries only JSON lines, so the line goes out as one JSON object there
     (``msg`` holds the text); stderr stays JSON too (the log records)."""
     if fmt == "json":
-        record = {"ts": round(time.time(), 3), "level": "info", "event": event, "msg": text, **fields}
-        print(json.dumps(record, ensure_ascii=False), flush=True)
+        line = json.dumps(
+            {"ts": round(time.time(), 3), "level": "info", "event": event, "msg": text, **fields}, ensure_ascii=False
+        )
     else:
-        print(text, flush=True)
+        line = text
+    try:
+        print(line, flush=True)
+    except OSError:  # stdout's reader is gone ('| head') or it is full: the server goes on regardless
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def setup_logging(level: str, fmt: str) -> None:
