@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -17,6 +18,16 @@ def require(*commands: str) -> None:
     elif missing:
         reason = f"needs {', '.join(missing)} (Debian packages; .ci/run installs them)"
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but this test cannot run: {reason}")
-        pytest.skip(reason)
+        cannot_run(reason)
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """Skip with ``reason`` on a laptop; under CI=true a test that cannot run is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def need_root(why: str) -> None:
+    if os.geteuid() != 0:
+        cannot_run(f"needs root ({why})")

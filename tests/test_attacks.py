@@ -5,19 +5,15 @@ The spoofing attacks need a raw socket: they skip without root and fail under CI
 
 from __future__ import annotations
 
-import os
-
 import attacks
 import pytest
+import rootenv
 
 from udp_price.wire import batch_reply_size
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but not root: the spoofing attacks cannot run")
-        pytest.skip("needs root (raw socket to spoof a source address on loopback)")
+    rootenv.need_root("raw socket to spoof a source address on loopback")
 
 
 def check(result: attacks.Result, answers: int = 0) -> None:

@@ -12,7 +12,8 @@ from udp_price.errors import CatalogError
 from udp_price.server import ops as ops_module
 from udp_price.server.catalog_child import decode_answer, encode_answer, parse_in_child
 from udp_price.server.core import QuoteServer
-from udp_price.server.ops import Operations, return_freed_memory
+from udp_price.server.memory import return_freed_memory
+from udp_price.server.ops import Operations
 
 WAIT_S = 60.0
 

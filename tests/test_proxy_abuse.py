@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import socket
@@ -12,6 +11,7 @@ import threading
 import time
 
 import pytest
+import rootenv
 from helpers import free_port, spawn, start_server
 
 from udp_price.faults import relay
@@ -91,10 +91,7 @@ def test_a_proxy_pointed_at_itself_does_not_loop() -> None:
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but not root")
-        pytest.skip("needs root (raw socket to spoof a source address on loopback)")
+    rootenv.need_root("raw socket to spoof a source address on loopback")
 
 
 def spoof_one(source: tuple[str, int], to: tuple[str, int], payload: bytes) -> None:

@@ -24,6 +24,7 @@ from udp_price.cli.common import (
 from udp_price.errors import CatalogError
 from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
+from udp_price.server.memory import return_freed_memory
 from udp_price.server.metrics import start_metrics
 from udp_price.server.ops import (
     WATCH_POLL_S,
@@ -31,7 +32,6 @@ from udp_price.server.ops import (
     FileState,
     build_server,
     operations,
-    return_freed_memory,
 )
 from udp_price.server.timing import DurationHistogram
 from udp_price.server.workers import run_workers

@@ -13,13 +13,10 @@ hash equals the loaded one is a logged no-op.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import hashlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,6 +29,7 @@ from udp_price.errors import CatalogError
 from udp_price.server.catalog_child import CHILD_MIN_BYTES, parse_in_child
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
+from udp_price.server.memory import return_freed_memory
 
 log = logging.getLogger("udp_price.server")
 
@@ -381,28 +379,6 @@ class Operations:
             )
         else:
             self._install(read)
-
-
-def return_freed_memory() -> None:
-    """Ask glibc to give freed heap memory back to the system (malloc_trim(3)); a no-op elsewhere.
-
-    Freed small objects (a parse's millions of short strings) stay in glibc's arenas and keep
-    counting in the process's RSS; malloc_trim releases the free pages. ctypes releases the GIL
-    during the call, so serving goes on meanwhile."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return None
-    return trim
 
 
 def operations(
