@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
@@ -29,11 +30,13 @@ from udp_price.cli.common import (
     verbosity,
 )
 from udp_price.faults.control import ControlServer, is_loopback, plan_as_json
+from udp_price.faults.pcap import PcapWriter, ProxyCapture
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
 
 EXIT_LOG_FAILED = 4
-"""Stopped normally, but the decision log could not be written to the end (relaying went on)."""
+"""Stopped normally, but the decision log or the --pcap capture could not be written to the end
+(relaying went on)."""
 
 EXAMPLES = """\
 examples:
@@ -48,6 +51,9 @@ examples:
   # bursty loss up, duplicates down, every decision logged
   python fault_proxy.py --upstream 127.0.0.1:9999 --burst-loss-up 0.3 --burst-len 3 --duplicate-down 0.2 \\
       --log decisions.jsonl
+  # capture what came in and what went out, with each fault as a packet comment (Wireshark:
+  # contrib/wireshark/udp_price.lua, see docs/testing.md)
+  python fault_proxy.py --upstream 127.0.0.1:9999 --drop 30% --pcap faults.pcapng
   # lose the first two datagrams of every flow, and everything from 5 s to 7 s after start
   python fault_proxy.py --upstream 127.0.0.1:9999 --drop-index-up 0,1 --blackhole 5:7
 
@@ -55,7 +61,8 @@ Each fault flag X also exists as X-up (client -> server) and X-down (server -> c
 Probabilities: 0.3 or 30%. Times: 100ms, 250us, 1.5s (a bare number is seconds). Rates: bit, kbit,
 mbit, gbit per second, or bps, kbps, mbps (bytes per second), as tc writes them.
 Stop with Ctrl-C or SIGTERM: the counters are printed on exit.
-exit codes: 0 stopped, 2 bad arguments, 4 stopped, but the decision log failed (relaying went on), 5 cannot listen
+exit codes: 0 stopped, 2 bad arguments (or --log / --pcap cannot be written at start), 4 stopped, but the
+decision log or the capture failed (relaying went on), 5 cannot listen
 """
 
 
@@ -188,6 +195,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--log",
         metavar="FILE",
         help="one JSON line per datagram to FILE ('-': stdout, which then carries only those lines)",
+    )
+    p.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="pcapng capture of every datagram received and sent, each with what the proxy did to it as a "
+        "packet comment and its direction (flushed on exit, SIGINT or SIGTERM)",
     )
     p.add_argument(
         "--duration", type=netem.positive_duration, default=None, metavar="TIME", help="stop after TIME (default never)"
@@ -336,6 +349,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.verbosity >= 0:
             print(line, file=human, flush=True)
 
+    capture = open_capture(args.pcap)
+    if isinstance(capture, str):
+        print(capture, file=sys.stderr)
+        return 2
     log: IO[str] | None = None
     try:
         if args.log == "-":
@@ -344,8 +361,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             log = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed by _close_log, errors and all
     except OSError as e:
         print(f"fault_proxy: cannot open log {args.log}: {e.strerror}", file=sys.stderr)
+        close_capture(capture)
         return 2
-    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log)
+    proxy = FaultProxy(plan, upstream=args.upstream, listen=args.listen, log=log, capture=capture)
     try:
         code = asyncio.run(_run(proxy, args, say))
     except socket.gaierror as e:
@@ -355,10 +373,51 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"fault_proxy: cannot listen on {format_address(args.listen)}: {e.strerror or e}", file=sys.stderr)
         code = 5
     _close_log(proxy, log)
+    capture_failed = close_capture(capture)
     if code:
         return code
     say(f"fault_proxy: stopped; seed={seed} {proxy.summary()}")
-    return EXIT_LOG_FAILED if proxy.log_error is not None else 0
+    return EXIT_LOG_FAILED if proxy.log_error is not None or capture_failed else 0
+
+
+def open_capture(path: str | None) -> ProxyCapture | str | None:
+    """The --pcap capture with its header written and flushed (so a full disk shows at start),
+    None without --pcap, or the one-line error."""
+    if path is None:
+        return None
+    try:
+        out = open(path, "wb")  # noqa: SIM115 - closed by close_capture
+    except OSError as e:
+        return f"fault_proxy: cannot open capture {path}: {e.strerror}"
+    writer = PcapWriter(out)
+    writer.flush()
+    if writer.error is not None:
+        with contextlib.suppress(OSError):
+            out.close()
+        return f"fault_proxy: cannot write capture {path}: {_why(writer.error)}"
+
+    def stopped(e: BaseException) -> None:
+        print(f"fault_proxy: capture stopped ({_why(e)}); still relaying", file=sys.stderr, flush=True)
+
+    # Epoch timestamps from the relay's monotonic clock: the wall clock is read once, here.
+    return ProxyCapture(writer, time.time() - time.monotonic(), on_error=stopped)
+
+
+def close_capture(capture: ProxyCapture | None) -> bool:
+    """Flush and close the capture; True if it failed at any point (said on stderr once)."""
+    if capture is None:
+        return False
+    writer = capture.writer
+    out = writer.file
+    failed_before = writer.error is not None
+    writer.flush()
+    if writer.error is not None and not failed_before and capture.on_error is not None:
+        capture.on_error(writer.error)
+    if writer.error is not None:  # what is still buffered cannot be written: let close() find nowhere to fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    with contextlib.suppress(OSError):
+        out.close()
+    return writer.error is not None
 
 
 def _close_log(proxy: FaultProxy, log: IO[str] | None) -> None:

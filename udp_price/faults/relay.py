@@ -37,6 +37,7 @@ from udp_price.faults.guards import (
     flow_limit,
     normalise,
 )
+from udp_price.faults.pcap import ProxyCapture, fault_story
 from udp_price.faults.plan import (
     MAX_DATAGRAM,
     MAX_FLOWS,
@@ -78,8 +79,11 @@ class FaultProxy:
         max_held: int = MAX_HELD,
         max_held_bytes: int = MAX_HELD_BYTES,
         flow_idle_s: float = FLOW_IDLE_S,
+        capture: ProxyCapture | None = None,
     ) -> None:
         self.plan = plan
+        self.capture = capture
+        """--pcap: every datagram received and sent, with what was done to it (udp_price.faults.pcap)."""
         self.max_flows = flow_limit(max_flows, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.flow_idle_s = flow_idle_s
         self.held = HeldBudget(max_held, max_held_bytes)
@@ -247,6 +251,8 @@ class FaultProxy:
                 refusal = "loop"  # our own datagram come back from another address: see proxy_guards
             if refusal is not None:
                 self.stats[f"up.drop:{refusal}"] += 1
+                if self.capture is not None:
+                    self.capture.received(now, (addr[:2], self.address), "up", data, f"refused ({refusal})")
                 continue
             flow = self._flow_for(addr[:2], now)
             if flow is not None:
@@ -277,11 +283,16 @@ class FaultProxy:
         self.stats[f"{d}.{decision.action}"] += 1
         for tag in decision.tags:
             self.stats[f"{d}.{tag}"] += 1
-        for _ in range(decision.copies):  # forward first: a failing decision log must never cost a datagram
+        story = "" if self.capture is None else fault_story(decision, data)
+        label = f"{d} #{index} flow {flow.ident}"
+        if self.capture is not None:  # first, so a capture lists each datagram before what became of it
+            self.capture.received(self._started + elapsed, self._hop(direction, flow, True), label, data, story)
+        for copy in range(decision.copies):  # forward first: a failing decision log must never cost a datagram
+            note = f"{label} copy {copy + 1} of {decision.copies}" if decision.copies > 1 else label
             if decision.delay_s > 0:
-                self._later(decision.delay_s, direction, flow, decision.payload)
+                self._later(decision.delay_s, direction, flow, decision.payload, (note, story))
             else:
-                self._send(direction, flow, decision.payload)
+                self._send(direction, flow, decision.payload, (note, story))
         self._log(elapsed, direction, flow, index, len(data), decision)
 
     def _shaped(self, direction: Direction, decision: Decision, elapsed: float) -> Decision:
@@ -300,7 +311,7 @@ class FaultProxy:
             return Decision("drop:limit")
         return replace(decision, delay_s=delay)
 
-    def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes) -> None:
+    def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes, note: tuple[str, str]) -> None:
         assert self._loop is not None
         if not self.held.take(len(payload)):
             self.stats[f"{direction.value}.drop:held_full"] += 1
@@ -310,12 +321,13 @@ class FaultProxy:
             self._timers.discard(handle)
             self.held.give_back(len(payload))
             if self._sock is not None:
-                self._send(direction, flow, payload)
+                self._send(direction, flow, payload, note)
 
         handle = self._loop.call_later(delay, fire)
         self._timers.add(handle)
 
-    def _send(self, direction: Direction, flow: _Flow, payload: bytes) -> None:
+    def _send(self, direction: Direction, flow: _Flow, payload: bytes, note: tuple[str, str]) -> None:
+        """Send ``payload`` on; ``note`` (label, fault story) is what a --pcap capture says about it."""
         assert self._sock is not None
         try:
             if direction is Direction.UP:
@@ -327,6 +339,14 @@ class FaultProxy:
             self.stats[f"{direction.value}.send_errors"] += 1
             return
         self.stats[f"{direction.value}.sent"] += 1
+        if self.capture is not None:
+            self.capture.sent(time.monotonic(), self._hop(direction, flow, False), note[0], payload, note[1])
+
+    def _hop(self, direction: Direction, flow: _Flow, inbound: bool) -> tuple[Address, Address]:
+        """(source, destination) of a datagram on one of the proxy's two legs, as a capture shows it."""
+        if direction is Direction.UP:
+            return (flow.client, self.address) if inbound else (flow.sock.getsockname()[:2], self.upstream)
+        return (self.upstream, flow.sock.getsockname()[:2]) if inbound else (self.address, flow.client)
 
     def _log(self, elapsed: float, direction: Direction, flow: _Flow, index: int, size: int, dec: Decision) -> None:
         if self.log is None:

@@ -1,0 +1,494 @@
+-- Wireshark / tshark dissector for udp-price (docs/protocol.md): every message kind of
+-- protocol versions 1 and 2, the kind byte's flags, money as decimal, CRC32 verified,
+-- request/reply matching with response times and retransmission marks.
+--
+--   tshark -X lua_script:contrib/wireshark/udp_price.lua -r capture.pcapng
+--   (or copy this file to ~/.local/lib/wireshark/plugins/)
+--
+-- Field names (for filters such as `udp_price.status != 0`) are listed in docs/testing.md.
+-- Lua 5.2 as Debian's Wireshark 4.0 embeds it: bitwise operations through bit32.
+
+local p = Proto("udp_price", "udp-price quote protocol")
+
+local DEFAULT_PORT = 9999
+local MAGIC = "QP"
+local CRC_SIZE = 4
+local ITEM_SIZE = 32
+
+local KINDS = {
+    [1] = "Quote request", [2] = "Quote reply", [3] = "Batch request",
+    [4] = "Batch reply", [5] = "List request", [6] = "List reply",
+}
+local STATUS = {
+    [0] = "OK", [1] = "UNKNOWN_ITEM", [2] = "BAD_QUANTITY", [3] = "OVERFLOW",
+    [4] = "UNSUPPORTED_VERSION", [5] = "MALFORMED", [6] = "BUSY", [7] = "BAD_PAGE",
+}
+local CRC_STATUS = { [0] = "Bad", [1] = "Good" }
+
+local f = {
+    magic = ProtoField.string("udp_price.magic", "Magic"),
+    version = ProtoField.uint8("udp_price.version", "Version"),
+    kind_byte = ProtoField.uint8("udp_price.kind_byte", "Kind byte", base.HEX),
+    flag_auth = ProtoField.bool("udp_price.flags.auth", "AUTH (authentication trailer)", 8, nil, 0x80),
+    flag_overloaded = ProtoField.bool("udp_price.flags.overloaded", "OVERLOADED (server overloaded)", 8, nil, 0x40),
+    kind = ProtoField.uint8("udp_price.kind", "Kind", base.DEC, KINDS, 0x3F),
+    request_id = ProtoField.uint64("udp_price.request_id", "Request id", base.HEX),
+    transmission = ProtoField.uint8("udp_price.transmission", "Transmission"),
+    quantity = ProtoField.uint32("udp_price.quantity", "Quantity"),
+    item = ProtoField.string("udp_price.item", "Item"),
+    status = ProtoField.uint8("udp_price.status", "Status", base.DEC, STATUS),
+    retry_after_ms = ProtoField.uint16("udp_price.retry_after_ms", "Retry after (ms)"),
+    unit_price = ProtoField.string("udp_price.unit_price", "Unit price"),
+    unit_price_cents = ProtoField.uint64("udp_price.unit_price_cents", "Unit price (minor units)"),
+    total = ProtoField.string("udp_price.total", "Total"),
+    total_cents = ProtoField.uint64("udp_price.total_cents", "Total (minor units)"),
+    catalog_version = ProtoField.uint32("udp_price.catalog_version", "Catalog version", base.HEX),
+    count = ProtoField.uint8("udp_price.count", "Count"),
+    lines_digest = ProtoField.uint32("udp_price.lines_digest", "Lines digest", base.HEX),
+    page = ProtoField.uint32("udp_price.page", "Page"),
+    pages = ProtoField.uint32("udp_price.pages", "Pages"),
+    prefix = ProtoField.string("udp_price.prefix", "Prefix"),
+    flags_v1 = ProtoField.uint8("udp_price.flags_v1", "Flags (version 1)", base.HEX),
+    reserved = ProtoField.bytes("udp_price.reserved", "Reserved"),
+    auth_trailer = ProtoField.bytes("udp_price.auth_trailer", "Auth trailer (raw)"),
+    body = ProtoField.bytes("udp_price.body", "Body (unknown layout)"),
+    line = ProtoField.uint8("udp_price.line", "Line"),
+    line_quantity = ProtoField.uint32("udp_price.line.quantity", "Quantity"),
+    line_item = ProtoField.string("udp_price.line.item", "Item"),
+    line_status = ProtoField.uint8("udp_price.line.status", "Status", base.DEC, STATUS),
+    line_unit_price = ProtoField.string("udp_price.line.unit_price", "Unit price"),
+    line_unit_price_cents = ProtoField.uint64("udp_price.line.unit_price_cents", "Unit price (minor units)"),
+    line_total = ProtoField.string("udp_price.line.total", "Total"),
+    line_total_cents = ProtoField.uint64("udp_price.line.total_cents", "Total (minor units)"),
+    entry = ProtoField.uint8("udp_price.entry", "Entry"),
+    entry_item = ProtoField.string("udp_price.entry.item", "Item"),
+    entry_unit_price = ProtoField.string("udp_price.entry.unit_price", "Unit price"),
+    entry_unit_price_cents = ProtoField.uint64("udp_price.entry.unit_price_cents", "Unit price (minor units)"),
+    crc32 = ProtoField.uint32("udp_price.crc32", "CRC32", base.HEX),
+    crc32_status = ProtoField.uint8("udp_price.crc32.status", "CRC32 status", base.DEC, CRC_STATUS),
+    crc32_calculated = ProtoField.uint32("udp_price.crc32.calculated", "CRC32 calculated", base.HEX),
+    response_in = ProtoField.framenum("udp_price.response_in", "Response in"),
+    request_in = ProtoField.framenum("udp_price.request_in", "Request in"),
+    first_request_in = ProtoField.framenum("udp_price.first_request_in", "First transmission in"),
+    time = ProtoField.relative_time("udp_price.time", "Time since the transmission answered"),
+    time_since_first = ProtoField.relative_time("udp_price.time_since_first", "Time since the first transmission"),
+    attempt = ProtoField.uint32("udp_price.attempt", "Attempt (datagrams of this request so far)"),
+    retransmission = ProtoField.bool("udp_price.retransmission", "Retransmission"),
+    duplicate = ProtoField.bool("udp_price.duplicate", "Duplicate (a transmission or reply seen before)"),
+}
+local fields = {}
+for _, v in pairs(f) do fields[#fields + 1] = v end
+p.fields = fields
+
+local e = {
+    bad_crc = ProtoExpert.new("udp_price.crc32.bad", "Bad CRC32", expert.group.CHECKSUM, expert.severity.ERROR),
+    good_crc = ProtoExpert.new("udp_price.crc32.good", "Good CRC32", expert.group.CHECKSUM, expert.severity.CHAT),
+    bad_length = ProtoExpert.new("udp_price.bad_length", "Length does not fit the kind",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    unknown = ProtoExpert.new("udp_price.unknown", "Unknown version, kind or flag: not answered",
+        expert.group.PROTOCOL, expert.severity.WARN),
+    retransmission = ProtoExpert.new("udp_price.retransmission.expert", "Retransmission",
+        expert.group.SEQUENCE, expert.severity.NOTE),
+    duplicate = ProtoExpert.new("udp_price.duplicate.expert", "Duplicate datagram",
+        expert.group.SEQUENCE, expert.severity.NOTE),
+    failure = ProtoExpert.new("udp_price.failure", "The server did not price this",
+        expert.group.RESPONSE_CODE, expert.severity.NOTE),
+}
+p.experts = { e.bad_crc, e.good_crc, e.bad_length, e.unknown, e.retransmission, e.duplicate, e.failure }
+
+-- CRC32 (zlib / IEEE 802.3, reflected polynomial 0xEDB88320), as the protocol's seal.
+local CRC_TABLE = {}
+for i = 0, 255 do
+    local c = i
+    for _ = 1, 8 do
+        if bit32.band(c, 1) == 1 then c = bit32.bxor(0xEDB88320, bit32.rshift(c, 1)) else c = bit32.rshift(c, 1) end
+    end
+    CRC_TABLE[i] = c
+end
+
+local function crc32(bytes)
+    local c = 0xFFFFFFFF
+    for i = 0, bytes:len() - 1 do
+        c = bit32.bxor(CRC_TABLE[bit32.band(bit32.bxor(c, bytes:get_index(i)), 0xFF)], bit32.rshift(c, 8))
+    end
+    return bit32.bxor(c, 0xFFFFFFFF)
+end
+
+-- Money: u64 minor units shown as decimal with two places, exactly (UInt64 arithmetic, no floats).
+local function money(range)
+    local cents = range:uint64()
+    local units = cents / UInt64(100)
+    local rest = (cents % UInt64(100)):tonumber()
+    return string.format("%s.%02d", tostring(units), rest)
+end
+
+local function item_text(range)
+    -- NUL-padded UTF-8: the name ends at the first NUL.
+    return range:stringz(ENC_UTF_8)
+end
+
+-- Expected total length for (version, kind) and the datagram's body length, or nil if no such size.
+local function size_fits(version, kind, len)
+    if kind == 1 or kind == 2 then return len == 76 end
+    if kind == 3 then return len >= 56 and (len - 20) % 36 == 0 and (len - 20) / 36 <= 32 end
+    if kind == 4 then
+        local fixed = (version == 1) and 28 or 29
+        return len >= fixed and (len - fixed) % 17 == 0 and (len - fixed) / 17 <= 32
+    end
+    if kind == 5 then return len == 670 end
+    if kind == 6 then return len >= 30 and (len - 30) % 40 == 0 and (len - 30) / 40 <= 16 end
+    return false
+end
+
+------------------------------------------------------------------------------------------------
+-- Request/reply matching. Keyed by conversation (the two address/port pairs, so the client's leg
+-- and the server's leg of a proxy capture are separate stories, as DNS keys by id and ports) and
+-- request id. Computed on the first pass (pinfo.visited false) and read back when displayed.
+
+-- Seconds since the first frame, a float: near zero it resolves nanoseconds, where the epoch
+-- time (pinfo.abs_ts, ~1.8e9) resolves only about half a microsecond. frame.time_epoch would be an
+-- exact NSTime but is not built on tshark's first pass without a tree.
+local function frame_time(pinfo) return pinfo.rel_ts end
+
+local function duration(seconds)
+    local s = math.floor(seconds)
+    local ns = math.floor((seconds - s) * 1e9 + 0.5)
+    if ns >= 1000000000 then s, ns = s + 1, ns - 1000000000 end
+    return NSTime.new(s, ns)
+end
+
+-- key -> { requests = count, replies = count, by_tx = {tx -> record}, last = record, first = frame, first_time }
+-- where a record is { number = frame, time = seconds, response_in = frame of the first reply to it }
+local exchanges = {}
+local frame_info = {}  -- frame number -> table of generated values
+
+function p.init()
+    exchanges = {}
+    frame_info = {}
+end
+
+local function exchange_key(pinfo, request_id, is_request)
+    local a = tostring(pinfo.src) .. ":" .. pinfo.src_port
+    local b = tostring(pinfo.dst) .. ":" .. pinfo.dst_port
+    if not is_request then a, b = b, a end
+    return a .. ">" .. b .. "#" .. tostring(request_id)
+end
+
+local function track_request(pinfo, key, tx)
+    local x = exchanges[key]
+    local now = frame_time(pinfo)
+    if not x then x = { requests = 0, by_tx = {}, replies = 0, first = pinfo.number, first_time = now } exchanges[key] = x end
+    local info = { first = x.first }
+    if tx ~= nil and tx > 0 and x.by_tx[tx] then
+        -- The same transmission again: a copy the network (or a proxy) made, not a retransmission.
+        info.duplicate = true
+        info.record = x.by_tx[tx]
+        info.attempt = x.requests
+    else
+        x.requests = x.requests + 1
+        info.attempt = x.requests
+        info.retransmission = (x.requests > 1) or (tx ~= nil and tx > 1)
+        info.record = { number = pinfo.number, time = now }
+        if tx ~= nil and tx > 0 then x.by_tx[tx] = info.record end
+        x.last = info.record
+    end
+    frame_info[pinfo.number] = info
+end
+
+-- A reply answers the transmission whose number it echoes (version 2 quotes and batches), else
+-- the latest request datagram before it (lists and version 1, which carry no number).
+local function track_reply(pinfo, key, tx)
+    local x = exchanges[key]
+    local info = {}
+    if x then
+        local answered = (tx ~= nil and tx > 0) and x.by_tx[tx] or x.last
+        local now = frame_time(pinfo)
+        if answered then
+            info.request_in = answered.number
+            info.time = duration(now - answered.time)
+            -- A second reply to one transmission is a copy; a reply to another one is not.
+            info.duplicate = answered.response_in ~= nil
+            answered.response_in = answered.response_in or pinfo.number
+        end
+        info.first = x.first
+        info.time_since_first = duration(now - x.first_time)
+        x.replies = x.replies + 1
+    end
+    frame_info[pinfo.number] = info
+end
+
+local function add_matching(t, number, is_request)
+    local info = frame_info[number]
+    if not info then return end
+    local item
+    if is_request then
+        if info.record and info.record.response_in then
+            t:add(f.response_in, info.record.response_in):set_generated()
+        end
+        t:add(f.attempt, info.attempt):set_generated()
+        if info.first and info.first ~= number then
+            t:add(f.first_request_in, info.first):set_generated()
+        end
+        if info.duplicate then
+            item = t:add(f.duplicate, true)
+            item:set_generated()
+            item:add_proto_expert_info(e.duplicate)
+        elseif info.retransmission then
+            item = t:add(f.retransmission, true)
+            item:set_generated()
+            item:add_proto_expert_info(e.retransmission)
+        end
+    else
+        if info.request_in then
+            t:add(f.request_in, info.request_in):set_generated()
+            t:add(f.time, info.time):set_generated()
+        end
+        if info.time_since_first then
+            t:add(f.first_request_in, info.first):set_generated()
+            t:add(f.time_since_first, info.time_since_first):set_generated()
+        end
+        if info.duplicate then
+            item = t:add(f.duplicate, true)
+            item:set_generated()
+            item:add_proto_expert_info(e.duplicate)
+        end
+    end
+end
+
+------------------------------------------------------------------------------------------------
+-- Bodies. Each returns a one-line summary for the Info column; `o` is the offset after the header.
+
+local function add_money(t, field_text, field_cents, range)
+    t:add(field_text, range, money(range))
+    t:add(field_cents, range)
+end
+
+local function quote_request(buf, t, version)
+    local qty, item = buf(12, 4):uint(), item_text(buf(16, ITEM_SIZE))
+    t:add(f.quantity, buf(12, 4))
+    t:add(f.item, buf(16, ITEM_SIZE), item)
+    local tx = nil
+    if version >= 2 then
+        tx = buf(48, 1):uint()
+        t:add(f.transmission, buf(48, 1))
+        t:add(f.reserved, buf(49, 23))
+    else
+        t:add(f.reserved, buf(48, 24))
+    end
+    return string.format("%d x %s", qty, item), tx
+end
+
+local function quote_reply(buf, t, version)
+    local status = buf(12, 1):uint()
+    t:add(f.status, buf(12, 1))
+    local tx = nil
+    if version >= 2 then
+        tx = buf(13, 1):uint()
+        t:add(f.transmission, buf(13, 1))
+    else
+        t:add(f.flags_v1, buf(13, 1))
+    end
+    t:add(f.retry_after_ms, buf(14, 2))
+    local qty, item = buf(16, 4):uint(), item_text(buf(20, ITEM_SIZE))
+    t:add(f.quantity, buf(16, 4))
+    t:add(f.item, buf(20, ITEM_SIZE), item)
+    add_money(t, f.unit_price, f.unit_price_cents, buf(52, 8))
+    add_money(t, f.total, f.total_cents, buf(60, 8))
+    t:add(f.catalog_version, buf(68, 4))
+    local text = string.format("%s %d x %s", STATUS[status] or ("status " .. status), qty, item)
+    if status == 0 then text = text .. " = " .. money(buf(60, 8)) end
+    return text, tx, status ~= 0
+end
+
+local function batch_request(buf, t, version, len)
+    local count = buf(12, 1):uint()
+    t:add(f.count, buf(12, 1))
+    local tx = nil
+    if version >= 2 then
+        tx = buf(13, 1):uint()
+        t:add(f.transmission, buf(13, 1))
+        t:add(f.reserved, buf(14, 2))
+    else
+        t:add(f.reserved, buf(13, 3))
+    end
+    local lines = math.min(count, math.floor((len - 20) / 36))
+    for i = 0, lines - 1 do
+        local o = 16 + 36 * i
+        local item = item_text(buf(o + 4, ITEM_SIZE))
+        local lt = t:add(f.line, buf(o, 36), i + 1)
+        lt:append_text(string.format(": %d x %s", buf(o, 4):uint(), item))
+        lt:add(f.line_quantity, buf(o, 4))
+        lt:add(f.line_item, buf(o + 4, ITEM_SIZE), item)
+    end
+    return string.format("%d lines", count), tx
+end
+
+local function batch_reply(buf, t, version, len)
+    local status, count = buf(12, 1):uint(), buf(13, 1):uint()
+    t:add(f.status, buf(12, 1))
+    t:add(f.count, buf(13, 1))
+    t:add(f.retry_after_ms, buf(14, 2))
+    t:add(f.catalog_version, buf(16, 4))
+    t:add(f.lines_digest, buf(20, 4))
+    local tx, first = nil, 24
+    if version >= 2 then
+        tx = buf(24, 1):uint()
+        t:add(f.transmission, buf(24, 1))
+        first = 25
+    end
+    local lines = math.min(count, math.floor((len - first - CRC_SIZE) / 17))
+    local failed = status ~= 0
+    for i = 0, lines - 1 do
+        local o = first + 17 * i
+        local s = buf(o, 1):uint()
+        local lt = t:add(f.line, buf(o, 17), i + 1)
+        lt:append_text(": " .. (STATUS[s] or ("status " .. s)) .. (s == 0 and (" = " .. money(buf(o + 9, 8))) or ""))
+        lt:add(f.line_status, buf(o, 1))
+        add_money(lt, f.line_unit_price, f.line_unit_price_cents, buf(o + 1, 8))
+        add_money(lt, f.line_total, f.line_total_cents, buf(o + 9, 8))
+        if s ~= 0 then failed = true end
+    end
+    return string.format("%s, %d lines", STATUS[status] or ("status " .. status), count), tx, failed
+end
+
+local function list_request(buf, t, version)
+    if version >= 2 then
+        local prefix = item_text(buf(16, ITEM_SIZE))
+        t:add(f.page, buf(12, 4))
+        t:add(f.prefix, buf(16, ITEM_SIZE), prefix)
+        t:add(f.reserved, buf(48, 618))
+        local text = string.format("page %d", buf(12, 4):uint())
+        if prefix ~= "" then text = text .. " prefix " .. prefix end
+        return text, nil
+    end
+    t:add(f.page, buf(12, 2))
+    t:add(f.reserved, buf(14, 652))
+    return string.format("page %d", buf(12, 2):uint()), nil
+end
+
+local function list_reply(buf, t, version, len)
+    local status, count = buf(12, 1):uint(), buf(13, 1):uint()
+    t:add(f.status, buf(12, 1))
+    t:add(f.count, buf(13, 1))
+    local first, page
+    if version >= 2 then
+        t:add(f.page, buf(14, 4))
+        t:add(f.pages, buf(18, 4))
+        t:add(f.catalog_version, buf(22, 4))
+        page, first = string.format("page %d of %d", buf(14, 4):uint(), buf(18, 4):uint()), 26
+    else
+        t:add(f.page, buf(14, 2))
+        t:add(f.pages, buf(16, 2))
+        t:add(f.catalog_version, buf(18, 4))
+        page, first = string.format("page %d of %d", buf(14, 2):uint(), buf(16, 2):uint()), 22
+    end
+    local entries = math.min(count, math.floor((len - first - CRC_SIZE) / 40))
+    for i = 0, entries - 1 do
+        local o = first + 40 * i
+        local item = item_text(buf(o, ITEM_SIZE))
+        local et = t:add(f.entry, buf(o, 40), i + 1)
+        et:append_text(": " .. item .. " @ " .. money(buf(o + 32, 8)))
+        et:add(f.entry_item, buf(o, ITEM_SIZE), item)
+        add_money(et, f.entry_unit_price, f.entry_unit_price_cents, buf(o + 32, 8))
+    end
+    return string.format("%s, %s, %d entries", STATUS[status] or ("status " .. status), page, count), nil, status ~= 0
+end
+
+local BODIES = {
+    [1] = quote_request, [2] = quote_reply, [3] = batch_request,
+    [4] = batch_reply, [5] = list_request, [6] = list_reply,
+}
+
+------------------------------------------------------------------------------------------------
+
+local function add_crc(buf, t, len)
+    local stored = buf(len - CRC_SIZE, CRC_SIZE):uint()
+    local calculated = crc32(buf(0, len - CRC_SIZE):bytes())
+    local good = stored == calculated
+    local item = t:add(f.crc32, buf(len - CRC_SIZE, CRC_SIZE))
+    item:append_text(good and " [correct]" or string.format(" [incorrect, should be 0x%08x]", calculated))
+    item:add(f.crc32_status, buf(len - CRC_SIZE, CRC_SIZE), good and 1 or 0):set_generated()
+    item:add(f.crc32_calculated, buf(len - CRC_SIZE, CRC_SIZE), calculated):set_generated()
+    item:add_proto_expert_info(good and e.good_crc or e.bad_crc)
+    return good
+end
+
+local function dissect(buf, pinfo, tree)
+    local len = buf:len()
+    if len < 16 then return 0 end
+    pinfo.cols.protocol = "udp-price"
+    local t = tree:add(p, buf(), "udp-price")
+    local version, kind_byte = buf(2, 1):uint(), buf(3, 1):uint()
+    local kind, flags = bit32.band(kind_byte, 0x3F), bit32.band(kind_byte, 0xC0)
+    t:add(f.magic, buf(0, 2))
+    t:add(f.version, buf(2, 1))
+    local kt = t:add(f.kind_byte, buf(3, 1))
+    kt:add(f.flag_auth, buf(3, 1))
+    kt:add(f.flag_overloaded, buf(3, 1))
+    kt:add(f.kind, buf(3, 1))
+    local request_id = buf(4, 8):uint64()
+    t:add(f.request_id, buf(4, 8))
+    local good_crc = add_crc(buf, t, len)
+    -- An AUTH message carries a trailer before the CRC whose layout its owner defines: shown raw.
+    local body_len = len
+    local body_fn = BODIES[kind]
+    local known = (version == 1 or version == 2) and body_fn ~= nil
+    local summary, tx, failed = "", nil, false
+    if known and bit32.band(flags, 0x80) ~= 0 then
+        local base = { [1] = 76, [2] = 76, [5] = 670 }
+        if base[kind] and len > base[kind] then
+            body_len = base[kind]
+            t:add(f.auth_trailer, buf(base[kind] - CRC_SIZE, len - base[kind]))
+        end
+    end
+    if known and size_fits(version, kind, body_len) then
+        summary, tx, failed = body_fn(buf, t, version, body_len)
+    elseif known then
+        t:add(f.body, buf(12, len - 12 - CRC_SIZE)):add_proto_expert_info(e.bad_length)
+        summary = string.format("%d bytes do not fit the kind", len)
+    else
+        t:add(f.body, buf(12, len - 12 - CRC_SIZE)):add_proto_expert_info(e.unknown)
+        summary = string.format("version %d kind %d", version, kind)
+    end
+    local is_request = kind % 2 == 1
+    if good_crc and known and not pinfo.visited then
+        local key = exchange_key(pinfo, request_id, is_request)
+        if is_request then track_request(pinfo, key, tx) else track_reply(pinfo, key, tx) end
+    end
+    add_matching(t, pinfo.number, is_request)
+    if failed then t:add_proto_expert_info(e.failure) end
+    local flag_text = (bit32.band(flags, 0x80) ~= 0 and " AUTH" or "") .. (bit32.band(flags, 0x40) ~= 0 and " OVERLOADED" or "")
+    info = string.format("%s id=%s%s", KINDS[kind] or ("kind " .. kind), request_id:tohex(), flag_text)
+    if tx ~= nil then info = info .. " tx=" .. tx end
+    info = info .. " " .. summary
+    if not good_crc then info = info .. " [BAD CRC32]" end
+    local fi = frame_info[pinfo.number]
+    if fi and fi.duplicate then info = info .. " [duplicate]"
+    elseif fi and fi.retransmission then info = info .. " [retransmission]" end
+    pinfo.cols.info = info
+    t:append_text(", " .. info)
+    return len
+end
+
+function p.dissector(buf, pinfo, tree)
+    if buf:len() < 16 or buf(0, 2):string() ~= MAGIC then return 0 end
+    return dissect(buf, pinfo, tree)
+end
+
+-- Heuristic: our magic, a known version and kind, a length that fits the kind, and an intact
+-- CRC32. Once a datagram is recognised its conversation is ours, so a later corrupted one
+-- (bad CRC) on the same ports is still dissected and flagged.
+local function heuristic(buf, pinfo, tree)
+    local len = buf:len()
+    if len < 16 or buf(0, 2):string() ~= MAGIC then return false end
+    local version, kind = buf(2, 1):uint(), bit32.band(buf(3, 1):uint(), 0x3F)
+    if version < 1 or version > 2 or not KINDS[kind] then return false end
+    if bit32.band(buf(3, 1):uint(), 0x80) == 0 and not size_fits(version, kind, len) then return false end
+    if crc32(buf(0, len - CRC_SIZE):bytes()) ~= buf(len - CRC_SIZE, CRC_SIZE):uint() then return false end
+    pinfo.conversation = p
+    dissect(buf, pinfo, tree)
+    return true
+end
+
+DissectorTable.get("udp.port"):add(DEFAULT_PORT, p)
+p:register_heuristic("udp", heuristic)
