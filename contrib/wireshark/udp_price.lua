@@ -85,6 +85,8 @@ local e = {
     good_crc = ProtoExpert.new("udp_price.crc32.good", "Good CRC32", expert.group.CHECKSUM, expert.severity.CHAT),
     bad_length = ProtoExpert.new("udp_price.bad_length", "Length does not fit the kind",
         expert.group.MALFORMED, expert.severity.ERROR),
+    bad_magic = ProtoExpert.new("udp_price.bad_magic", "Not the udp-price magic QP",
+        expert.group.MALFORMED, expert.severity.ERROR),
     unknown = ProtoExpert.new("udp_price.unknown", "Unknown version, kind or flag: not answered",
         expert.group.PROTOCOL, expert.severity.WARN),
     retransmission = ProtoExpert.new("udp_price.retransmission.expert", "Retransmission",
@@ -94,7 +96,7 @@ local e = {
     failure = ProtoExpert.new("udp_price.failure", "The server did not price this",
         expert.group.RESPONSE_CODE, expert.severity.NOTE),
 }
-p.experts = { e.bad_crc, e.good_crc, e.bad_length, e.unknown, e.retransmission, e.duplicate, e.failure }
+p.experts = { e.bad_crc, e.good_crc, e.bad_length, e.bad_magic, e.unknown, e.retransmission, e.duplicate, e.failure }
 
 -- CRC32 (zlib / IEEE 802.3, reflected polynomial 0xEDB88320), as the protocol's seal.
 local CRC_TABLE = {}
@@ -470,9 +472,22 @@ local function dissect(buf, pinfo, tree)
     return len
 end
 
+-- Called for the default port and for conversations the heuristic recognised: a datagram there
+-- that is too short or lost its magic (truncated or corrupted on the way) is shown as ours, flagged.
 function p.dissector(buf, pinfo, tree)
-    if buf:len() < 16 or buf(0, 2):string() ~= MAGIC then return 0 end
-    return dissect(buf, pinfo, tree)
+    local len = buf:len()
+    if len >= 16 and buf(0, 2):string() == MAGIC then return dissect(buf, pinfo, tree) end
+    pinfo.cols.protocol = "udp-price"
+    local t = tree:add(p, buf(), "udp-price")
+    if len >= 16 then
+        t:add(f.magic, buf(0, 2)):add_proto_expert_info(e.bad_magic)
+        add_crc(buf, t, len)
+        pinfo.cols.info = "not a udp-price message (bad magic)"
+    else
+        t:add(f.body, buf()):add_proto_expert_info(e.bad_length)
+        pinfo.cols.info = string.format("truncated: %d bytes", len)
+    end
+    return len
 end
 
 -- Heuristic: our magic, a known version and kind, a length that fits the kind, and an intact

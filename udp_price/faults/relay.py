@@ -329,6 +329,7 @@ class FaultProxy:
     def _send(self, direction: Direction, flow: _Flow, payload: bytes, note: tuple[str, str]) -> None:
         """Send ``payload`` on; ``note`` (label, fault story) is what a --pcap capture says about it."""
         assert self._sock is not None
+        now = time.monotonic()  # before sending: the receiver may read it before we run again
         try:
             if direction is Direction.UP:
                 flow.sock.send(payload)
@@ -340,7 +341,7 @@ class FaultProxy:
             return
         self.stats[f"{direction.value}.sent"] += 1
         if self.capture is not None:
-            self.capture.sent(time.monotonic(), self._hop(direction, flow, False), note[0], payload, note[1])
+            self.capture.sent(now, self._hop(direction, flow, False), note[0], payload, note[1])
 
     def _hop(self, direction: Direction, flow: _Flow, inbound: bool) -> tuple[Address, Address]:
         """(source, destination) of a datagram on one of the proxy's two legs, as a capture shows it."""

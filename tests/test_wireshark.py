@@ -1,0 +1,349 @@
+"""The Wireshark dissector (contrib/wireshark/udp_price.lua) and fault_proxy --pcap, checked with
+tshark: the protocol doc's test vectors dissect to the values the doc states; demo-like traffic
+captured through the proxy dissects to exactly what the client, the server and the proxy reported;
+corrupted and truncated datagrams are flagged. See docs/testing.md (Wireshark)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from helpers import CATALOG, run_cli, spawn, start_server
+from pcapng_reader import read_pcapng, udp_payload
+from test_protocol_doc import EXPECTED, vectors
+from tsharklib import Frame, dissect, seconds, tshark
+
+from udp_price.catalog import format_money
+from udp_price.cli.demo import ORDERS
+from udp_price.faults.pcap import PcapWriter
+from udp_price.wire import BatchReply, BatchRequest, ListReply, ListRequest, QuoteReply, QuoteRequest, Status
+
+CLIENT, SERVER = ("127.0.0.1", 40000), ("127.0.0.1", 9999)
+"""The doc-vector capture uses the default port 9999 (the dissector's port registration)."""
+
+
+def write_capture(path: Path, packets: list[tuple[float, tuple[str, int], tuple[str, int], bytes]]) -> None:
+    with path.open("wb") as out:
+        writer = PcapWriter(out)
+        for t, src, dst, payload in packets:
+            writer.packet(t, src, dst, payload, f"packet at {t}", inbound=True)
+        assert writer.error is None
+
+
+def expected_fields(message: object) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The udp_price.* values the dissector must show for ``message``, and its lines or entries."""
+    top: dict[str, str] = {"udp_price.request_id": f"0x{message.request_id:016x}"}  # type: ignore[attr-defined]
+    subs: list[dict[str, str]] = []
+    if isinstance(message, QuoteRequest):
+        top.update({"udp_price.quantity": str(message.quantity), "udp_price.item": message.item})
+        top["udp_price.transmission"] = str(message.transmission)
+    elif isinstance(message, QuoteReply):
+        top.update({"udp_price.status": str(int(message.status)), "udp_price.item": message.item})
+        top.update({"udp_price.quantity": str(message.quantity), "udp_price.transmission": str(message.transmission)})
+        top.update(
+            {"udp_price.unit_price": format_money(message.unit_price), "udp_price.total": format_money(message.total)}
+        )
+        top.update(
+            {"udp_price.total_cents": str(message.total), "udp_price.retry_after_ms": str(message.retry_after_ms)}
+        )
+        top["udp_price.catalog_version"] = f"0x{message.catalog_version:08x}"
+    elif isinstance(message, BatchRequest):
+        top.update({"udp_price.count": str(len(message.lines)), "udp_price.transmission": str(message.transmission)})
+        subs = [{"udp_price.line.item": i, "udp_price.line.quantity": str(q)} for i, q in message.lines]
+    elif isinstance(message, BatchReply):
+        top.update({"udp_price.status": str(int(message.status)), "udp_price.count": str(len(message.results))})
+        top.update({"udp_price.lines_digest": f"0x{message.lines_digest:08x}", "udp_price.transmission": "1"})
+        top["udp_price.catalog_version"] = f"0x{message.catalog_version:08x}"
+        subs = [
+            {
+                "udp_price.line.status": str(int(r.status)),
+                "udp_price.line.unit_price": format_money(r.unit_price),
+                "udp_price.line.total": format_money(r.total),
+            }
+            for r in message.results
+        ]
+    elif isinstance(message, ListRequest):
+        top.update({"udp_price.page": str(message.page), "udp_price.prefix": message.prefix})
+    elif isinstance(message, ListReply):
+        top.update({"udp_price.status": str(int(message.status)), "udp_price.count": str(len(message.entries))})
+        top.update({"udp_price.page": str(message.page), "udp_price.pages": str(message.pages)})
+        top["udp_price.catalog_version"] = f"0x{message.catalog_version:08x}"
+        subs = [{"udp_price.entry.item": i, "udp_price.entry.unit_price": format_money(p)} for i, p in message.entries]
+    return top, subs
+
+
+def assert_shows(frame: Frame, top: dict[str, str], subs: list[dict[str, str]]) -> None:
+    shown = {name: frame.get(name) for name in top}
+    assert shown == top
+    assert [{name: sub[name][0] for name in want} for sub, want in zip(frame.subtrees, subs, strict=True)] == subs
+
+
+@pytest.mark.parametrize("port", [SERVER[1], 47001], ids=["default-port", "heuristic"])
+def test_doc_vectors_dissect_to_the_documented_values(tmp_path: Path, port: int) -> None:
+    docs = vectors()
+    names = sorted(docs)
+    packets = []
+    for i, name in enumerate(names):
+        request = name.split("-")[1] == "request"
+        ends = (CLIENT, ("127.0.0.1", port)) if request else (("127.0.0.1", port), CLIENT)
+        packets.append((1000.0 + i, *ends, docs[name]))
+    write_capture(tmp_path / "v.pcapng", packets)
+    frames = dissect(tmp_path / "v.pcapng")
+    assert len(frames) == len(names)
+    for name, frame in zip(names, frames, strict=True):
+        assert frame.get("udp_price.crc32.status") == "1", name
+        assert frame.get("udp_price.magic") == "QP" and frame.get("udp_price.version") == "2"
+        kind = docs[name][3]
+        assert frame.get("udp_price.kind") == str(kind) and frame.get("udp_price.flags.auth") == "0"
+        assert_shows(frame, *expected_fields(EXPECTED[name][0]))
+
+
+def test_doc_quote_reply_reads_as_the_doc_says(tmp_path: Path) -> None:
+    """The prose above the vector: OK, unit price 380 cents, total 760, version 0x11223344, tx 1."""
+    write_capture(tmp_path / "r.pcapng", [(5.0, SERVER, CLIENT, vectors()["quote-reply"])])
+    (frame,) = dissect(tmp_path / "r.pcapng")
+    assert (frame.get("udp_price.status"), frame.get("udp_price.unit_price"), frame.get("udp_price.total")) == (
+        "0",
+        "3.80",
+        "7.60",
+    )
+    assert frame.get("udp_price.item") == "café crème" and frame.get("udp_price.catalog_version") == "0x11223344"
+
+
+def resealed(data: bytes, kind_byte: int | None = None, version: int | None = None) -> bytes:
+    body = bytearray(data[:-4])
+    if kind_byte is not None:
+        body[3] = kind_byte
+    if version is not None:
+        body[2] = version
+    return bytes(body) + zlib.crc32(body).to_bytes(4, "big")
+
+
+def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
+    reply, request = vectors()["quote-reply"], vectors()["quote-request"]
+    v1_request = resealed(request[:48] + bytes(24) + request[72:], version=1)
+    corrupted = bytearray(reply)
+    corrupted[60] ^= 0x10
+    packets = [
+        (1.0, SERVER, CLIENT, resealed(reply, kind_byte=0x42)),  # OVERLOADED
+        (2.0, CLIENT, SERVER, resealed(request, kind_byte=0x81)),  # AUTH (no trailer yet)
+        (3.0, CLIENT, SERVER, v1_request),
+        (4.0, CLIENT, SERVER, resealed(request, kind_byte=0x07)),
+        (5.0, SERVER, CLIENT, bytes(corrupted)),
+        (6.0, SERVER, CLIENT, reply[:10]),
+    ]
+    write_capture(tmp_path / "f.pcapng", packets)
+    overloaded, auth, v1, unknown, bad, short = dissect(tmp_path / "f.pcapng")
+    assert (overloaded.get("udp_price.flags.overloaded"), overloaded.get("udp_price.kind")) == ("1", "2")
+    assert overloaded.get("udp_price.flags.auth") == "0" and overloaded.get("udp_price.total") == "7.60"
+    assert (auth.get("udp_price.flags.auth"), auth.get("udp_price.kind")) == ("1", "1")
+    assert (v1.get("udp_price.version"), v1.get("udp_price.item")) == ("1", "café crème")
+    assert not v1.has("udp_price.transmission")
+    assert unknown.has("udp_price.unknown") and not unknown.has("udp_price.item")
+    assert bad.get("udp_price.crc32.status") == "0" and bad.has("udp_price.crc32.bad")
+    assert bad.get("udp_price.crc32.calculated") == f"0x{zlib.crc32(corrupted[:-4]):08x}"
+    assert bad.get("udp_price.crc32") == "0x9737e1bc"  # the stored one, from the doc
+    assert short.has("udp_price.bad_length") and not short.has("udp_price.request_id")
+
+
+def test_matching_response_times_retransmissions_and_duplicates(tmp_path: Path) -> None:
+    """A scripted exchange at known times: tx 1 lost, tx 2 answered 0.25 s later, then a copy."""
+    request = vectors()["quote-request"]
+    reply = vectors()["quote-reply"]
+    tx2 = resealed(request[:48] + b"\x02" + request[49:])
+    reply2 = resealed(reply[:13] + b"\x02" + reply[14:])
+    packets = [
+        (10.0, CLIENT, SERVER, request),
+        (11.0, CLIENT, SERVER, tx2),
+        (11.0625, CLIENT, SERVER, tx2),  # a duplicate made by the network, not a retransmission
+        (11.25, SERVER, CLIENT, reply2),
+        (11.5, SERVER, CLIENT, reply2),
+    ]
+    write_capture(tmp_path / "m.pcapng", packets)
+    first, second, copy, answer, late_copy = dissect(tmp_path / "m.pcapng")
+    assert not first.has("udp_price.retransmission") and first.get("udp_price.attempt") == "1"
+    assert not first.has("udp_price.response_in")
+    assert second.get("udp_price.retransmission") == "1" and second.get("udp_price.attempt") == "2"
+    assert second.get("udp_price.response_in") == "4"
+    assert copy.get("udp_price.duplicate") == "1" and not copy.has("udp_price.retransmission")
+    assert answer.get("udp_price.request_in") == "2" and seconds(answer.get("udp_price.time") or "") == Decimal("0.25")
+    assert seconds(answer.get("udp_price.time_since_first") or "") == Decimal("1.25")
+    assert not answer.has("udp_price.duplicate") and late_copy.get("udp_price.duplicate") == "1"
+
+
+# --- captures from the proxy ------------------------------------------------------------------
+
+
+@contextmanager
+def proxy_with_capture(
+    upstream: tuple[str, int], pcap: Path, *faults: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """fault_proxy.py --pcap in front of ``upstream``; yields it and its address."""
+    args = ["fault_proxy.py", "--listen", "127.0.0.1:0", "--upstream", f"{upstream[0]}:{upstream[1]}"]
+    proc, line = spawn([*args, "--pcap", str(pcap), *faults], "fault_proxy:")
+    try:
+        yield proc, line.split()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def summary_counters(stop_line: str) -> dict[str, int]:
+    words = stop_line.split("seed=")[1].split()[1:]
+    return {k: int(v) for k, v in (w.split("=") for w in words)}
+
+
+def client_leg(frames: list[Frame], proxy_port: int) -> list[Frame]:
+    return [f for f in frames if proxy_port in (f.src_port, f.dst_port)]
+
+
+def requests_and_replies(frames: list[Frame], request_id: str) -> tuple[list[Frame], list[Frame]]:
+    mine = [f for f in frames if f.get("udp_price.request_id") == f"0x{request_id}"]
+    return [f for f in mine if int(f.get("udp_price.kind") or 0) % 2], [
+        f for f in mine if not int(f.get("udp_price.kind") or 0) % 2
+    ]
+
+
+def check_quote_story(frames: list[Frame], by_number: dict[int, Frame], quoted: dict[str, object]) -> None:
+    """The client leg of one quote: one request datagram per attempt the client counted, numbered
+    1..attempts, all but the first marked retransmissions; the reply the client accepted (the first
+    to reach it) carries exactly what the client printed, and its response time is the capture's."""
+    requests, replies = requests_and_replies(frames, str(quoted["request_id"]))
+    attempts = int(str(quoted["attempts"]))
+    assert [r.get("udp_price.transmission") for r in requests] == [str(n) for n in range(1, attempts + 1)]
+    assert [r.has("udp_price.retransmission") for r in requests] == [n > 1 for n in range(1, attempts + 1)]
+    assert [r.get("udp_price.attempt") for r in requests] == [str(n) for n in range(1, attempts + 1)]
+    accepted = next(r for r in replies if not r.inbound)  # proxy -> client
+    assert accepted.get("udp_price.item") == quoted["item"]
+    assert accepted.get("udp_price.quantity") == str(quoted["quantity"])
+    assert Status(int(accepted.get("udp_price.status") or -1)).name == quoted["status"]
+    assert int(accepted.get("udp_price.catalog_version") or "", 16) == quoted["catalog_version"]
+    if quoted["status"] == "OK":
+        assert (accepted.get("udp_price.unit_price"), accepted.get("udp_price.total")) == (
+            quoted["unit_price"],
+            quoted["total"],
+        )
+    answered = by_number[int(accepted.get("udp_price.request_in") or 0)]
+    assert answered.get("udp_price.transmission") == accepted.get("udp_price.transmission")
+    assert seconds(accepted.get("udp_price.time") or "") == accepted.time - answered.time
+    since_first = seconds(accepted.get("udp_price.time_since_first") or "")
+    assert since_first == accepted.time - requests[0].time
+    # The proxy saw the first request after the client sent it and passed the reply on before the
+    # client read it: its interval lies inside the client's (both from the monotonic clock, in us).
+    story = [
+        (f.number, f.inbound, f.get("udp_price.kind"), f.get("udp_price.transmission"), f.time, f.comment)
+        for f in requests + replies
+    ]
+    assert since_first * 1000 <= Decimal(str(quoted["latency_ms"])) + Decimal("0.002"), (story, quoted)
+
+
+def test_demo_traffic_through_the_proxy_reads_as_the_client_server_and_proxy_logged(tmp_path: Path) -> None:
+    tshark()
+    server, address = start_server("--catalog", str(CATALOG), "--log-format", "json")
+    pcap = tmp_path / "demo.pcapng"
+    orders = tmp_path / "orders.csv"
+    orders.write_text("item,quantity\napple,2\nkiwi,1\nespresso,3\n", encoding="utf-8")
+    try:
+        with proxy_with_capture(address, pcap, "--drop", "30%", "--duplicate-down", "20%", "--seed", "7") as (
+            proxy,
+            at,
+        ):
+            quotes = []
+            for item, qty in [*ORDERS, ("kiwi", 1)]:
+                done = run_cli("udp_client.py", "quote", item, str(qty), "--server", at, "--json", "--retries", "9")
+                quotes.append(json.loads(done.stdout))
+            listed = json.loads(run_cli("udp_client.py", "items", "--server", at, "--json", "--retries", "9").stdout)
+            bulk = run_cli("udp_client.py", "bulk", str(orders), "--batch", "8", "--server", at, "--json")
+            rows = [json.loads(line) for line in bulk.stdout.splitlines()]
+            code, out, _ = stop(proxy)
+    finally:
+        _, server_out, _ = stop(server)
+    assert code == 0
+    proxy_port = int(at.rsplit(":", 1)[1])
+    frames = dissect(pcap)
+    by_number = {f.number: f for f in frames}
+    assert all(f.get("udp_price.crc32.status") == "1" for f in frames)
+
+    counters = summary_counters(out.strip().splitlines()[-1])
+    assert sum(f.inbound for f in frames) == counters["up.received"] + counters["down.received"]
+    assert sum(not f.inbound for f in frames) == counters["up.sent"] + counters["down.sent"]
+    drops = sum(v for k, v in counters.items() if ".drop:" in k)
+    assert sum("received: dropped" in f.comment for f in frames) == drops > 0
+    assert sum("received: duplicated" in f.comment for f in frames) == counters.get("down.duplicate", 0) > 0
+
+    served = json.loads(server_out.strip().splitlines()[-1])["counters"]
+    server_leg = [f for f in frames if address[1] in (f.src_port, f.dst_port)]
+    assert sum(f.dst_port == address[1] for f in server_leg) == served["requests"]
+    assert sum(f.src_port == address[1] for f in server_leg) == served["replies"]
+
+    leg = client_leg(frames, proxy_port)
+    assert [q["status"] for q in quotes] == ["OK"] * len(ORDERS) + ["UNKNOWN_ITEM"]
+    assert any(q["attempts"] > 1 for q in quotes)
+    for quoted in quotes:
+        check_quote_story(leg, by_number, quoted)
+
+    list_replies = [f for f in leg if f.get("udp_price.kind") == "6" and not f.inbound]
+    first_per_page: dict[str, Frame] = {}
+    for f in list_replies:
+        first_per_page.setdefault(f.get("udp_price.page") or "", f)
+    shown = [
+        {"item": e["udp_price.entry.item"][0], "unit_price": e["udp_price.entry.unit_price"][0]}
+        for page in sorted(first_per_page, key=int)
+        for e in first_per_page[page].subtrees
+    ]
+    assert shown == listed
+
+    (batch_reply, *_) = [f for f in leg if f.get("udp_price.kind") == "4" and not f.inbound]
+    (batch_request, *_) = [f for f in leg if f.get("udp_price.kind") == "3"]
+    assert [(s["udp_price.line.item"][0], s["udp_price.line.quantity"][0]) for s in batch_request.subtrees] == [
+        (r["item"], r["quantity"]) for r in rows
+    ]
+    assert [
+        (Status(int(s["udp_price.line.status"][0])).name, s["udp_price.line.total"][0]) for s in batch_reply.subtrees
+    ] == [(r["status"], r["total"] or "0.00") for r in rows]
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_corrupted_and_truncated_replies_are_flagged(tmp_path: Path, fault: str) -> None:
+    tshark()
+    server, address = start_server("--catalog", str(CATALOG))
+    pcap = tmp_path / f"{fault}.pcapng"
+    try:
+        with proxy_with_capture(address, pcap, f"--{fault}-down", "100%", "--seed", "3") as (proxy, at):
+            done = run_cli("udp_client.py", "quote", "apple", "1", "--server", at, "--retries", "2", "--json")
+            code, _, _ = stop(proxy, signal.SIGINT)  # SIGINT flushes the capture as SIGTERM does
+    finally:
+        stop(server)
+    assert code == 0 and json.loads(done.stdout)["status"] == "NO_ANSWER"
+    frames = dissect(pcap)
+    raw = read_pcapng(pcap)
+    assert len(raw) == len(frames) == 12  # 3 requests and 3 replies, each received and sent
+    received = {p.comment.split(" received: ")[0]: p for p in raw if p.inbound}
+    damaged = [(f, p) for f, p in zip(frames, raw, strict=True) if not p.inbound and p.comment.startswith("down")]
+    assert len(damaged) == 3
+    for frame, packet in damaged:
+        original = udp_payload(received[packet.comment.split(" sent: ")[0]].packet)
+        sent = udp_payload(packet.packet)
+        if fault == "corrupt":
+            offsets = [i for i, (a, b) in enumerate(zip(original, sent, strict=True)) if a != b]
+            assert packet.comment.endswith(
+                f"corrupted at byte{'s' if len(offsets) > 1 else ''} {', '.join(map(str, offsets))}"
+            )
+            assert frame.get("udp_price.crc32.status") == "0" and frame.has("udp_price.crc32.bad")
+        else:
+            assert packet.comment.endswith(f"truncated to {len(sent)} of {len(original)} bytes")
+            assert frame.get("udp_price.crc32.status") == "0" or frame.has("udp_price.bad_length")
