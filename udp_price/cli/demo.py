@@ -17,8 +17,10 @@ import threading
 
 from udp_price.catalog import Catalog, format_money, load_catalog
 from udp_price.cli.common import add_version, default_catalog, prog_name
+from udp_price.cli.proxy import close_capture, open_capture
 from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
 from udp_price.errors import CatalogError
+from udp_price.faults.pcap import ProxyCapture
 from udp_price.faults.plan import FaultPlan
 from udp_price.faults.relay import FaultProxy
 from udp_price.server.core import QuoteServer
@@ -48,9 +50,11 @@ def show(result: QuoteResult | NoAnswer, item: str, qty: int) -> str:
     return f"  {line:<42} {result.attempts} attempt{'s' if result.attempts > 1 else ''}{lost}"
 
 
-async def run(catalog: Catalog, server: tuple[str, int], loss: float, seed: int) -> int:
+async def run(
+    catalog: Catalog, server: tuple[str, int], loss: float, seed: int, capture: ProxyCapture | None = None
+) -> int:
     plan = FaultPlan.both(seed=seed, drop=loss)
-    async with FaultProxy(plan, upstream=server) as proxy, QuoteClient(proxy.address) as client:
+    async with FaultProxy(plan, upstream=server, capture=capture) as proxy, QuoteClient(proxy.address) as client:
         print(f"udp-price demo: server {server[0]}:{server[1]} ({len(catalog)} items from the catalog)")
         print(
             f"  client -> fault proxy {proxy.address[0]}:{proxy.address[1]} dropping {loss:.0%} of datagrams "
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--loss", type=float, default=0.3, help="drop probability each way (default 0.3)")
     p.add_argument("--seed", type=int, default=7, help="fault seed (default 7)")
     p.add_argument("--catalog", default=None, help="default ./catalog.csv, else the sample shipped with udp-price")
+    p.add_argument("--pcap", metavar="FILE", help="capture the proxy's traffic to a pcapng file (see docs/testing.md)")
     args = p.parse_args(argv)
     if args.catalog is None:
         args.catalog = default_catalog()
@@ -96,11 +101,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except CatalogError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 4
+    capture = open_capture(args.pcap)
+    if isinstance(capture, str):
+        print(capture.replace("fault_proxy:", "demo:"), file=sys.stderr)
+        return 2
     core, control, sock = QuoteServer(catalog), Control(), bind_socket("127.0.0.1", 0)
     thread = threading.Thread(target=serve, args=(sock, core, control), daemon=True)
     thread.start()
     try:
-        return asyncio.run(run(catalog, sock.getsockname()[:2], args.loss, args.seed))
+        code = asyncio.run(run(catalog, sock.getsockname()[:2], args.loss, args.seed, capture))
+        if close_capture(capture):
+            return 4
+        if capture is not None:
+            print(f"capture: {capture.writer.packets} packets in {args.pcap}")
+        return code
     finally:
         control.stop()
         thread.join(5)

@@ -1,0 +1,155 @@
+"""udp_price.faults.pcap (the pcapng writer) read back with an independent reader, and
+fault_proxy --pcap's errors: a full disk at start, a file that stops growing while relaying."""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import signal
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from helpers import CATALOG, ROOT, run_cli, start_server
+from pcapng_reader import read_pcapng, udp_payload
+
+from udp_price.faults.pcap import PcapWriter, ProxyCapture, fault_story, ip_udp_packet
+from udp_price.faults.plan import Decision
+
+
+def ones_complement_sum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def test_packets_read_back_with_time_direction_and_comment(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcapng"
+    with path.open("wb") as out:
+        writer = PcapWriter(out)
+        writer.packet(
+            1795782251.777778, ("127.0.0.1", 5000), ("127.0.0.1", 9999), b"abc", "up #0 flow 0 received: x", True
+        )
+        writer.packet(2.5, ("::1", 9999), ("::1", 5000), b"hello", "down #0 flow 0 sent: forwarded", False)
+    first, second = read_pcapng(path)
+    assert (first.timestamp_us, first.inbound, first.comment) == (1795782251777778, True, "up #0 flow 0 received: x")
+    assert (second.timestamp_us, second.inbound, second.flags) == (2_500_000, False, 2)
+    assert second.comment == "down #0 flow 0 sent: forwarded"
+    assert udp_payload(first.packet) == b"abc" and udp_payload(second.packet) == b"hello"
+    assert writer.packets == 2 and writer.error is None
+
+
+def test_ipv4_and_ipv6_headers_carry_ports_and_valid_checksums() -> None:
+    v4 = ip_udp_packet(("10.0.0.1", 1234), ("10.0.0.2", 9999), b"payload!!")
+    assert v4[0] == 0x45 and struct.unpack("!H", v4[2:4])[0] == len(v4) and v4[9] == 17
+    assert ones_complement_sum(v4[:20]) == 0xFFFF  # header checksum verifies (RFC 1071)
+    assert struct.unpack("!HHH", v4[20:26]) == (1234, 9999, 8 + 9)
+    pseudo = v4[12:20] + struct.pack("!BBH", 0, 17, 17)
+    assert ones_complement_sum(pseudo + v4[20:]) == 0xFFFF
+    v6 = ip_udp_packet(("::1", 5), ("fe80::1%lo", 6), b"odd")
+    assert v6[0] >> 4 == 6 and v6[6] == 17 and struct.unpack("!H", v6[4:6])[0] == 11
+    pseudo6 = v6[8:40] + struct.pack("!I3xB", 11, 17)
+    assert ones_complement_sum(pseudo6 + v6[40:]) == 0xFFFF
+    mixed = ip_udp_packet(("127.0.0.1", 5), ("::1", 6), b"")
+    assert mixed[0] >> 4 == 6 and mixed[8:24] == bytes(10) + b"\xff\xff\x7f\x00\x00\x01"
+
+
+@pytest.mark.parametrize(
+    ("decision", "sent", "story"),
+    [
+        (Decision("drop:random"), b"", "dropped (random)"),
+        (Decision("deliver", 1), b"abcdef", "forwarded"),
+        (Decision("deliver", 2), b"abcdef", "duplicated (2 copies)"),
+        (Decision("deliver", 1, 0.1205), b"abcdef", "delayed by 120.500 ms"),
+        (Decision("deliver", 1), b"abXdeY", "corrupted at bytes 2, 5"),
+        (Decision("deliver", 1), b"aXcdef", "corrupted at byte 1"),
+        (Decision("deliver", 1), b"abc", "truncated to 3 of 6 bytes"),
+        (Decision("deliver", 2, 0.1), b"abcdeZ", "corrupted at byte 5, duplicated (2 copies), delayed by 100.000 ms"),
+    ],
+)
+def test_fault_story_says_what_happened(decision: Decision, sent: bytes, story: str) -> None:
+    assert fault_story(replace(decision, payload=sent), b"abcdef") == story
+
+
+class FullDisk(io.RawIOBase):
+    """Takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def test_a_write_error_stops_the_capture_once_and_says_so() -> None:
+    writer = PcapWriter(FullDisk(320))  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+    capture = ProxyCapture(writer, 0.0, on_error=errors.append)
+    hop = (("127.0.0.1", 1), ("127.0.0.1", 2))
+    for i in range(5):
+        capture.received(float(i), hop, f"up #{i} flow 0", bytes(76), "forwarded")
+    assert writer.packets == 1 and writer.out is None
+    assert len(errors) == 1 and isinstance(errors[0], OSError) and errors[0].errno == 28
+
+
+def test_pcap_on_a_full_disk_is_refused_at_start() -> None:
+    done = run_cli("fault_proxy.py", "--upstream", "127.0.0.1:9", "--listen", "127.0.0.1:0", "--pcap", "/dev/full")
+    assert done.returncode == 2
+    assert done.stderr == "fault_proxy: cannot write capture /dev/full: No space left on device\n"
+    missing = run_cli("fault_proxy.py", "--upstream", "127.0.0.1:9", "--pcap", "/nonexistent/dir/x.pcapng")
+    assert missing.returncode == 2
+    assert missing.stderr == "fault_proxy: cannot open capture /nonexistent/dir/x.pcapng: No such file or directory\n"
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+
+
+def test_a_capture_that_stops_growing_keeps_the_proxy_relaying(tmp_path: Path) -> None:
+    """The file may hold 4 KiB: the capture stops there (one stderr line), every quote still gets
+    its answer, and the exit code says the capture is incomplete (4)."""
+    server, address = start_server("--catalog", str(CATALOG))
+    pcap = tmp_path / "small.pcapng"
+    args = [
+        "fault_proxy.py",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        f"{address[0]}:{address[1]}",
+        "--pcap",
+        str(pcap),
+    ]
+    proxy = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=_limit_file_size,
+    )  # fmt: skip
+    try:
+        assert proxy.stdout is not None
+        at = proxy.stdout.readline().split()[1]
+        answers = [run_cli("udp_client.py", "quote", "apple", str(n), "--server", at, "--json") for n in range(1, 41)]
+        proxy.send_signal(signal.SIGTERM)
+        out, err = proxy.communicate(timeout=30)
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+        server.terminate()
+        server.communicate(timeout=30)
+    assert [json.loads(a.stdout)["total"] for a in answers] == [str(n * Decimal("0.50")) for n in range(1, 41)]
+    assert proxy.returncode == 4
+    assert err.splitlines() == ["fault_proxy: capture stopped (File too large); still relaying"]
+    assert "up.sent=40" in out and "down.sent=40" in out
+    assert pcap.stat().st_size <= 4096
