@@ -133,7 +133,7 @@ def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
     corrupted[60] ^= 0x10
     packets = [
         (1.0, SERVER, CLIENT, resealed(reply, kind_byte=0x42)),  # OVERLOADED
-        (2.0, CLIENT, SERVER, resealed(request, kind_byte=0x81)),  # AUTH (no trailer yet)
+        (2.0, CLIENT, SERVER, resealed(request[:-4] + bytes(range(20)) + bytes(4), kind_byte=0x81)),  # AUTH
         (3.0, CLIENT, SERVER, v1_request),
         (4.0, CLIENT, SERVER, resealed(request, kind_byte=0x07)),
         (5.0, SERVER, CLIENT, bytes(corrupted)),
@@ -144,6 +144,8 @@ def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
     assert (overloaded.get("udp_price.flags.overloaded"), overloaded.get("udp_price.kind")) == ("1", "2")
     assert overloaded.get("udp_price.flags.auth") == "0" and overloaded.get("udp_price.total") == "7.60"
     assert (auth.get("udp_price.flags.auth"), auth.get("udp_price.kind")) == ("1", "1")
+    assert auth.get("udp_price.item") == "café crème" and auth.get("udp_price.crc32.status") == "1"
+    assert auth.get("udp_price.auth_trailer") == ":".join(f"{i:02x}" for i in range(20))
     assert (v1.get("udp_price.version"), v1.get("udp_price.item")) == ("1", "café crème")
     assert not v1.has("udp_price.transmission")
     assert unknown.has("udp_price.unknown") and not unknown.has("udp_price.item")

@@ -142,6 +142,16 @@ local function size_fits(version, kind, len)
     return false
 end
 
+-- The size a message of this kind would have without an authentication trailer: fixed, or
+-- given by its count byte (offset 12 in batch requests, 13 in batch and list replies).
+local function size_from_count(version, kind, buf)
+    if kind == 1 or kind == 2 then return 76 end
+    if kind == 5 then return 670 end
+    if kind == 3 then return 20 + 36 * buf(12, 1):uint() end
+    if kind == 4 then return ((version == 1) and 28 or 29) + 17 * buf(13, 1):uint() end
+    return 30 + 40 * buf(13, 1):uint()
+end
+
 ------------------------------------------------------------------------------------------------
 -- Request/reply matching. Keyed by conversation (the two address/port pairs, so the client's leg
 -- and the server's leg of a proxy capture are separate stories, as DNS keys by id and ports) and
@@ -437,10 +447,10 @@ local function dissect(buf, pinfo, tree)
     local known = (version == 1 or version == 2) and body_fn ~= nil
     local summary, tx, failed = "", nil, false
     if known and bit32.band(flags, 0x80) ~= 0 then
-        local base = { [1] = 76, [2] = 76, [5] = 670 }
-        if base[kind] and len > base[kind] then
-            body_len = base[kind]
-            t:add(f.auth_trailer, buf(base[kind] - CRC_SIZE, len - base[kind]))
+        local size = size_from_count(version, kind, buf)
+        if len > size then
+            body_len = size
+            t:add(f.auth_trailer, buf(size - CRC_SIZE, len - size))
         end
     end
     if known and size_fits(version, kind, body_len) then
