@@ -16,8 +16,8 @@ import sys
 import threading
 
 from udp_price.catalog import Catalog, format_money, load_catalog
+from udp_price.cli.capture import close_capture, open_capture
 from udp_price.cli.common import add_version, default_catalog, prog_name
-from udp_price.cli.proxy import close_capture, open_capture
 from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
 from udp_price.errors import CatalogError
 from udp_price.faults.pcap import ProxyCapture

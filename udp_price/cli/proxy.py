@@ -12,13 +12,13 @@ import random
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
 from udp_price.address import format_address
 from udp_price.cli import netem
+from udp_price.cli.capture import close_capture, open_capture
 from udp_price.cli.common import (
     add_verbosity,
     add_version,
@@ -30,7 +30,6 @@ from udp_price.cli.common import (
     verbosity,
 )
 from udp_price.faults.control import ControlServer, is_loopback, plan_as_json
-from udp_price.faults.pcap import PcapWriter, ProxyCapture
 from udp_price.faults.plan import FaultPlan, Faults
 from udp_price.faults.relay import FaultProxy
 
@@ -378,46 +377,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return code
     say(f"fault_proxy: stopped; seed={seed} {proxy.summary()}")
     return EXIT_LOG_FAILED if proxy.log_error is not None or capture_failed else 0
-
-
-def open_capture(path: str | None) -> ProxyCapture | str | None:
-    """The --pcap capture with its header written and flushed (so a full disk shows at start),
-    None without --pcap, or the one-line error."""
-    if path is None:
-        return None
-    try:
-        out = open(path, "wb")  # noqa: SIM115 - closed by close_capture
-    except OSError as e:
-        return f"fault_proxy: cannot open capture {path}: {e.strerror}"
-    writer = PcapWriter(out)
-    writer.flush()
-    if writer.error is not None:
-        with contextlib.suppress(OSError):
-            out.close()
-        return f"fault_proxy: cannot write capture {path}: {_why(writer.error)}"
-
-    def stopped(e: BaseException) -> None:
-        print(f"fault_proxy: capture stopped ({_why(e)}); still relaying", file=sys.stderr, flush=True)
-
-    # Epoch timestamps from the relay's monotonic clock: the wall clock is read once, here.
-    return ProxyCapture(writer, time.time() - time.monotonic(), on_error=stopped)
-
-
-def close_capture(capture: ProxyCapture | None) -> bool:
-    """Flush and close the capture; True if it failed at any point (said on stderr once)."""
-    if capture is None:
-        return False
-    writer = capture.writer
-    out = writer.file
-    failed_before = writer.error is not None
-    writer.flush()
-    if writer.error is not None and not failed_before and capture.on_error is not None:
-        capture.on_error(writer.error)
-    if writer.error is not None:  # what is still buffered cannot be written: let close() find nowhere to fail
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-    with contextlib.suppress(OSError):
-        out.close()
-    return writer.error is not None
 
 
 def _close_log(proxy: FaultProxy, log: IO[str] | None) -> None:
