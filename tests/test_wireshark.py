@@ -23,7 +23,16 @@ from tsharklib import Frame, dissect, seconds, tshark
 from udp_price.catalog import format_money
 from udp_price.cli.demo import ORDERS
 from udp_price.faults.pcap import PcapWriter
-from udp_price.wire import BatchReply, BatchRequest, ListReply, ListRequest, QuoteReply, QuoteRequest, Status
+from udp_price.wire import (
+    BatchReply,
+    BatchRequest,
+    ListReply,
+    ListRequest,
+    QuoteReply,
+    QuoteRequest,
+    Status,
+    encode_request,
+)
 
 CLIENT, SERVER = ("127.0.0.1", 40000), ("127.0.0.1", 9999)
 """The doc-vector capture uses the default port 9999 (the dissector's port registration)."""
@@ -138,9 +147,10 @@ def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
         (4.0, CLIENT, SERVER, resealed(request, kind_byte=0x07)),
         (5.0, SERVER, CLIENT, bytes(corrupted)),
         (6.0, SERVER, CLIENT, reply[:10]),
+        (7.0, CLIENT, SERVER, encode_request(QuoteRequest(1, "crème brûlée assortment box 2", 1, transmission=1))),
     ]
     write_capture(tmp_path / "f.pcapng", packets)
-    overloaded, auth, v1, unknown, bad, short = dissect(tmp_path / "f.pcapng")
+    overloaded, auth, v1, unknown, bad, short, full = dissect(tmp_path / "f.pcapng")
     assert (overloaded.get("udp_price.flags.overloaded"), overloaded.get("udp_price.kind")) == ("1", "2")
     assert overloaded.get("udp_price.flags.auth") == "0" and overloaded.get("udp_price.total") == "7.60"
     assert (auth.get("udp_price.flags.auth"), auth.get("udp_price.kind")) == ("1", "1")
@@ -153,6 +163,7 @@ def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
     assert bad.get("udp_price.crc32.calculated") == f"0x{zlib.crc32(corrupted[:-4]):08x}"
     assert bad.get("udp_price.crc32") == "0x9737e1bc"  # the stored one, from the doc
     assert short.has("udp_price.bad_length") and not short.has("udp_price.request_id")
+    assert full.get("udp_price.item") == "crème brûlée assortment box 2"  # 32 bytes: no NUL ends it
 
 
 def test_matching_response_times_retransmissions_and_duplicates(tmp_path: Path) -> None:

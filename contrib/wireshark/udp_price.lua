@@ -124,9 +124,13 @@ local function money(range)
     return string.format("%s.%02d", tostring(units), rest)
 end
 
+-- NUL-padded UTF-8: the name ends at the first NUL, or fills the field (stringz would read on
+-- past the field's end into the next one).
 local function item_text(range)
-    -- NUL-padded UTF-8: the name ends at the first NUL.
-    return range:stringz(ENC_UTF_8)
+    local nul = range:raw():find("\0", 1, true)
+    local n = nul and (nul - 1) or range:len()
+    if n == 0 then return "" end
+    return range:range(0, n):string(ENC_UTF_8)
 end
 
 -- Expected total length for (version, kind) and the datagram's body length, or nil if no such size.
