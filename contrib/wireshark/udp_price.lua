@@ -133,7 +133,7 @@ local function item_text(range)
     return range:range(0, n):string(ENC_UTF_8)
 end
 
--- Expected total length for (version, kind) and the datagram's body length, or nil if no such size.
+-- Whether a datagram of len bytes has a valid size for (version, kind).
 local function size_fits(version, kind, len)
     if kind == 1 or kind == 2 then return len == 76 end
     if kind == 3 then return len >= 56 and (len - 20) % 36 == 0 and (len - 20) / 36 <= 32 end
