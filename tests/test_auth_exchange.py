@@ -135,7 +135,8 @@ def fake_server() -> Iterator[Callable[[Callable[[bytes], list[bytes]]], tuple[s
 
         threads.append(threading.Thread(target=run, daemon=True))
         threads[-1].start()
-        return sock.getsockname()[:2]
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
 
     yield start
     stop.set()
