@@ -3,6 +3,7 @@ server's gate, on the pure core with time passed in (docs/protocol.md "Authentic
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from pathlib import Path
@@ -275,3 +276,11 @@ def test_client_timestamps_strictly_increase() -> None:
     client = ClientAuth(KEY)
     stamps = [open_signed(client.sign(quote(), WALL), {1: KEY}).timestamp_ms for _ in range(5)]
     assert stamps == sorted(set(stamps)) and len(stamps) == 5
+
+
+@pytest.mark.parametrize("secret_size", [16, 32, 64, 65, 100])
+def test_precomputed_pads_give_standard_hmac_sha256(secret_size: int) -> None:
+    key = Key(5, bytes(range(secret_size)))
+    data = signed(quote(), key)
+    body = data[: -CRC_SIZE - 16]
+    assert data[-CRC_SIZE - 16 : -CRC_SIZE] == hmac.digest(key.secret, body, "sha256")[:16]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from udp_price.errors import KeyFileError
 
@@ -29,6 +30,16 @@ class Key:
 
     key_id: int
     secret: bytes
+    pads: tuple[hashlib._Hash, hashlib._Hash] = field(init=False, repr=False, compare=False)
+    """SHA-256 states after HMAC's inner and outer padded key blocks (RFC 2104 section 2), computed
+    once: each tag then costs two copies and two short updates instead of the whole key schedule."""
+
+    def __post_init__(self) -> None:
+        block = self.secret.ljust(64, b"\0") if len(self.secret) <= 64 else hashlib.sha256(self.secret).digest()
+        block = block.ljust(64, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        object.__setattr__(self, "pads", (inner, outer))
 
     def __repr__(self) -> str:  # never print a secret into a log or a traceback
         return f"Key(key_id={self.key_id}, secret=<{len(self.secret)} bytes>)"

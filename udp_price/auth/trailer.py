@@ -48,18 +48,26 @@ def is_signed(data: bytes) -> bool:
     return len(data) > KIND_OFFSET and bool(data[KIND_OFFSET] & AUTH_FLAG)
 
 
-def _tag(secret: bytes, signed_bytes: bytes | bytearray | memoryview) -> bytes:
-    # hmac.digest is the one-shot C implementation: about 3x cheaper than hmac.new(...).digest().
-    return hmac.digest(secret, signed_bytes, "sha256")[:AUTH_TAG_SIZE]
+def _tag(key: Key, signed_bytes: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 (RFC 2104) from the key's precomputed pad states: the same bytes as
+    hmac.digest(secret, data, "sha256"), at about half the cost for a short message."""
+    inner, outer = key.pads
+    h = inner.copy()
+    h.update(signed_bytes)
+    o = outer.copy()
+    o.update(h.digest())
+    return o.digest()[:AUTH_TAG_SIZE]
 
 
 def sign(datagram: bytes, key: Key, timestamp_ms: int) -> bytes:
     """The authenticated form of a sealed plain ``datagram`` (its CRC32 is replaced, not checked)."""
-    body = bytearray(datagram[:-CRC_SIZE])
-    body[KIND_OFFSET] |= AUTH_FLAG
-    body += _SIGNED_FIELDS.pack(key.key_id, timestamp_ms)
-    body += _tag(key.secret, body)
-    return seal(bytes(body))
+    body = (
+        datagram[:KIND_OFFSET]
+        + bytes((datagram[KIND_OFFSET] | AUTH_FLAG,))
+        + datagram[KIND_OFFSET + 1 : -CRC_SIZE]
+        + _SIGNED_FIELDS.pack(key.key_id, timestamp_ms)
+    )
+    return seal(body + _tag(key, body))
 
 
 def open_signed(data: bytes, keys: Mapping[int, Key]) -> Signed:
@@ -79,8 +87,7 @@ def open_signed(data: bytes, keys: Mapping[int, Key]) -> Signed:
     key = keys.get(key_id)
     if key is None:
         raise AuthFailure("unknown_key")
-    if not hmac.compare_digest(_tag(key.secret, view[:tag_at]), view[tag_at : size - CRC_SIZE]):
+    if not hmac.compare_digest(_tag(key, view[:tag_at]), view[tag_at : size - CRC_SIZE]):
         raise AuthFailure("bad_tag")
-    inner = bytearray(view[:trailer_at])
-    inner[KIND_OFFSET] &= _CLEAR_AUTH
-    return Signed(seal(bytes(inner)), key_id, timestamp_ms)
+    inner = data[:KIND_OFFSET] + bytes((data[KIND_OFFSET] & _CLEAR_AUTH,)) + data[KIND_OFFSET + 1 : trailer_at]
+    return Signed(seal(inner), key_id, timestamp_ms)
