@@ -284,3 +284,21 @@ def test_precomputed_pads_give_standard_hmac_sha256(secret_size: int) -> None:
     data = signed(quote(), key)
     body = data[: -CRC_SIZE - 16]
     assert data[-CRC_SIZE - 16 : -CRC_SIZE] == hmac.digest(key.secret, body, "sha256")[:16]
+
+
+def test_auth_drops_are_exported_per_reason() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from udp_price.server.metrics import ServerCollector
+
+    server = keyed_server(KEY)
+    server.handle_datagram(quote(), ADDR, 0.0)
+    server.handle_datagram(signed(quote(), OTHER), ADDR, 0.0)
+    server.handle_datagram(signed(quote(2)), ADDR, 0.0)
+    registry = CollectorRegistry()
+    registry.register(ServerCollector(server))
+    text = generate_latest(registry).decode()
+    assert 'udp_price_auth_dropped_total{reason="anonymous"} 1.0' in text
+    assert 'udp_price_auth_dropped_total{reason="unknown_key"} 1.0' in text
+    assert 'udp_price_auth_dropped_total{reason="replay"} 0.0' in text
+    assert "udp_price_auth_verified_total 1.0" in text
