@@ -85,8 +85,11 @@ class QuoteServer:
             return self._authenticated(self.auth, data, addr, now)
         if is_signed(data):
             # No keys here: answering unsigned would be a silent downgrade, and the client would
-            # refuse it anyway. Silence; the client reports that no authenticated reply came.
+            # refuse it anyway. Silence; the client reports that no authenticated reply came. To a
+            # server without keys it is a kind it does not answer (refused.not_a_request), and
+            # auth.dropped.no_keys tells the operator a keyed client is knocking.
             self.stats["auth.dropped.no_keys"] += 1
+            self.stats["refused.not_a_request"] += 1
             return None
         return self._checked(data, self._respond(data, addr, now))
 
