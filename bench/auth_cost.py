@@ -88,6 +88,37 @@ def write_orders(path: Path, rows: int) -> None:
         w.writerows([rng.choice(items), rng.randint(1, 500)] for _ in range(rows))
 
 
+def cpu_cost_us(n: int = 20_000) -> dict[str, float]:
+    """Microseconds of CPU per operation, no sockets: what the socket figures cannot separate
+    from scheduling noise on a busy machine."""
+    from udp_price.auth import ClientAuth, ServerAuth
+    from udp_price.catalog import load_catalog
+    from udp_price.server.core import QuoteServer
+    from udp_price.server.guards import ReplyCache
+    from udp_price.wire import QuoteRequest, encode_request
+
+    client = ClientAuth(KEY)
+    catalog = load_catalog(ROOT / "catalog.csv")
+    plain_core = QuoteServer(catalog, cache=ReplyCache())
+    keyed_core = QuoteServer(catalog, cache=ReplyCache(), auth=ServerAuth({KEY.key_id: KEY}))
+    plain = [encode_request(QuoteRequest(random.getrandbits(64), "apple", 3, 1)) for _ in range(n)]
+    wall = time.time()
+    signed = [client.sign(d, wall) for d in plain]
+
+    def per_op(fn: object, items: list[bytes]) -> float:
+        start = time.perf_counter()
+        out = [fn(d) for d in items]  # type: ignore[operator]
+        assert all(o is not None for o in out)
+        return (time.perf_counter() - start) / len(items) * 1e6
+
+    return {
+        "server plain": per_op(lambda d: plain_core.handle_datagram(d, ("127.0.0.1", 5000), 0.0), plain),
+        "server signed": per_op(lambda d: keyed_core.handle_datagram(d, ("127.0.0.1", 5000), wall), signed),
+        "client sign": per_op(lambda d: client.sign(d, wall), plain),
+        "client open": per_op(lambda d: client.open(d, wall), signed[:1] * n),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quotes", type=int, default=20_000)
@@ -113,6 +144,7 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(timeout=10)
     med = {k: statistics.median(v) for k, v in figures.items()}
+    cpu = cpu_cost_us()
     print(f"auth cost, median of {a.rounds} rounds ({a.quotes} quotes, {a.rows} bulk rows each)")
     print(
         f"  single quotes/s  unsigned {med['q_plain']:9.0f}  signed {med['q_auth']:9.0f}  "
@@ -122,6 +154,7 @@ def main() -> int:
         f"  bulk rows/s      unsigned {med['b_plain']:9.0f}  signed {med['b_auth']:9.0f}  "
         f"ratio {med['b_auth'] / med['b_plain']:.2f}x"
     )
+    print("  CPU per datagram, no sockets: " + ", ".join(f"{k} {v:.1f} us" for k, v in cpu.items()))
     return 0
 
 
