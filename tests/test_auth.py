@@ -302,3 +302,43 @@ def test_auth_drops_are_exported_per_reason() -> None:
     assert 'udp_price_auth_dropped_total{reason="unknown_key"} 1.0' in text
     assert 'udp_price_auth_dropped_total{reason="replay"} 0.0' in text
     assert "udp_price_auth_verified_total 1.0" in text
+
+
+class _Catalog:
+    """The catalog's duties, as far as KeyReloads needs them: counts what it was asked."""
+
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def swap_in_ready(self) -> None:
+        pass
+
+    def tick(self, now: float) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_keys_reload_with_the_catalog_and_on_watch_and_a_bad_file_keeps_them(tmp_path: Path) -> None:
+    from udp_price.auth import new_key_line
+    from udp_price.server.keyring import KeyReloads
+
+    path = tmp_path / "keys.txt"
+    path.write_text(new_key_line(1, KEY.secret) + "\n")
+    path.chmod(0o600)
+    auth = ServerAuth(read_keys_file(str(path)))
+    catalog = _Catalog()
+    reloads = KeyReloads(catalog, auth, str(path), watch_interval_s=0.5)
+    path.write_text(new_key_line(1, KEY.secret) + "\n" + new_key_line(2, OTHER.secret) + "\n")
+    assert reloads.tick(100.0) == 100.5 and sorted(auth.keys) == [1, 2], "--watch: a changed file is loaded"
+    path.chmod(0o644)
+    reloads.reload()  # SIGHUP: keys and catalog together; a file gone bad keeps the keys in use
+    assert catalog.reloads == 1 and sorted(auth.keys) == [1, 2]
+    path.chmod(0o600)
+    path.write_text(new_key_line(2, OTHER.secret) + "\n")
+    reloads.reload()
+    assert catalog.reloads == 2 and sorted(auth.keys) == [2]
