@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from udp_price.auth.keys import Key
 from udp_price.auth.replay import ReplayWindow
@@ -14,8 +15,7 @@ from udp_price.auth.trailer import AuthFailure, is_signed, open_signed, sign
 from wire_format import AUTH_WINDOW_S, HEADER_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A request that passed the gate: the plain datagram to answer and the key to sign the reply with."""
 
     inner: bytes
