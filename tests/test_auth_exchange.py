@@ -299,3 +299,23 @@ def test_new_key_prints_a_usable_line() -> None:
     key_id, secret = r.stdout.split()
     assert r.returncode == 0 and key_id == "42" and len(secret) == 44  # 32 bytes of base64
     assert run_cli("udp_server.py", "--new-key", "42").stdout != r.stdout
+
+
+def test_allow_anonymous_needs_keys() -> None:
+    r = run_cli("udp_server.py", "--port", "0", "--allow-anonymous")
+    assert r.returncode == 2 and "--allow-anonymous needs --keys" in r.stderr
+
+
+def test_allow_anonymous_serves_both_kinds_of_client(tmp_path: Path) -> None:
+    keys = Path(key_file(tmp_path, KEY, "keys.txt"))
+    proc, server = start_server("--catalog", str(CATALOG), "--keys", str(keys), "--allow-anonymous")
+    where = ["--server", f"{server[0]}:{server[1]}", "--deadline", "2"]
+    try:
+        signed = client(*where, "quote", "apple", "3", "--key-file", str(keys))
+        unsigned = client(*where, "quote", "apple", "3")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert signed.returncode == unsigned.returncode == 0, signed.stderr + unsigned.stderr
+    assert signed.stdout == unsigned.stdout == "3 x apple @ 0.50 = 1.50\n"
+    assert "auth.verified=1 " in out and "status.OK=2" in out, out
