@@ -30,7 +30,8 @@ def _ms(wall_s: float) -> int:
 class ServerAuth:
     """The server's keys and replay window. ``keys`` may hold several keys at once (a rotation);
     ``set_keys`` swaps them in one assignment (a reload). ``wall_offset_s`` turns the serving loop's
-    monotonic ``now`` into Unix time (the shell sets it at start and at every reload)."""
+    monotonic ``now`` into Unix time (the shell, udp_price.server.keyring, sets it at start, at
+    every reload and every minute)."""
 
     keys: Mapping[int, Key]
     allow_anonymous: bool = False
