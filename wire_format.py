@@ -129,3 +129,24 @@ LIST_REPLY_DEF = Struct(
     "catalog_version" / Int32ub,
     "entries" / Array(this.count, _LIST_ENTRY),
 )
+
+# ---------------------------------------------------------------- authentication (flag 0x80)
+# The kind byte (offset 3) keeps the message kind in its low 6 bits; the two high bits are flags.
+KIND_MASK = 0x3F
+FLAGS_MASK = 0xC0
+AUTH_FLAG = 0x80
+"""Set in the kind byte of a datagram that carries AUTH_TRAILER_DEF between its body and its CRC32."""
+AUTH_TAG_SIZE = 16
+"""HMAC-SHA256 truncated to its first 128 bits, the shortest RFC 8945 section 5.2.2.1 allows for
+a 256-bit hash (half its length)."""
+AUTH_WINDOW_S = 300
+"""Seconds a signed timestamp may differ from the receiver's clock: TSIG's recommended fudge (RFC 8945 section 10)."""
+AUTH_TRAILER_DEF = Struct(
+    "key_id" / Int32ub,  # which shared secret signed this (the keys file's first column)
+    "timestamp_ms" / Int64ub,  # sender's Unix time in milliseconds
+    # HMAC-SHA256(secret, every byte before the tag: header with the flag set, body, key_id, timestamp)[:16]
+    "tag" / Bytes(AUTH_TAG_SIZE),
+)
+AUTH_TRAILER_SIZE = 4 + 8 + AUTH_TAG_SIZE
+"""Bytes an authenticated datagram adds to the message it carries (before the CRC32, which
+still covers everything before it: the seal's rule is unchanged)."""

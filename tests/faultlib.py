@@ -12,6 +12,7 @@ from typing import Any
 
 from helpers import expected_prices
 
+from udp_price.auth import Key
 from udp_price.client.api import NoAnswer, QuoteClient, QuoteResult
 from udp_price.client.retry import RetryPolicy
 from udp_price.faults.plan import FaultPlan
@@ -103,11 +104,12 @@ async def run_scenario(
     policy: RetryPolicy | None = None,
     pace_s: float = 0.0,
     during: Callable[[FaultProxy, QuoteClient], Coroutine[Any, Any, None]] | None = None,
+    key: Key | None = None,
 ) -> Report:
     """``n`` quotes through a FaultProxy running ``plan`` in front of ``server``, judged one by one."""
     report = Report(name, sent=n)
     work = orders(n, seed=zlib.crc32(name.encode()))
-    async with FaultProxy(plan, upstream=server) as proxy, QuoteClient(proxy.address, policy) as client:
+    async with FaultProxy(plan, upstream=server) as proxy, QuoteClient(proxy.address, policy, key=key) as client:
         side = asyncio.create_task(during(proxy, client)) if during else None
         outcomes = await quote_all(client, work, window, pace_s)
         if side is not None:

@@ -17,6 +17,7 @@ PURE_CORE = (
     "udp_price.wire",
     "udp_price.catalog",
     "udp_price.reflectors",
+    "udp_price.auth",
     "udp_price.server.core",
     "udp_price.server.guards",
     "udp_price.client.session",

@@ -54,3 +54,8 @@ class CatalogError(QuoteError):
 
 class BulkInputError(QuoteError):
     """The orders file itself is unusable (no header, no item/quantity column, unknown encoding)."""
+
+
+class KeyFileError(QuoteError):
+    """A keys file is unusable (unreadable, readable by others, or a bad line); the message is one line
+    naming the file and the problem."""

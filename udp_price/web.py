@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from udp_price import web_search
 from udp_price.address import Address, format_address
+from udp_price.auth import Key
 from udp_price.catalog import format_money
 from udp_price.client.api import NoAnswer, describe_status
 from udp_price.client.kept import KeptClient
@@ -256,11 +257,11 @@ def make_server(listen: Address, server: Address, client: KeptClient) -> Threadi
     return ThreadingHTTPServer(listen, handler)
 
 
-def serve(listen: Address, server: Address, policy: RetryPolicy) -> int:
+def serve(listen: Address, server: Address, policy: RetryPolicy, key: Key | None = None) -> int:
     """Serve the page until Ctrl-C or SIGTERM; 0 on a clean stop, 5 if the address is taken."""
     import signal
 
-    client = KeptClient(server, policy)
+    client = KeptClient(server, policy, key)
     try:
         httpd = make_server(listen, server, client)
     except OSError as e:

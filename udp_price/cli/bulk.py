@@ -189,7 +189,7 @@ async def _pipeline(
         loop.add_signal_handler(sig, on_signal)
     ticker = asyncio.create_task(bar.run()) if bar is not None else None
     try:
-        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
+        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget(), key=args.key) as client:
             state.stats = client.stats
             await run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
             return stop.is_set()

@@ -10,6 +10,7 @@ from typing import Any
 
 from udp_price import web
 from udp_price.address import format_address
+from udp_price.auth import Key, read_client_key
 from udp_price.catalog import format_money
 from udp_price.cli import bulk as bulk_command
 from udp_price.cli.common import (
@@ -36,7 +37,7 @@ from udp_price.cli.common import (
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
 from udp_price.client.retry import RetryPolicy
-from udp_price.errors import BadQuantity, QuoteError
+from udp_price.errors import BadQuantity, KeyFileError, QuoteError
 from udp_price.wire import parse_quantity as quantity_rule
 from wire_format import MAX_BATCH, MAX_QUANTITY
 
@@ -171,6 +172,13 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
         help="machine-readable stdout, failures included: quote one object, items one array "
         "(or one error object), bulk JSON lines (= --format jsonl)",
     )
+    g.add_argument(
+        "--key-file",
+        default=default(None),
+        metavar="FILE",
+        help=f"sign every request with the key in FILE (one 'key_id base64-secret' line, mode 600) and "
+        f"believe only replies signed with it (default: ${KEY_FILE_ENV}, else unsigned) - dig -k",
+    )
     add_verbosity(p, on_subcommand=on_subcommand)
 
 
@@ -271,7 +279,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def run_quote(args: argparse.Namespace) -> int:
     asked = {"item": args.item, "quantity": args.quantity, "unit_price": None, "total": None}
     try:
-        result = quote_once(args.server, args.item, args.quantity, policy_from_args(args))
+        result = quote_once(args.server, args.item, args.quantity, policy_from_args(args), args.key)
     except ValueError as e:  # the request cannot be encoded, e.g. item longer than the wire field
         if args.json:
             json_failure("BAD_REQUEST", str(e), **asked, attempts=0)
@@ -298,6 +306,15 @@ def run_quote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+KEY_FILE_ENV = "UDP_PRICE_KEY_FILE"
+
+
+def load_key(flag_value: str | None) -> Key | None:
+    """The client's key: --key-file, else $UDP_PRICE_KEY_FILE, else None (unsigned); KeyFileError if bad."""
+    path = flag_value or os.environ.get(KEY_FILE_ENV) or None
+    return read_client_key(path) if path is not None else None
+
+
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Flag combinations that make no sense are refused with exit 2 instead of being ignored."""
     args.verbosity = verbosity(parser, args)
@@ -317,6 +334,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     check_combinations(parser, args)
     try:
+        args.key = load_key(args.key_file)
+    except KeyFileError as e:
+        if args.json:
+            json_failure("BAD_KEY_FILE", str(e))
+        print(f"udp_client: bad key file: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         if args.command == "quote":
             return run_quote(args)
         if args.command == "bulk":
@@ -324,7 +348,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.command == "items":
             return run_items(args)
         if args.command == "web":
-            return web.serve(args.listen, args.server, policy_from_args(args))
+            return web.serve(args.listen, args.server, policy_from_args(args), args.key)
     except KeyboardInterrupt:
         print("udp_client: interrupted", file=sys.stderr)
         return 130
@@ -344,7 +368,7 @@ def _search_prefix(text: str) -> str:
 
 def run_items(args: argparse.Namespace) -> int:
     try:
-        version, entries = list_once(args.server, policy_from_args(args), args.prefix, args.limit)
+        version, entries = list_once(args.server, policy_from_args(args), args.prefix, args.limit, args.key)
     except ValueError as e:  # a prefix the wire cannot carry (over 32 bytes of UTF-8, or a NUL)
         if args.json:
             json_failure("USAGE", str(e))

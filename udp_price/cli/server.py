@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Callable
 
 from udp_price.address import format_address
+from udp_price.auth import new_key_line, read_keys_file
+from udp_price.auth.keys import MAX_KEY_ID, NEW_KEY_BYTES
 from udp_price.catalog import parse_catalog_bytes, read_catalog_file
 from udp_price.cli.common import (
     add_verbosity,
@@ -21,7 +24,7 @@ from udp_price.cli.common import (
     seconds,
     verbosity,
 )
-from udp_price.errors import CatalogError
+from udp_price.errors import CatalogError, KeyFileError
 from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.memory import return_freed_memory
@@ -46,10 +49,12 @@ examples:
   python udp_server.py --watch --stats-interval 60 --metrics-listen 127.0.0.1:9100 --log-format json
   kill -HUP <pid>                               # reload the catalog (validated first)
   python udp_server.py --workers 2              # one process per core, SO_REUSEPORT
+  python udp_server.py --new-key 7 >> keys.txt  # a new random 256-bit key, id 7 (chmod 600 keys.txt)
+  python udp_server.py --keys keys.txt          # answer only requests signed with one of these keys
 
-exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 2 bad arguments, 4 bad catalog, 5 cannot bind
+exit codes: 0 stopped cleanly (SIGINT/SIGTERM), 2 bad arguments, 4 bad catalog, 5 cannot bind, 6 bad keys file
 """
-EXIT_OK, EXIT_USAGE, EXIT_CATALOG, EXIT_BIND = 0, 2, 4, 5
+EXIT_OK, EXIT_USAGE, EXIT_CATALOG, EXIT_BIND, EXIT_KEYS = 0, 2, 4, 5, 6
 MIN_STATS_INTERVAL_S = 0.1
 
 
@@ -76,6 +81,35 @@ def _port(text: str) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text[:32]!r} is not a port (0-65535)")
     return int(text)
+
+
+def _key_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > MAX_KEY_ID:
+        raise argparse.ArgumentTypeError(f"key id {text[:16]!r} must be a whole number from 0 to {MAX_KEY_ID}")
+    return int(text)
+
+
+def add_auth_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("authentication (HMAC-SHA256 over every datagram, see docs/operations.md)")
+    g.add_argument(
+        "--keys",
+        default=None,
+        metavar="FILE",
+        help="answer only requests signed with a key in FILE ('key_id base64-secret' per line, mode 600; "
+        "reloaded with the catalog: SIGHUP, --watch); unsigned requests are dropped",
+    )
+    g.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="with --keys: also answer unsigned requests (unsigned, as without --keys), e.g. during a migration",
+    )
+    g.add_argument(
+        "--new-key",
+        type=_key_id,
+        default=None,
+        metavar="KEY_ID",
+        help="print a keys-file line with a new random 256-bit secret for KEY_ID and exit",
+    )
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -175,6 +209,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="PORT",
         help="the same as --metrics-listen 127.0.0.1:PORT",
     )
+    add_auth_flags(p)
     return p
 
 
@@ -203,12 +238,22 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         p.error("--workers must be at least 1")
     if args.workers > 1 and args.metrics_listen is not None:
         p.error("--metrics-listen needs --workers 1 (each worker keeps its own counters)")
+    if args.allow_anonymous and args.keys is None:
+        p.error("--allow-anonymous needs --keys (without keys every request is anonymous already)")
     return args
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
+    if args.new_key is not None:
+        print(new_key_line(args.new_key, secrets.token_bytes(NEW_KEY_BYTES)))
+        return EXIT_OK
     setup_logging(args.log_level, args.log_format)
+    try:
+        args.auth_keys = read_keys_file(args.keys) if args.keys is not None else None
+    except KeyFileError as e:
+        print(f"udp_server: bad keys file: {e}", file=sys.stderr)
+        return EXIT_KEYS
     try:
         # One read: what is parsed is exactly what is recorded as loaded (its hash and stat), so a
         # file replaced while this parse runs is seen as changed by SIGHUP and --watch.
@@ -250,6 +295,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         announce(
             f"udp_server: listening on {address} (udp), {len(catalog)} items, "
             f"catalog version {catalog.version}, catalog {os.path.abspath(args.catalog)}"
+            + _auth_words(args)
             + "".join(f", metrics {url}" for url in metrics.values()),
             args.log_format,
             "listening",
@@ -263,6 +309,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     announce(f"udp_server: stopped; {server.summary()}", args.log_format, "stopped", counters=server.counters())
     control.close()
     return EXIT_OK
+
+
+def _auth_words(args: argparse.Namespace) -> str:
+    if not args.auth_keys:
+        return ""
+    anonymous = " (anonymous allowed)" if args.allow_anonymous else ""
+    return f", {len(args.auth_keys)} key(s) from {os.path.abspath(args.keys)}{anonymous}"
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from udp_price.address import Address, format_address
+from udp_price.auth import ClientAuth, Key
 from udp_price.catalog import format_money
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.retry import Outcome, RetryPolicy
@@ -40,7 +42,7 @@ from udp_price.wire import (
     normalize_item,
     normalize_prefix,
 )
-from wire_format import LIST_PAGE_SIZE, MAX_QUANTITY
+from wire_format import AUTH_WINDOW_S, LIST_PAGE_SIZE, MAX_QUANTITY
 
 LIST_WINDOW = 32
 """List page requests in flight at once (like bulk's --window): a full listing of a million items
@@ -58,6 +60,7 @@ class NoAnswer(QuoteError):
         outcome: Outcome,
         refused: bool,
         status: Status | None = None,
+        auth_hint: str = "",
     ) -> None:
         why = {
             Outcome.DEADLINE: "deadline passed",
@@ -70,7 +73,8 @@ class NoAnswer(QuoteError):
         if status is not None and outcome is not Outcome.VERSION:
             hint += f" (the server kept answering {status.name}: our datagrams arrive damaged)"
         super().__init__(
-            f"no answer from {format_address(server)} after {attempts} attempt(s) in {elapsed_s:.2f} s: {why}{hint}"
+            f"no answer from {format_address(server)} after {attempts} attempt(s) in {elapsed_s:.2f} s: "
+            f"{why}{hint}{auth_hint}"
         )
         self.attempts = attempts
         self.elapsed_s = elapsed_s
@@ -152,8 +156,11 @@ class QuoteClient:
         policy: RetryPolicy | None = None,
         budget: RetryBudget | None = None,
         local_addr: tuple[str, int] | None = None,
+        key: Key | None = None,
     ) -> None:
         self.server = server
+        self.auth = ClientAuth(key) if key is not None else None
+        """With a key every datagram sent is signed and only replies signed under it are believed."""
         self.local_addr = local_addr
         """Source address to bind, e.g. ("127.0.0.2", 0); None lets the kernel choose."""
         self.policy = policy or RetryPolicy()
@@ -308,15 +315,24 @@ class QuoteClient:
         finally:
             self._futures.pop(request.request_id, None)
         if isinstance(event, Failed):
-            raise NoAnswer(self.server, event.attempts, event.elapsed_s, event.outcome, event.refused, event.status)
+            raise NoAnswer(
+                self.server,
+                event.attempts,
+                event.elapsed_s,
+                event.outcome,
+                event.refused,
+                event.status,
+                self._auth_hint(),
+            )
         return event
 
     def _pump(self, events: list[Event]) -> None:
         """Send what the session queued, resolve finished requests, re-arm the one timer."""
         assert self._loop is not None
         if self._transport is not None:
+            auth = self.auth
             for data in self.session.datagrams_to_send():
-                self._transport.sendto(data)
+                self._transport.sendto(data if auth is None else auth.sign(data, time.time()))
         for event in events:
             future = self._futures.get(event.request_id)
             if future is not None and not future.done():
@@ -335,7 +351,25 @@ class QuoteClient:
 
     def _on_datagram(self, data: bytes) -> None:
         assert self._loop is not None
+        if self.auth is not None:
+            opened = self.auth.open(data, time.time())
+            if isinstance(opened, str):  # forged, unsigned, another key, or out of the time window
+                self.stats[f"auth.rejected.{opened}"] += 1
+                return
+            data = opened
         self._pump(self.session.datagram_received(data, self._loop.time()))
+
+    def _auth_hint(self) -> str:
+        """Why a keyed client may hear nothing: a server without keys, or one that does not know
+        our key, stays silent by design (it never answers unsigned, and never answers a bad tag)."""
+        if self.auth is None:
+            return ""
+        rejected = sum(v for k, v in self.stats.items() if k.startswith("auth.rejected."))
+        seen = f"; {rejected} reply(ies) without a valid tag under our key were refused" if rejected else ""
+        return (
+            f" (no authenticated reply with key id {self.auth.key.key_id}{seen}: the server may not know this key, "
+            f"may run without --keys, or its clock may differ from ours by more than {AUTH_WINDOW_S} s)"
+        )
 
     def _on_error(self) -> None:
         assert self._loop is not None
@@ -357,24 +391,30 @@ def describe_status(result: QuoteResult) -> str:
             return f"server answered {result.status.name}"
 
 
-def quote_once(server: Address, item: str, quantity: int, policy: RetryPolicy | None = None) -> QuoteResult:
-    """Blocking convenience: one quote with a fresh client."""
+def quote_once(
+    server: Address, item: str, quantity: int, policy: RetryPolicy | None = None, key: Key | None = None
+) -> QuoteResult:
+    """Blocking convenience: one quote with a fresh client (signed with ``key`` if given)."""
 
     async def run() -> QuoteResult:
-        async with QuoteClient(server, policy) as client:
+        async with QuoteClient(server, policy, key=key) as client:
             return await client.quote(item, quantity)
 
     return asyncio.run(run())
 
 
 def list_once(
-    server: Address, policy: RetryPolicy | None = None, prefix: str = "", limit: int | None = None
+    server: Address,
+    policy: RetryPolicy | None = None,
+    prefix: str = "",
+    limit: int | None = None,
+    key: Key | None = None,
 ) -> tuple[int, list[tuple[str, int]]]:
     """Blocking convenience: the server's catalog, (version, [(item, cents)]); ``prefix`` and
     ``limit`` as for QuoteClient.list_items."""
 
     async def run() -> tuple[int, list[tuple[str, int]]]:
-        async with QuoteClient(server, policy) as client:
+        async with QuoteClient(server, policy, key=key) as client:
             return await client.list_items(prefix, limit)
 
     return asyncio.run(run())

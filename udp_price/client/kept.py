@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from udp_price.address import Address
+from udp_price.auth import Key
 from udp_price.client.api import QuoteClient, QuoteResult
 from udp_price.client.retry import RetryPolicy
 
@@ -20,13 +21,13 @@ GRACE_S = 5.0
 
 
 class KeptClient:
-    def __init__(self, server: Address, policy: RetryPolicy) -> None:
+    def __init__(self, server: Address, policy: RetryPolicy, key: Key | None = None) -> None:
         self.server = server
         self.policy = policy
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="udp-price-web-client", daemon=True)
         self._thread.start()
-        self.client = QuoteClient(server, policy)
+        self.client = QuoteClient(server, policy, key=key)
         self._call(self.client.__aenter__())
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:

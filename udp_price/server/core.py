@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from udp_price.address import Address
+from udp_price.auth import ServerAuth, is_signed
 from udp_price.catalog import Catalog, price_total, wire_limit_problems
 from udp_price.reflectors import REFLECTOR_PORTS
 from udp_price.server.guards import RateLimiter, ReplyCache, Verdict
@@ -66,6 +67,9 @@ class QuoteServer:
     fast_path: bool = True
     """Answer plain quotes for known items through quote_fast (same bytes, same counters, ~5x less
     work); False sends everything through the general path, which the equivalence tests compare with."""
+    auth: ServerAuth | None = None
+    """With keys (--keys): every request is verified before anything else (see _authenticated);
+    None: no keys, and a signed request is dropped (counted auth.dropped.no_keys), never answered unsigned."""
 
     def __post_init__(self) -> None:
         self.set_catalog(self.catalog)
@@ -77,7 +81,41 @@ class QuoteServer:
         ``now`` is seconds on a monotonic clock. Every reply leaves through ``_checked``.
         """
         self.stats["requests"] += 1
+        if self.auth is not None:
+            return self._authenticated(self.auth, data, addr, now)
+        if is_signed(data):
+            # No keys here: answering unsigned would be a silent downgrade, and the client would
+            # refuse it anyway. Silence; the client reports that no authenticated reply came. To a
+            # server without keys it is a kind it does not answer (refused.not_a_request), and
+            # auth.dropped.no_keys tells the operator a keyed client is knocking.
+            self.stats["auth.dropped.no_keys"] += 1
+            self.stats["refused.not_a_request"] += 1
+            return None
         return self._checked(data, self._respond(data, addr, now))
+
+    def _authenticated(self, auth: ServerAuth, data: bytes, addr: Address, now: float) -> bytes | None:
+        """With keys, verification comes first: before the reflector-port check, the rate limiter,
+        the reply cache and any status reply, so a datagram without a valid tag (or replayed, or
+        outside the time window) never causes a reply nor costs a real client anything."""
+        if not is_signed(data):
+            if auth.allow_anonymous:
+                return self._checked(data, self._respond(data, addr, now))
+            self.stats["auth.dropped.anonymous"] += 1
+            return None
+        opened = auth.admit(data, now)
+        if isinstance(opened, str):
+            self.stats[f"auth.dropped.{opened}"] += 1
+            return None
+        self.stats["auth.verified"] += 1
+        reply = self._checked(opened.inner, self._respond(opened.inner, addr, now))
+        if reply is None:
+            return None
+        out = auth.sign_reply(reply, opened.key, now)
+        # The plain reply is no larger than the plain request, and both gain the same trailer; checked anyway.
+        if len(out) > len(data):
+            self.stats["dropped.amplification"] += 1
+            return None
+        return out
 
     def _checked(self, data: bytes, out: bytes | None) -> bytes | None:
         """The one place every outgoing datagram passes, cached or fresh, error or answer: it is

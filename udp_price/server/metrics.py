@@ -46,6 +46,11 @@ LABELLED = {
         "Datagrams never answered: from a reflecting service's port (source_port) or not a request kind",
         "reason",
     ),
+    "auth.dropped.": (
+        "udp_price_auth_dropped",
+        "Requests dropped unanswered by authentication (--keys), by reason",
+        "reason",
+    ),
 }
 KNOWN_LABELS = {
     "status.": tuple(s.name for s in Status),
@@ -64,6 +69,19 @@ KNOWN_LABELS = {
     "rate_limited.": ("dropped", "busy", "new_sources_refused"),
     "reloads.": ("ok", "failed", "unchanged", "no_final_newline"),
     "refused.": ("source_port", "not_a_request"),
+    "auth.dropped.": (
+        "bad_length",
+        "bad_checksum",
+        "bad_header",
+        "unknown_key",
+        "bad_tag",
+        "too_old",
+        "too_new",
+        "replay",
+        "replay_floor",
+        "anonymous",
+        "no_keys",
+    ),
 }
 """Label values exported (as 0) before the first event; any other value the server counts is added."""
 PLAIN = {
@@ -76,6 +94,7 @@ PLAIN = {
     "internal_errors": "Datagrams (or duties) that raised an unexpected exception; the server went on",
     "bytes_received": "Bytes of datagrams received",
     "bytes_sent": "Bytes of datagrams sent; never more than bytes_received",
+    "auth.verified": "Requests whose authentication tag, time and freshness checked out (--keys)",
 }
 
 
@@ -87,7 +106,7 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         counters = self.server.counters()  # one C-level dict copy: safe against the serving thread
         for key, help_text in PLAIN.items():
-            yield CounterMetricFamily(f"udp_price_{key}", help_text, value=counters.get(key, 0))
+            yield CounterMetricFamily(f"udp_price_{key.replace('.', '_')}", help_text, value=counters.get(key, 0))
         for prefix, (name, help_text, label) in LABELLED.items():
             family = CounterMetricFamily(name, help_text, labels=[label])
             values = dict.fromkeys(KNOWN_LABELS[prefix], 0)

@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from udp_price.auth import ServerAuth
 from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
 from udp_price.errors import CatalogError
 from udp_price.server.catalog_child import CHILD_MIN_BYTES, parse_in_child
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
+from udp_price.server.keyring import KeyReloads
 from udp_price.server.memory import return_freed_memory
 
 log = logging.getLogger("udp_price.server")
@@ -383,9 +385,10 @@ class Operations:
 
 def operations(
     server: QuoteServer, args: argparse.Namespace, wake: Callable[[], None], loaded_from: FileState | None
-) -> Operations:
-    """The server's Operations; ``loaded_from``: the state of the bytes its catalog was parsed from."""
-    return Operations(
+) -> Operations | KeyReloads:
+    """The server's Operations; ``loaded_from``: the state of the bytes its catalog was parsed from.
+    With --keys, wrapped so every catalog reload reloads the keys file too."""
+    ops = Operations(
         server,
         args.catalog,
         watch_interval_s=WATCH_POLL_S if args.watch else None,
@@ -394,9 +397,14 @@ def operations(
         wake=wake,
         loaded_from=loaded_from,
     )
+    if server.auth is None:
+        return ops
+    return KeyReloads(ops, server.auth, args.keys, WATCH_POLL_S if args.watch else None)
 
 
 def build_server(args: argparse.Namespace, catalog: Catalog) -> QuoteServer:
     limiter = RateLimiter(rate=args.rate, burst=max(1.0, args.burst)) if args.rate > 0 else None
     cache = ReplyCache(max_entries=args.cache_size, max_age_s=args.cache_age) if args.cache_size > 0 else None
-    return QuoteServer(catalog, limiter=limiter, cache=cache)
+    keys = getattr(args, "auth_keys", None)  # read by the command line (udp_price.cli.server) at start
+    auth = ServerAuth(keys, allow_anonymous=args.allow_anonymous) if keys else None
+    return QuoteServer(catalog, limiter=limiter, cache=cache, auth=auth)

@@ -1,0 +1,87 @@
+"""The two gates: the server's (verify a request before anything else, sign its reply) and the
+client's (sign each transmission, accept only replies signed under its own key).
+
+Pure: wall time comes in as ``wall_s`` (Unix seconds), from the shell."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from udp_price.auth.keys import Key
+from udp_price.auth.replay import ReplayWindow
+from udp_price.auth.trailer import AuthFailure, is_signed, open_signed, sign
+from wire_format import AUTH_WINDOW_S, HEADER_SIZE
+
+
+class Opened(NamedTuple):
+    """A request that passed the gate: the plain datagram to answer and the key to sign the reply with."""
+
+    inner: bytes
+    key: Key
+
+
+def _ms(wall_s: float) -> int:
+    return int(wall_s * 1000)
+
+
+@dataclass
+class ServerAuth:
+    """The server's keys and replay window. ``keys`` may hold several keys at once (a rotation);
+    ``set_keys`` swaps them in one assignment (a reload). ``wall_offset_s`` turns the serving loop's
+    monotonic ``now`` into Unix time (the shell, udp_price.server.keyring, sets it at start, at
+    every reload and every minute)."""
+
+    keys: Mapping[int, Key]
+    allow_anonymous: bool = False
+    wall_offset_s: float = 0.0
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
+
+    def set_keys(self, keys: Mapping[int, Key]) -> None:
+        self.keys = dict(keys)
+
+    def admit(self, data: bytes, now: float) -> Opened | str:
+        """The request inside an authenticated datagram, or the reason it is dropped (a counter
+        name): its tag, then its time and freshness. Nothing about it is answered before this."""
+        try:
+            signed = open_signed(data, self.keys)
+        except AuthFailure as e:
+            return e.reason
+        request_id = int.from_bytes(signed.inner[4:HEADER_SIZE], "big")
+        stale = self.replay.check(signed.key_id, request_id, signed.timestamp_ms, _ms(now + self.wall_offset_s))
+        if stale is not None:
+            return stale
+        return Opened(signed.inner, self.keys[signed.key_id])
+
+    def sign_reply(self, reply: bytes, key: Key, now: float) -> bytes:
+        """The reply, signed with the key its request was signed with."""
+        return sign(reply, key, _ms(now + self.wall_offset_s))
+
+
+@dataclass
+class ClientAuth:
+    """One client key. Each transmission gets its own timestamp, strictly increasing, so the
+    server's replay window never takes a retransmission for a replay of the one before it."""
+
+    key: Key
+    window_ms: int = AUTH_WINDOW_S * 1000
+    _last_ms: int = 0
+
+    def sign(self, datagram: bytes, wall_s: float) -> bytes:
+        timestamp_ms = max(_ms(wall_s), self._last_ms + 1)
+        self._last_ms = timestamp_ms
+        return sign(datagram, self.key, timestamp_ms)
+
+    def open(self, data: bytes, wall_s: float) -> bytes | str:
+        """The plain reply inside ``data`` if it is signed under our key within the time window,
+        else why not (a counter name). An unsigned reply is never believed: no silent downgrade."""
+        if not is_signed(data):
+            return "unsigned"
+        try:
+            signed = open_signed(data, {self.key.key_id: self.key})
+        except AuthFailure as e:
+            return e.reason
+        if abs(signed.timestamp_ms - _ms(wall_s)) > self.window_ms:
+            return "out_of_window"
+        return signed.inner
