@@ -271,15 +271,21 @@ def encode_batch_request(req: BatchRequest) -> bytes:
     check_unsigned(req.transmission, 8, "transmission")
     if not 1 <= len(req.lines) <= MAX_BATCH:
         raise EncodeError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
-    parts = [
-        _F_BATCH_REQUEST.pack(
-            MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), req.transmission, b"\0\0"
-        )
-    ]
-    for item, quantity in req.lines:
-        check_unsigned(quantity, 32, "quantity")
-        parts.append(_F_BATCH_LINE.pack(quantity, _item_field(item)))
-    return seal(b"".join(parts))
+    values: list[Any] = [MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), req.transmission]
+    values.append(b"\0\0")
+    field = _item_field
+    for item, quantity in req.lines:  # each line's quantity checked before its item, as the reference does
+        if not 0 <= quantity <= 0xFFFFFFFF:
+            check_unsigned(quantity, 32, "quantity")
+        values.append(quantity)
+        values.append(field(item))
+    return seal(_batch_request_format(len(req.lines)).pack(*values))
+
+
+@functools.lru_cache(maxsize=MAX_BATCH + 1)
+def _batch_request_format(count: int) -> struct.Struct:
+    """The whole batch request but its CRC as one struct format: one pack call per datagram."""
+    return struct.Struct(_F_BATCH_REQUEST.format + _F_BATCH_LINE.format[1:] * count)
 
 
 def encode_batch_reply(rep: BatchReply) -> bytes:
