@@ -173,7 +173,7 @@ def _make_rows(state: _State, texts: list[str], sizes: list[int], crlf: bool) ->
     for text, size in zip(texts, sizes, strict=True):
         number += 1
         end += size
-        body = text[:-1] if crlf else text
+        body = text[:-1] if crlf and text.endswith("\r") else text  # each line ends in CRLF or LF
         if not body or body.isspace():
             continue  # blank lines are skipped (their bytes count toward the next row's size)
         cells = body.split(delimiter)

@@ -56,7 +56,9 @@ class CsvSink:
     """Rows out as CSV through ``out`` (a text stream, or a function given one record's text).
 
     ``write_many``, when given, takes many records' texts at once (``Output.write_records``):
-    ``write_rows`` then costs one call for a whole run of rows instead of one per row."""
+    ``write_rows`` then costs one call for a whole run of rows instead of one per row. A stream
+    takes them joined in one write. A plain function ``out`` is called once per row (``batched``
+    is False): it could fail half-way through a run, and a row must never be written twice."""
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class CsvSink:
     ) -> None:
         self.records: CsvRecords | JsonlRecords = CsvRecords(_writer(out), header, RESULT_COLUMNS)
         self._write_many = write_many or _many(out)
+        self.batched = write_many is not None or not callable(out)
         self.done_bytes = 0
         """Input bytes up to the end of the last row written (for progress)."""
 
@@ -99,6 +102,7 @@ class JsonlSink(CsvSink):
     ) -> None:
         self.records = JsonlRecords(_writer(out), header, RESULT_COLUMNS)
         self._write_many = write_many or _many(out)
+        self.batched = write_many is not None or not callable(out)
         self.done_bytes = 0
 
 
@@ -107,7 +111,8 @@ def _writer(out: IO[str] | Callable[[str], object]) -> Callable[[str], object]:
 
 
 def _many(out: IO[str] | Callable[[str], object]) -> Callable[[list[str]], object]:
-    """Many records' texts through a one-record ``out``: a stream takes them joined, a function one by one."""
+    """Many records' texts through a one-record ``out``: a stream takes them joined (one write, which
+    encodes before it writes), a function one by one."""
     if callable(out):
         return lambda texts: [out(t) for t in texts]
     return lambda texts: out.write("".join(texts))
@@ -294,7 +299,7 @@ class OrderedWriter:
 
     def _write_run(self, run: list[tuple[Row, RowResult]]) -> list[RowResult]:
         """Write rows in order, at once when the sink can; the outcomes as written."""
-        write_rows = getattr(self.sink, "write_rows", None)
+        write_rows = getattr(self.sink, "write_rows", None) if getattr(self.sink, "batched", False) else None
         if write_rows is not None:
             try:
                 write_rows(run)
