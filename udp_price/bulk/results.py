@@ -118,13 +118,21 @@ def _many(out: IO[str] | Callable[[str], object]) -> Callable[[list[str]], objec
     return lambda texts: out.write("".join(texts))
 
 
+_MONEY: dict[int, str] = {}
+"""Texts of the amounts seen most (unit prices, small totals), bounded."""
+
+
 def _money_text(minor: int | None) -> str | None:
-    """format_money, or None (a blank cell) for what is not known; non-negative amounts formatted inline."""
+    """format_money, or None (a blank cell) for what is not known; remembered for the amounts seen most."""
     if minor is None:
         return None
-    if minor >= 0:
-        return f"{minor // 100}.{minor % 100:02d}"
-    return format_money(minor)
+    text = _MONEY.get(minor)
+    if text is None:
+        text = format_money(minor)
+        if len(_MONEY) >= 65536:
+            _MONEY.clear()
+        _MONEY[minor] = text
+    return text
 
 
 def _result_cells(o: RowResult) -> list[object]:
@@ -282,13 +290,18 @@ class OrderedWriter:
         """Complete each row with its outcome (a row completed already is left as it is), then
         write every row now at the head of the input, in order, as one run."""
         held, next_seq = self.held, self.next_seq
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if row.seq >= next_seq and row.seq not in held:
-                held[row.seq] = (row, outcome)
-        run: list[tuple[Row, RowResult]] = []
-        while next_seq in held:
-            run.append(held.pop(next_seq))
-            next_seq += 1
+        run: list[tuple[Row, RowResult]]
+        if not held and rows and rows[0].seq == next_seq and rows[-1].seq == next_seq + len(rows) - 1:
+            run = list(zip(rows, outcomes, strict=True))  # the head of the input, in one piece (the usual case)
+            next_seq += len(rows)
+        else:
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if row.seq >= next_seq and row.seq not in held:
+                    held[row.seq] = (row, outcome)
+            run = []
+            while next_seq in held:
+                run.append(held.pop(next_seq))
+                next_seq += 1
         if not run:
             return
         self.next_seq = next_seq
