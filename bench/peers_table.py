@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,28 +64,47 @@ def server(module: str) -> Iterator[int]:
 
 
 def child(args: list[str], timeout: float) -> tuple[int, str, str, float]:
-    """Run a child to its end or ``timeout``: (exit code, stdout, stderr, its own peak RSS in MB, from wait4)."""
+    """Run a child to its end or ``timeout``: (exit code, stdout, stderr, its peak RSS in MB).
+
+    The peak is the child's own VmHWM, polled from /proc: getrusage's ru_maxrss survives execve
+    on Linux, so a child would report this (bigger) process's peak as its own."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, cwd=ROOT)
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
+        peak = [0.0]
+        watcher = threading.Thread(target=_watch_rss, args=(proc, peak), daemon=True)
+        watcher.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{args[1]} took more than {timeout} s") from None
+        watcher.join()
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
+        return proc.returncode, out.read(), err.read(), peak[0]
+
+
+def _watch_rss(proc: subprocess.Popen[str], peak: list[float]) -> None:
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if found:
+            peak[0] = max(peak[0], int(found.group(1)) / 1024)
+        time.sleep(0.02)
 
 
 def run_peer(module: str, port: int, share: float, a: argparse.Namespace, orders_csv: Path) -> dict[str, Any]:
     n = [max(200, int(a.singles * share)), max(1000, int(a.inflight * share)), max(2000, int(a.rows * share))]
     args = [sys.executable, str(PEERS / f"{module}.py"), "client", str(port), *map(str, n), str(orders_csv)]
-    _, out, err, _ = child(args, a.timeout)
+    _, out, err, rss = child(args, a.timeout)
     if not out.strip():
         raise RuntimeError(f"{module} client failed: {err.strip()[-500:]}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["rss_mb"] = rss
     if not result["exact"]:
         raise RuntimeError(f"{module}: an answer was wrong or missing")
     return result
@@ -101,15 +120,20 @@ def run_bulk_command(port: int, a: argparse.Namespace, orders_csv: Path) -> dict
         if code != 0 or rate is None:
             raise RuntimeError(f"bulk exited {code}: {err.strip()[-500:]}")
         with out_csv.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    want = orders(a.rows)
-    exact = len(rows) == a.rows and all(
-        r["status"] == "OK" and (r["item"], int(r["quantity"])) == w and r["total"] == _money(price(*w)[1])
-        for r, w in zip(rows, want, strict=True)
-    )
+            exact = _exact(csv.DictReader(f), a.rows)
     if not exact:
         raise RuntimeError("bulk command: an output row was wrong or missing")
     return {"bulk_rows_per_s": float(rate.group(1).replace(",", "")), "rss_mb": rss}
+
+
+def _exact(rows: Iterator[dict[str, str]], n: int) -> bool:
+    """Is every output row OK, in order, with the exact total, and none missing or extra?"""
+    count = 0
+    for r, w in zip(rows, orders(n), strict=False):
+        count += 1
+        if r["status"] != "OK" or (r["item"], int(r["quantity"])) != w or r["total"] != _money(price(*w)[1]):
+            return False
+    return count == n and next(rows, None) is None
 
 
 def _money(cents: int) -> str:
