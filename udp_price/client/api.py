@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
+import struct
 from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from udp_price.wire import (
 )
 from wire_format import LIST_PAGE_SIZE, MAX_BATCH, MAX_QUANTITY
 
+_IDS = struct.Struct(">256Q")
 Pair = tuple[str, int]
 """(item, quantity), as quote_batch and quote_stream take them."""
 LIST_WINDOW = 32
@@ -198,6 +200,7 @@ class QuoteClient:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._rearm_soon = False
+        self._ids: list[int] = []
 
     @property
     def stats(self) -> Counter[str]:
@@ -236,8 +239,12 @@ class QuoteClient:
             self._transport = None
 
     def _new_request_id(self) -> int:
+        """A fresh random 64-bit id (unguessable: a forged reply must guess it). Drawn from the
+        OS 256 at a time: one urandom call per id was 2.5% of a bulk run."""
         while True:
-            rid = secrets.randbits(64)
+            if not self._ids:
+                self._ids = list(_IDS.unpack(secrets.token_bytes(_IDS.size)))
+            rid = self._ids.pop()
             if rid not in self._futures and not self.session.knows(rid):
                 return rid
 
