@@ -12,19 +12,19 @@ in); this module is the asyncio socket shell around it and a small Python API:
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 import struct
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from udp_price.address import Address, format_address
 from udp_price.catalog import format_money
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.retry import Outcome, RetryPolicy
 from udp_price.client.session import Answered, ClientSession, Event, Failed
+from udp_price.client.stream import LineQuote, Pair, stream_quotes, wire_item, wire_line
 from udp_price.errors import EncodeError, QuoteError
 from udp_price.wire import (
     BatchReply,
@@ -37,16 +37,12 @@ from udp_price.wire import (
     Request,
     Status,
     check_quantity,
-    encode_item,
     encode_prefix,
-    normalize_item,
     normalize_prefix,
 )
 from wire_format import LIST_PAGE_SIZE, MAX_BATCH, MAX_QUANTITY
 
 _IDS = struct.Struct(">256Q")
-Pair = tuple[str, int]
-"""(item, quantity), as quote_batch and quote_stream take them."""
 LIST_WINDOW = 32
 """List page requests in flight at once (like bulk's --window): a full listing of a million items
 (62,500 pages) then flows at the pace of the round trip without overflowing any buffer."""
@@ -125,37 +121,6 @@ class BatchResult:
     request_id: int
     latency_s: float
     catalog_version: int
-
-
-class LineQuote(NamedTuple):
-    """One line's answer from ``QuoteClient.quote_stream``; money in integer minor units."""
-
-    item: str
-    quantity: int
-    status: Status
-    unit_price: int
-    total: int
-    attempts: int
-    catalog_version: int
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.OK
-
-
-@functools.lru_cache(maxsize=4096)
-def _wire_item(name: str) -> str:
-    """The normalized name, checked to fit the wire (BadItem, a ValueError, if not); remembered,
-    as a program quotes a few names over and over."""
-    item = normalize_item(name)
-    encode_item(item)
-    return item
-
-
-def _wire_line(item: str, quantity: int) -> tuple[str, int]:
-    """(normalized item, quantity) or the ValueError ``quote`` would raise for it."""
-    check_quantity(quantity)
-    return _wire_item(item), quantity
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -252,7 +217,7 @@ class QuoteClient:
         """Quote ``quantity`` x ``item``. Raises NoAnswer when no valid reply comes in time,
         ValueError when the request cannot be encoded (item too long) or the quantity breaks the
         rule in udp_price.wire.items (a whole number from 1 to MAX_QUANTITY): nothing is sent then."""
-        item, quantity = _wire_line(item, quantity)  # a request that cannot be encoded is the caller's ValueError, now
+        item, quantity = wire_line(item, quantity)  # a request that cannot be encoded is the caller's ValueError, now
         request = QuoteRequest(self._new_request_id(), item, quantity)
         answered = await self._call(request)
         reply = answered.reply
@@ -276,7 +241,7 @@ class QuoteClient:
             raise EncodeError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(lines)}")
         for _, quantity in lines:
             check_quantity(quantity)
-        request = BatchRequest(self._new_request_id(), tuple((_wire_item(i), q) for i, q in lines))
+        request = BatchRequest(self._new_request_id(), tuple((wire_item(i), q) for i, q in lines))
         answered = await self._call(request)
         reply = answered.reply
         assert isinstance(reply, BatchReply)
@@ -285,9 +250,9 @@ class QuoteClient:
             request.lines, results, answered.attempts, request.request_id, answered.latency_s, reply.catalog_version
         )
 
-    async def quote_stream(
+    def quote_stream(
         self,
-        lines: Iterable[tuple[str, int]] | AsyncIterable[tuple[str, int]],
+        lines: Iterable[Pair] | AsyncIterable[Pair],
         batch: int = MAX_BATCH,
         window: int = 64,
     ) -> AsyncIterator[LineQuote]:
@@ -303,33 +268,7 @@ class QuoteClient:
             async for q in client.quote_stream([("apple", 3), ("pear", 1)]):
                 print(q.item, q.quantity, q.status.name, q.total)
         """
-        if not 1 <= batch <= MAX_BATCH or window < 1:
-            raise ValueError(f"quote_stream: batch must be 1 to {MAX_BATCH} and window at least 1")
-        source = _pairs(lines)
-        pending: deque[asyncio.Future[BatchResult]] = deque()
-        more = True
-        try:
-            while True:
-                while more and len(pending) < window:
-                    chunk, error, more = await _take(source, batch)
-                    if chunk:
-                        pending.append(asyncio.ensure_future(self.quote_batch(chunk)))
-                    if error is not None:
-                        failed: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-                        failed.set_exception(error)
-                        pending.append(failed)
-                        more = True  # the pairs after a bad one are still quoted
-                if not pending:
-                    return
-                b = await pending.popleft()
-                attempts, version = b.attempts, b.catalog_version
-                for (item, quantity), r in zip(b.lines, b.results, strict=True):
-                    yield LineQuote(item, quantity, r.status, r.unit_price, r.total, attempts, version)
-        finally:
-            for f in pending:
-                if f.done() and not f.cancelled():
-                    f.exception()  # retrieved: a failure nobody reached is no "never retrieved" warning
-                f.cancel()
+        return stream_quotes(self.quote_batch, lines, batch, window)
 
     async def list_items(
         self, prefix: str = "", limit: int | None = None, window: int = LIST_WINDOW
@@ -442,33 +381,6 @@ class QuoteClient:
     def _on_error(self) -> None:
         assert self._loop is not None
         self._pump(self.session.error_received(self._loop.time()))
-
-
-async def _pairs(lines: Iterable[tuple[str, int]] | AsyncIterable[tuple[str, int]]) -> AsyncIterator[tuple[str, int]]:
-    if isinstance(lines, AsyncIterable):
-        async for pair in lines:
-            yield pair
-    else:
-        for pair in lines:
-            yield pair
-
-
-async def _take(
-    source: AsyncIterator[tuple[str, int]], n: int
-) -> tuple[list[tuple[str, int]], ValueError | None, bool]:
-    """Up to ``n`` valid pairs from ``source``: (pairs, the ValueError of a bad pair that ended
-    them early or None, whether ``source`` may hold more)."""
-    chunk: list[Pair] = []
-    while len(chunk) < n:
-        try:
-            item, quantity = await anext(source)
-        except StopAsyncIteration:
-            return chunk, None, False
-        try:
-            chunk.append(_wire_line(item, quantity))
-        except ValueError as e:
-            return chunk, e, True
-    return chunk, None, True
 
 
 def describe_status(result: QuoteResult) -> str:
