@@ -13,16 +13,26 @@ import asyncio
 import functools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
-from udp_price.wire import Status, check_quantity, encode_item, normalize_item
+from udp_price.wire import LineResult, Status, check_quantity, encode_item, normalize_item
 from wire_format import MAX_BATCH
-
-if TYPE_CHECKING:
-    from udp_price.client.api import BatchResult
 
 Pair = tuple[str, int]
 """(item, quantity), as quote_batch and quote_stream take them."""
+
+
+class BatchResult(Protocol):
+    """What ``quote_batch`` returns (udp_price.client.api.BatchResult), as far as a stream reads it."""
+
+    @property
+    def lines(self) -> tuple[Pair, ...]: ...
+    @property
+    def results(self) -> tuple[LineResult, ...]: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def catalog_version(self) -> int: ...
 
 
 class LineQuote(NamedTuple):
