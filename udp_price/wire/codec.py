@@ -297,25 +297,23 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
     check_unsigned(rep.transmission, 8, "transmission")
     if len(rep.results) > MAX_BATCH:
         raise EncodeError(f"a batch reply holds at most {MAX_BATCH} results")
-    parts = [
-        _F_BATCH_REPLY.pack(
-            MAGIC,
-            VERSION,
-            MessageKind.BATCH_REPLY,
-            rep.request_id,
-            int(rep.status),
-            len(rep.results),
-            rep.retry_after_ms,
-            rep.catalog_version,
-            rep.lines_digest,
-            rep.transmission,
-        )
-    ]
+    values: list[Any] = [MAGIC, VERSION, MessageKind.BATCH_REPLY, rep.request_id, int(rep.status), len(rep.results)]
+    values += (rep.retry_after_ms, rep.catalog_version, rep.lines_digest, rep.transmission)
     for r in rep.results:
-        check_unsigned(r.unit_price, 64, "unit_price")
-        check_unsigned(r.total, 64, "total")
-        parts.append(_F_BATCH_RESULT.pack(int(r.status), r.unit_price, r.total))
-    return seal(b"".join(parts))
+        if not (0 <= r.unit_price <= _U64 and 0 <= r.total <= _U64):
+            check_unsigned(r.unit_price, 64, "unit_price")
+            check_unsigned(r.total, 64, "total")
+        values += (int(r.status), r.unit_price, r.total)
+    return seal(_batch_reply_format(len(rep.results)).pack(*values))
+
+
+_U64 = 2**64 - 1
+
+
+@functools.lru_cache(maxsize=MAX_BATCH + 1)
+def _batch_reply_format(count: int) -> struct.Struct:
+    """The whole batch reply but its CRC as one struct format: one pack call per datagram."""
+    return struct.Struct(_F_BATCH_REPLY.format + _F_BATCH_RESULT.format[1:] * count)
 
 
 def decode_batch_request(data: bytes) -> BatchRequest:
