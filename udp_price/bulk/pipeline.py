@@ -1,10 +1,11 @@
 """Bulk quotes from a CSV: streaming, pipelined, batched, in input order, nothing lost.
 
-Pure parts (row parsing in ``reader``, ordered output and the summary in ``results``) are plain
-functions and classes; ``run_bulk`` here is the asyncio pipeline that drives a QuoteClient:
+Pure parts (row parsing in ``reader`` and ``chunks``, ordered output and the summary in
+``results``) are plain functions and classes; ``run_bulk_chunks`` here is the asyncio pipeline
+that drives a QuoteClient:
 
-    read a row -> validate -> group into batches of K -> up to W requests in flight
-    -> results written in input order as soon as the head of the file is answered
+    read a chunk of rows -> validate -> group into batches of K -> up to W requests in flight
+    -> results written in input order, a run at a time, as soon as the head of the file is answered
 
 Reading runs in a thread (udp_price.bulk.feed.RowFeed), so a stalled input never delays a signal or a
 reply. Memory is bounded: reading stops while more than ``max_ahead`` rows, or ``ahead_bytes``
