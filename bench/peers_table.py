@@ -204,22 +204,22 @@ def table(m: dict[str, dict[str, float]], q: dict[str, float], a: argparse.Names
 
 
 def chart(m: dict[str, dict[str, float]], path: Path) -> None:
+    """Two bar panels on one shared list of systems (linear axes; a system without a figure has no bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(m)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, key, title in zip(
         axes, ("bulk_rows_per_s", "inflight_per_s"), ("bulk rows/s", "single quotes/s, 64 in flight"), strict=True
     ):
-        shown = [n for n in names if key in m[n]]
-        ax.barh(shown, [m[n][key] for n in shown], color="tab:blue")
-        ax.set_xscale("log")
+        ax.barh(range(len(names)), [m[n].get(key, 0.0) for n in names], color="tab:blue")
         ax.set_title(title)
-        ax.invert_yaxis()
-    axes[1].set_yticklabels([])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
