@@ -150,11 +150,13 @@ def write_orders(path: Path, n: int) -> None:
 def one_round(a: argparse.Namespace, orders_csv: Path) -> dict[str, dict[str, Any]]:
     got: dict[str, dict[str, Any]] = {}
     for label, module, share in SYSTEMS:
+        if module == "udp_peer":
+            with server(module) as port:  # a fresh server of its own, like every other system
+                got[BULK] = run_bulk_command(port, a, orders_csv)
         with server(module) as port:
             got[label] = run_peer(module, port, share, a, orders_csv)
-            if module == "udp_peer":
-                got[BULK] = run_bulk_command(port, a, orders_csv)
-        print(f"  {label}: {json.dumps({k: round(v, 3) for k, v in got[label].items()})}", file=sys.stderr)
+        for name in (BULK, label) if module == "udp_peer" else (label,):
+            print(f"  {name}: {json.dumps({k: round(v, 3) for k, v in got[name].items()})}", file=sys.stderr)
     return got
 
 

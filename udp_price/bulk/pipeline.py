@@ -266,11 +266,13 @@ def _retire(
         _skip(writer, rows)
         return
     error = task.exception()  # retrieved here, so never "Task exception was never retrieved"
-    if error is not None:  # _quote_chunk catches everything; this is the last line of defence
-        failed = RowResult(CLIENT_ERROR, error=f"internal error: {type(error).__name__}: {error}")
+    if error is None:
+        return  # _quote_chunk returned, so it completed every one of its rows (complete_many)
+    # _quote_chunk catches everything; this is the last line of defence
+    failed = RowResult(CLIENT_ERROR, error=f"internal error: {type(error).__name__}: {error}")
     for row in rows:
         if writer.pending(row):  # a row the task did not complete (it must never be lost)
-            writer.complete(row, failed if error is not None else RowResult(CLIENT_ERROR, error="not completed"))
+            writer.complete(row, failed)
 
 
 async def _finish(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
