@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
@@ -67,6 +68,19 @@ class ChunkLines:
         self._pos = end
         return line
 
+    def take_block(self, limit: int) -> bytes:
+        """Whole lines already buffered (the bytes up to the last LF), at most ``limit`` bytes; when
+        none is buffered, one read first. b'' when there is still no whole line (the caller then
+        reads line by line: a long line, a lone CR at the end, or the end of the input)."""
+        end = self._buf.rfind(b"\n", self._pos, self._pos + limit)
+        if end < 0:
+            if not self._fill():
+                return b""
+            end = self._buf.rfind(b"\n", self._pos, self._pos + limit)
+            if end < 0:
+                return b""
+        return self._take(end + 1)
+
     def readline(self, limit: int) -> bytes:
         """The next line with its terminator, or at most ``limit`` bytes of it; b'' at the end."""
         scan = 0  # bytes after _pos already searched (relative: _fill moves the buffer)
@@ -101,15 +115,16 @@ T = TypeVar("T", bound=Sized)
 
 
 class RowFeed(Generic[T]):
-    """Items of ``rows`` read by a thread, handed to the event loop, bounded in count and bytes.
+    """Chunks (lists) of items of ``rows`` read by a thread, handed to the event loop, bounded in
+    count and bytes.
 
     ``release(n, nbytes)`` is called as items are written; the thread waits while ``max_rows``
-    items or ``max_bytes`` bytes are out (it always lets one through, however big).
+    items or ``max_bytes`` bytes are out (it always lets one chunk through, however big).
     """
 
-    def __init__(self, rows: Iterator[T], max_rows: int, max_bytes: int) -> None:
+    def __init__(self, rows: Iterator[list[T]], max_rows: int, max_bytes: int) -> None:
         self._rows, self.max_rows, self.max_bytes = rows, max_rows, max_bytes
-        self._queue: deque[T] = deque()
+        self._queue: deque[list[T]] = deque()
         self._cond = threading.Condition()
         self._out_rows = 0
         self._out_bytes = 0
@@ -129,7 +144,9 @@ class RowFeed(Generic[T]):
 
     def _run(self) -> None:
         try:
-            for row in self._rows:
+            for chunk in self._rows:
+                if not chunk:
+                    continue
                 with self._cond:
                     while not self._closed and self._out_rows and self._full():
                         self.blocked = True
@@ -138,10 +155,13 @@ class RowFeed(Generic[T]):
                     self.blocked = False
                     if self._closed:
                         return
-                    self._out_rows += 1
-                    self._out_bytes += row.size
-                self._queue.append(row)
+                    self._out_rows += len(chunk)
+                    self._out_bytes += sum(row.size for row in chunk)
+                self._queue.append(chunk)
                 self._wake()
+                # Let the event loop have the GIL between chunks: otherwise replies wait up to the
+                # interpreter's switch interval (5 ms) while this thread parses the next block.
+                time.sleep(0)
         except BaseException as e:  # reported by the caller: an unexpected reader failure ends the input
             self.error = e
         finally:
@@ -161,7 +181,8 @@ class RowFeed(Generic[T]):
         with self._cond:
             self._out_rows -= rows
             self._out_bytes -= nbytes
-            self._cond.notify()
+            if self.blocked:  # only a thread waiting for room needs waking (a notify per run cost ~6%)
+                self._cond.notify()
 
     def close(self) -> None:
         """Stop the thread at its next row (it may stay blocked in a read; it is a daemon)."""
@@ -169,11 +190,11 @@ class RowFeed(Generic[T]):
             self._closed = True
             self._cond.notify()
 
-    def get_nowait(self) -> T | None:
+    def get_nowait(self) -> list[T] | None:
         return self._queue.popleft() if self._queue else None
 
-    async def get(self, cancel: asyncio.Event, patience: float | None = None) -> T | bool | None:
-        """The next item; None at the end of the input or once ``cancel`` is set; False when
+    async def get(self, cancel: asyncio.Event, patience: float | None = None) -> list[T] | bool | None:
+        """The next chunk; None at the end of the input or once ``cancel`` is set; False when
         ``patience`` seconds passed with nothing to read, or the reader waits for the bound."""
         while True:
             if self._queue:

@@ -1,10 +1,11 @@
 """Bulk quotes from a CSV: streaming, pipelined, batched, in input order, nothing lost.
 
-Pure parts (row parsing in ``reader``, ordered output and the summary in ``results``) are plain
-functions and classes; ``run_bulk`` here is the asyncio pipeline that drives a QuoteClient:
+Pure parts (row parsing in ``reader`` and ``chunks``, ordered output and the summary in
+``results``) are plain functions and classes; ``run_bulk_chunks`` here is the asyncio pipeline
+that drives a QuoteClient:
 
-    read a row -> validate -> group into batches of K -> up to W requests in flight
-    -> results written in input order as soon as the head of the file is answered
+    read a chunk of rows -> validate -> group into batches of K -> up to W requests in flight
+    -> results written in input order, a run at a time, as soon as the head of the file is answered
 
 Reading runs in a thread (udp_price.bulk.feed.RowFeed), so a stalled input never delays a signal or a
 reply. Memory is bounded: reading stops while more than ``max_ahead`` rows, or ``ahead_bytes``
@@ -26,8 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from udp_price.bulk.chunks import row_chunks
 from udp_price.bulk.feed import RowFeed
-from udp_price.bulk.reader import Header, RecordReader, Row, read_header, rows_of
+from udp_price.bulk.reader import Header, RecordReader, Row, read_header
 from udp_price.bulk.results import (
     BAD_ROW,
     CLIENT_ERROR,
@@ -75,7 +77,7 @@ def read_rows(
         stream = source  # type: ignore[assignment]
     reader = RecordReader(stream, encoding or "utf-8")
     header = read_header(reader, delimiter)
-    return header, rows_of(reader, header)
+    return header, (row for chunk in row_chunks(reader, header) for row in chunk)
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -123,14 +125,34 @@ async def run_bulk(
     abandon: asyncio.Event | None = None,
     summary: Summary | None = None,
 ) -> Summary:
+    """``run_bulk_chunks`` for rows given one at a time (each row its own chunk, so the read-ahead
+    bound counts exactly as before)."""
+    chunks = ([row] for row in rows)
+    return await run_bulk_chunks(chunks, client, sink, options, stop, progress, abandon, summary)
+
+
+async def run_bulk_chunks(
+    chunks: Iterator[list[Row]],
+    client: QuoteClient,
+    sink: Sink,
+    options: BulkOptions,
+    stop: asyncio.Event | None = None,
+    progress: Callable[[Summary, Counter[str]], None] | None = None,
+    abandon: asyncio.Event | None = None,
+    summary: Summary | None = None,
+) -> Summary:
     """Quote every row, writing each exactly once, in order. ``stop`` set = interrupt cleanly:
     nothing more is sent, requests in flight are cancelled at once, answered rows are written,
     and the rest of the file is streamed out as NOT_ATTEMPTED in bounded memory. ``abandon`` set
-    after that (a second interrupt) = stop copying too: ``summary.abandoned_at`` says where."""
+    after that (a second interrupt) = stop copying too: ``summary.abandoned_at`` says where.
+
+    Rows come in chunks (``udp_price.bulk.chunks.row_chunks``): the reading thread hands over a
+    chunk at a time and answered rows are written a run at a time, so the per-row work is a few
+    list operations, not a queue hand-off, a lock and a write call each."""
     summary = summary if summary is not None else Summary()
     stop = stop or asyncio.Event()
     abandon = abandon or asyncio.Event()
-    feed: RowFeed[Row] = RowFeed(rows, options.ahead, options.ahead_bytes)
+    feed: RowFeed[Row] = RowFeed(chunks, options.ahead, options.ahead_bytes)
     client.keep_unreachable_verdict()  # a silent server fails the rest of the file at once
 
     def flushed(n: int, nbytes: int) -> None:
@@ -157,38 +179,37 @@ async def run_bulk(
 
     feed.start()
     try:
-        chunk: list[Row] = []
+        batch: list[Row] = []
         unsent: list[Row] = []
-        count = 0
+        size = options.batch
         while not stop.is_set():
-            row = feed.get_nowait() or await feed.get(stop, BATCH_PATIENCE_S if chunk else None)
-            if row is False:  # the input pauses (or the bound is reached): send the partial batch now
-                await dispatch(chunk)
-                chunk = []
+            got = feed.get_nowait() or await feed.get(stop, BATCH_PATIENCE_S if batch else None)
+            if got is False:  # the input pauses (or the bound is reached): send the partial batch now
+                await dispatch(batch)
+                batch = []
                 continue
-            if row is None or row is True:
+            if got is None or got is True:
                 break
-            count += 1
-            writer.next_line = writer.next_line or row.line  # nothing written yet: the first record's line
-            if count % 256 == 0:
-                await asyncio.sleep(0)  # let signals and replies in while the input streams in fast
-            if stop.is_set():
-                unsent.append(row)
-                break
-            if row.error:
-                writer.complete(row, RowResult(BAD_ROW, error=row.error))
-                continue
-            chunk.append(row)
-            if len(chunk) == options.batch:
-                await dispatch(chunk)
-                chunk = []
-        if chunk and not stop.is_set():
-            await dispatch(chunk)
-            chunk = []
+            writer.next_line = writer.next_line or got[0].line  # nothing written yet: the first record's line
+            await asyncio.sleep(0)  # let signals and replies in while the input streams in fast
+            for i, row in enumerate(got):
+                if stop.is_set():
+                    unsent.extend(got[i:])
+                    break
+                if row.error:
+                    writer.complete(row, RowResult(BAD_ROW, error=row.error))
+                    continue
+                batch.append(row)
+                if len(batch) == size:
+                    await dispatch(batch)
+                    batch = []
+        if batch and not stop.is_set():
+            await dispatch(batch)
+            batch = []
         await _finish(tasks, stop)
         canceller.cancel()
         if stop.is_set() and writer.error is None:
-            _skip(writer, [*chunk, *unsent])
+            _skip(writer, [*batch, *unsent])
             summary.stopped = time.monotonic()
             await _copy_rest(feed, writer, summary, abandon)
     finally:
@@ -201,20 +222,19 @@ async def run_bulk(
 
 
 async def _copy_rest(feed: RowFeed[Row], writer: OrderedWriter, summary: Summary, abandon: asyncio.Event) -> None:
-    """The rest of the file as NOT_ATTEMPTED, one row at a time, never held (not validated: see
+    """The rest of the file as NOT_ATTEMPTED, a chunk at a time, never held (not validated: see
     rows_of), until the end of the input or ``abandon``."""
     interrupted = RowResult(NOT_ATTEMPTED, error="interrupted")
     feed.max_rows = min(feed.max_rows, COPY_AHEAD)  # copied rows are never held: read little ahead
     while writer.error is None:
-        if summary.copied % 256 == 255:
-            await asyncio.sleep(0)  # a second signal must get in even while the rows stream fast
-        row = feed.get_nowait() or await feed.get(abandon)
-        if not isinstance(row, Row):
+        await asyncio.sleep(0)  # a second signal must get in even while the rows stream fast
+        got = feed.get_nowait() or await feed.get(abandon)
+        if not isinstance(got, list):
             if not feed.done:  # abandoned, not the end of the input
                 summary.abandoned_at = writer.next_line
             break
-        writer.complete(row, interrupted)
-        summary.copied += 1
+        writer.complete_many(got, [interrupted] * len(got))
+        summary.copied += len(got)
 
 
 def _skip(writer: OrderedWriter, rows: list[Row]) -> None:
@@ -246,11 +266,13 @@ def _retire(
         _skip(writer, rows)
         return
     error = task.exception()  # retrieved here, so never "Task exception was never retrieved"
-    if error is not None:  # _quote_chunk catches everything; this is the last line of defence
-        failed = RowResult(CLIENT_ERROR, error=f"internal error: {type(error).__name__}: {error}")
+    if error is None:
+        return  # _quote_chunk returned, so it completed every one of its rows (complete_many)
+    # _quote_chunk catches everything; this is the last line of defence
+    failed = RowResult(CLIENT_ERROR, error=f"internal error: {type(error).__name__}: {error}")
     for row in rows:
         if writer.pending(row):  # a row the task did not complete (it must never be lost)
-            writer.complete(row, failed if error is not None else RowResult(CLIENT_ERROR, error="not completed"))
+            writer.complete(row, failed)
 
 
 async def _finish(tasks: set[asyncio.Task[None]], stop: asyncio.Event) -> None:
@@ -278,7 +300,7 @@ async def _quote_chunk(
             summary.latencies.append(r.latency_s)
         else:
             b = await client.quote_batch([(row.item, row.quantity) for row in rows])
-            outcomes = [_outcome(line, b.attempts, b.catalog_version) for line in b.results]
+            outcomes = _outcomes(b.results, b.attempts, b.catalog_version)
             summary.latencies.append(b.latency_s)
     except NoAnswer as e:
         outcomes = [RowResult(FAILURE_STATUS.get(e.outcome, "NO_ANSWER"), attempts=e.attempts, error=str(e))] * len(
@@ -289,14 +311,24 @@ async def _quote_chunk(
     except Exception as e:  # a bug here must cost an explicit status, never a row
         why = f"internal error: {type(e).__name__}: {e}"
         outcomes = [RowResult(CLIENT_ERROR, attempts=int(sent), error=why)] * len(rows)
-    for row, outcome in zip(rows, outcomes, strict=True):
-        writer.complete(row, outcome)
+    writer.complete_many(rows, outcomes)
 
 
 def _cancelled(sent: bool) -> RowResult:
     if sent:
         return RowResult(INTERRUPTED, attempts=1, error="sent, then interrupted before an answer")
     return RowResult(NOT_ATTEMPTED, error="interrupted")
+
+
+def _outcomes(lines: tuple[LineResult, ...], attempts: int, catalog_version: int) -> list[RowResult]:
+    """_outcome of each line; OK lines (nearly all of them) made inline."""
+    ok = Status.OK
+    return [
+        RowResult(OK, line.unit_price, line.total, attempts, "", catalog_version)
+        if line.status is ok
+        else _outcome(line, attempts, catalog_version)
+        for line in lines
+    ]
 
 
 def _outcome(line: LineResult, attempts: int, catalog_version: int) -> RowResult:

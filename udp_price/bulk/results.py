@@ -53,10 +53,22 @@ class Sink(Protocol):
 
 
 class CsvSink:
-    """Rows out as CSV through ``out`` (a text stream, or a function given one record's text)."""
+    """Rows out as CSV through ``out`` (a text stream, or a function given one record's text).
 
-    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
+    ``write_many``, when given, takes many records' texts at once (``Output.write_records``):
+    ``write_rows`` then costs one call for a whole run of rows instead of one per row. A stream
+    takes them joined in one write. A plain function ``out`` is called once per row (``batched``
+    is False): it could fail half-way through a run, and a row must never be written twice."""
+
+    def __init__(
+        self,
+        out: IO[str] | Callable[[str], object],
+        header: Header,
+        write_many: Callable[[list[str]], object] | None = None,
+    ) -> None:
         self.records: CsvRecords | JsonlRecords = CsvRecords(_writer(out), header, RESULT_COLUMNS)
+        self._write_many = write_many or _many(out)
+        self.batched = write_many is not None or not callable(out)
         self.done_bytes = 0
         """Input bytes up to the end of the last row written (for progress)."""
 
@@ -64,15 +76,63 @@ class CsvSink:
         self.records.write(row.cells, row.line, _result_cells(outcome))
         self.done_bytes = row.end
 
+    def write_rows(self, pairs: list[tuple[Row, RowResult]]) -> None:
+        """Many rows in order; nothing is written if any of them cannot be (a UnicodeError then)."""
+        money = _money_text
+        texts = self.records.texts(
+            [
+                (
+                    r.cells,
+                    r.line,
+                    [money(o.unit_price), money(o.total), o.status, o.attempts, o.error, o.catalog_version],
+                )
+                for r, o in pairs
+            ]
+        )
+        self._write_many(texts)
+        self.done_bytes = pairs[-1][0].end
+
 
 class JsonlSink(CsvSink):
-    def __init__(self, out: IO[str] | Callable[[str], object], header: Header) -> None:
+    def __init__(
+        self,
+        out: IO[str] | Callable[[str], object],
+        header: Header,
+        write_many: Callable[[list[str]], object] | None = None,
+    ) -> None:
         self.records = JsonlRecords(_writer(out), header, RESULT_COLUMNS)
+        self._write_many = write_many or _many(out)
+        self.batched = write_many is not None or not callable(out)
         self.done_bytes = 0
 
 
 def _writer(out: IO[str] | Callable[[str], object]) -> Callable[[str], object]:
     return out if callable(out) else out.write
+
+
+def _many(out: IO[str] | Callable[[str], object]) -> Callable[[list[str]], object]:
+    """Many records' texts through a one-record ``out``: a stream takes them joined (one write, which
+    encodes before it writes), a function one by one."""
+    if callable(out):
+        return lambda texts: [out(t) for t in texts]
+    return lambda texts: out.write("".join(texts))
+
+
+_MONEY: dict[int, str] = {}
+"""Texts of the amounts seen most (unit prices, small totals), bounded."""
+
+
+def _money_text(minor: int | None) -> str | None:
+    """format_money, or None (a blank cell) for what is not known; remembered for the amounts seen most."""
+    if minor is None:
+        return None
+    text = _MONEY.get(minor)
+    if text is None:
+        text = format_money(minor)
+        if len(_MONEY) >= 65536:
+            _MONEY.clear()
+        _MONEY[minor] = text
+    return text
 
 
 def _result_cells(o: RowResult) -> list[object]:
@@ -135,6 +195,22 @@ class Summary:
     """Rows that actually reached the output, when it failed (the rest were processed, not written)."""
     copied: int = 0
     """Rows streamed out as NOT_ATTEMPTED after the stop without being validated or held."""
+
+    def add_many(self, outcomes: list[RowResult]) -> None:
+        """``add`` for each outcome, with the counters updated once."""
+        by_status: Counter[str] = Counter()
+        attempted = ok = total = 0
+        for o in outcomes:
+            by_status[o.status] += 1
+            attempted += o.attempts > 0
+            if o.status == OK and o.total is not None:
+                ok += 1
+                total += o.total
+        self.rows += len(outcomes)
+        self.attempted += attempted
+        self.ok += ok
+        self.grand_total += total
+        self.by_status.update(by_status)
 
     def add(self, outcome: RowResult) -> None:
         self.rows += 1
@@ -208,21 +284,49 @@ class OrderedWriter:
         return row.seq >= self.next_seq and row.seq not in self.held
 
     def complete(self, row: Row, outcome: RowResult) -> None:
-        if not self.pending(row):
-            return  # completed already (a failure path completing what a task had finished)
-        self.held[row.seq] = (row, outcome)
-        flushed = nbytes = 0
-        while self.next_seq in self.held:
-            r, o = self.held.pop(self.next_seq)
-            if self.error is None:
-                o = self._write(r, o)
-            self.summary.add(o)
-            self.next_seq += 1
-            self.next_line = r.next_line
-            flushed += 1
-            nbytes += r.size
-        if flushed:
-            self.on_flush(flushed, nbytes)
+        self.complete_many([row], [outcome])
+
+    def complete_many(self, rows: list[Row], outcomes: list[RowResult]) -> None:
+        """Complete each row with its outcome (a row completed already is left as it is), then
+        write every row now at the head of the input, in order, as one run."""
+        held, next_seq = self.held, self.next_seq
+        run: list[tuple[Row, RowResult]]
+        if not held and rows and rows[0].seq == next_seq and rows[-1].seq == next_seq + len(rows) - 1:
+            run = list(zip(rows, outcomes, strict=True))  # the head of the input, in one piece (the usual case)
+            next_seq += len(rows)
+        else:
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if row.seq >= next_seq and row.seq not in held:
+                    held[row.seq] = (row, outcome)
+            run = []
+            while next_seq in held:
+                run.append(held.pop(next_seq))
+                next_seq += 1
+        if not run:
+            return
+        self.next_seq = next_seq
+        written = self._write_run(run) if self.error is None else [o for _, o in run]
+        self.summary.add_many(written)
+        self.next_line = run[-1][0].next_line
+        self.on_flush(len(run), sum(r.size for r, _ in run))
+
+    def _write_run(self, run: list[tuple[Row, RowResult]]) -> list[RowResult]:
+        """Write rows in order, at once when the sink can; the outcomes as written."""
+        write_rows = getattr(self.sink, "write_rows", None) if getattr(self.sink, "batched", False) else None
+        if write_rows is not None:
+            try:
+                write_rows(run)
+                return [o for _, o in run]
+            except UnicodeError:
+                pass  # nothing was written: each row again on its own, the one that fails as a BAD_ROW
+            except Exception as e:  # the output is broken (as in _write)
+                self.error = e
+                self.on_error(e)
+                return [o for _, o in run]
+        written = []
+        for r, o in run:
+            written.append(self._write(r, o) if self.error is None else o)
+        return written
 
     def _write(self, row: Row, outcome: RowResult) -> RowResult:
         """Write one row; the outcome as written (a BAD_ROW if the output cannot hold a cell)."""

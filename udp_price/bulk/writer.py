@@ -88,10 +88,27 @@ class CsvRecords:
         self.names = result_names(results, header.columns)
         self.writer.writerow([*header.columns, *self.names])
 
+        self._texts: list[str] = []
+        self._many = csv.writer(_Calls(self._texts.append), lineterminator="\r\n")
+
     def write(self, cells: list[str], line: int, values: Sequence[object]) -> None:
         padded = cells[: self.width] + [""] * (self.width - len(cells))
         shown = ["" if v is None else str(v) for v in values]
         self.writer.writerow([*padded, *shown, *cells[self.width :]])
+
+    def texts(self, records: Sequence[tuple[list[str], int, Sequence[object]]]) -> list[str]:
+        """Many records' texts at once (one writerows call; csv writes None as an empty cell, as ``write`` does)."""
+        width = self.width
+        try:
+            self._many.writerows(
+                [*cells, *values]
+                if len(cells) == width
+                else [*cells[:width], *[""] * (width - len(cells)), *values, *cells[width:]]
+                for cells, _, values in records
+            )
+            return [t[:-2] + "\n" for t in self._texts]  # each record's CRLF as LF (see __init__)
+        finally:
+            self._texts.clear()
 
 
 class JsonlRecords:
@@ -104,6 +121,9 @@ class JsonlRecords:
         self.names = names
 
     def write(self, cells: list[str], line: int, values: Sequence[object]) -> None:
+        self.out.write(self._text(cells, line, values))
+
+    def _text(self, cells: list[str], line: int, values: Sequence[object]) -> str:
         record: dict[str, Any] = dict(zip(self.keys, cells, strict=False))
         for key in self.keys[len(cells) :]:
             record[key] = ""
@@ -111,7 +131,10 @@ class JsonlRecords:
         record.update(zip(self.names, values, strict=True))
         if len(cells) > len(self.keys):
             record[self.extra_key] = cells[len(self.keys) :]
-        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    def texts(self, records: Sequence[tuple[list[str], int, Sequence[object]]]) -> list[str]:
+        return [self._text(cells, line, values) for cells, line, values in records]
 
 
 class _Raw(io.RawIOBase):
@@ -171,6 +194,22 @@ class Output:
             self._ends.append(self.offset)
             if len(self._ends) > 4096:
                 self.records_written()
+        if self.tty:
+            self.buffer.flush()
+
+    def write_records(self, texts: list[str]) -> None:
+        """Many records in one buffered write; encodes all of them before writing any (like ``write``)."""
+        joined = "".join(texts)
+        data = joined.encode("utf-8")
+        self.buffer.write(data)
+        lengths = map(len, texts) if len(data) == len(joined) else (len(t.encode("utf-8")) for t in texts)
+        offset, ends = self.offset, self._ends
+        for n in lengths:
+            offset += n
+            ends.append(offset)
+        self.offset = offset
+        if len(ends) > 4096:
+            self.records_written()
         if self.tty:
             self.buffer.flush()
 

@@ -17,10 +17,11 @@ import sys
 import time
 from collections import Counter
 
+from udp_price.bulk.chunks import row_chunks
 from udp_price.bulk.feed import ChunkLines, fd_read
-from udp_price.bulk.pipeline import BulkOptions, run_bulk
+from udp_price.bulk.pipeline import BulkOptions, run_bulk_chunks
 from udp_price.bulk.progress import ProgressBar, Snapshot
-from udp_price.bulk.reader import Header, RecordReader, check_encoding, read_header, rows_of
+from udp_price.bulk.reader import Header, RecordReader, check_encoding, read_header
 from udp_price.bulk.results import CsvSink, JsonlSink, Sink, Summary
 from udp_price.bulk.writer import Output, open_output
 from udp_price.cli.common import (
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             return refused(args, args.output, f"cannot open for writing: {e.strerror or e}", EXIT_OUTPUT)
         try:
-            sink = CsvSink(output.write, header) if args.format == "csv" else JsonlSink(output.write, header)
+            kind = CsvSink if args.format == "csv" else JsonlSink
+            sink = kind(output.write, header, output.write_records)
             output.uncount_last()  # the CSV header is not a row
         except OSError as e:  # the header row itself could not be written
             output.close(commit=False)
@@ -175,7 +177,7 @@ async def _pipeline(
 ) -> bool:
     """Run the pipeline into ``state.summary``; True if it was interrupted."""
     stop, abandon = asyncio.Event(), asyncio.Event()
-    rows = rows_of(reader, header, stop.is_set)
+    chunks = row_chunks(reader, header, stop.is_set)
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
@@ -191,7 +193,7 @@ async def _pipeline(
     try:
         async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget(), key=args.key) as client:
             state.stats = client.stats
-            await run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
+            await run_bulk_chunks(chunks, client, sink, options, stop, state.seen, abandon, state.summary)
             return stop.is_set()
     finally:
         if ticker is not None:

@@ -31,14 +31,17 @@ from udp_price.wire import (
     Reply,
     Request,
     Status,
+    batch_request_fields,
     decode_any_request,
     encode_batch_reply,
     encode_list_reply,
+    encode_ok_batch_reply,
     encode_ok_reply,
     encode_reply,
     is_sealed,
     kind_of,
     lines_digest,
+    peek_batch_request,
     peek_header,
     peek_quote_request,
 )
@@ -145,7 +148,7 @@ class QuoteServer:
             self.stats["rate_limited.dropped"] += 1
             return None
         if self.fast_path and verdict is Verdict.ALLOW:
-            out = self.quote_fast(data, addr, now)
+            out = self.quote_fast(data, addr, now) or self.batch_fast(data, addr, now)
             if out is not None:
                 return out
         try:
@@ -202,6 +205,34 @@ class QuoteServer:
                 self.stats["cache_hits"] += 1
                 return cached
         out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission)
+        if self.cache is not None and len(out) <= len(data):
+            self.cache.put(key, data, out, now)
+        return out
+
+    def batch_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
+        """quote_fast for an intact batch request whose every line is plain (item field
+        byte-identical to a catalog item's, total in range): no decoding to names, no per-line
+        objects, one pack. Returns None for anything else, before counting anything."""
+        peeked = peek_batch_request(data)
+        if peeked is None:
+            return None
+        request_id, transmission, lines = peeked
+        catalog, ok = self.catalog, int(Status.OK)
+        price_of_field = catalog.index.price_of_field  # one call a line less than catalog.price_of_field
+        values: list[int] = []
+        for quantity, item_field in lines:
+            unit = price_of_field(item_field)
+            if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
+                return None
+            values += (ok, unit, unit * quantity)
+        key = (addr[0], addr[1], request_id)
+        if self.cache is not None:
+            cached = self.cache.get(key, data, now)
+            if cached is not None:
+                self.stats["cache_hits"] += 1
+                return cached
+        self.stats["batch_lines"] += len(lines)
+        out = encode_ok_batch_reply(request_id, len(lines), catalog.version, lines_digest(data), transmission, values)
         if self.cache is not None and len(out) <= len(data):
             self.cache.put(key, data, out, now)
         return out
@@ -300,7 +331,7 @@ class QuoteServer:
     def quote_batch(self, request: BatchRequest, data: bytes) -> BatchReply:
         """Answer a well-formed batch request, one result per line in order."""
         self.stats["batch_lines"] += len(request.lines)
-        results = tuple(self.price(item, quantity) for item, quantity in request.lines)
+        results = tuple(self._batch_prices(request, data))
         return BatchReply(
             request.request_id,
             Status.OK,
@@ -309,6 +340,19 @@ class QuoteServer:
             self.catalog.version,
             transmission=request.transmission,
         )
+
+    def _batch_prices(self, request: BatchRequest, data: bytes) -> list[LineResult]:
+        """``price`` of each line. A line whose item field is byte-identical to a catalog item's
+        (nearly all) is priced by that field, as quote_fast does: a dict hit instead of the search
+        by name that made a batch of 32 cost 40 single quotes; any other line goes through ``price``."""
+        catalog, ok, results = self.catalog, Status.OK, []
+        for (quantity, item_field), (item, _) in zip(batch_request_fields(data), request.lines, strict=True):
+            unit = catalog.price_of_field(item_field)
+            if unit is not None and 1 <= quantity <= MAX_QUANTITY and unit * quantity <= MAX_TOTAL:
+                results.append(LineResult(ok, unit, unit * quantity))
+            else:
+                results.append(self.price(item, quantity))
+        return results
 
     def _error_reply(self, error: MalformedDatagram, data: bytes) -> Reply | None:
         """Answer only when the sender can be told something useful and the header is trustworthy."""

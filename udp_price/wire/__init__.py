@@ -4,6 +4,7 @@ module; the construct reference codec (``udp_price.wire.reference``) is the test
 re-exported here."""
 
 from udp_price.errors import BadItem, BadQuantity, EncodeError, MalformedDatagram, QuoteError, UnsupportedVersion
+from udp_price.wire.batch_fast import batch_request_fields, encode_ok_batch_reply, peek_batch_request
 from udp_price.wire.codec import (
     decode_any_reply,
     decode_any_request,
@@ -80,6 +81,7 @@ __all__ = [
     "Status",
     "UnsupportedVersion",
     "batch_reply_size",
+    "batch_request_fields",
     "batch_request_size",
     "check_quantity",
     "check_unsigned",
@@ -96,6 +98,7 @@ __all__ = [
     "encode_item",
     "encode_list_reply",
     "encode_list_request",
+    "encode_ok_batch_reply",
     "encode_ok_reply",
     "encode_prefix",
     "encode_reply",
@@ -107,6 +110,7 @@ __all__ = [
     "normalize_item",
     "normalize_prefix",
     "parse_quantity",
+    "peek_batch_request",
     "peek_header",
     "peek_quote_request",
     "seal",

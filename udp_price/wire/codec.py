@@ -271,15 +271,21 @@ def encode_batch_request(req: BatchRequest) -> bytes:
     check_unsigned(req.transmission, 8, "transmission")
     if not 1 <= len(req.lines) <= MAX_BATCH:
         raise EncodeError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(req.lines)}")
-    parts = [
-        _F_BATCH_REQUEST.pack(
-            MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), req.transmission, b"\0\0"
-        )
-    ]
-    for item, quantity in req.lines:
-        check_unsigned(quantity, 32, "quantity")
-        parts.append(_F_BATCH_LINE.pack(quantity, _item_field(item)))
-    return seal(b"".join(parts))
+    values: list[Any] = [MAGIC, VERSION, MessageKind.BATCH_REQUEST, req.request_id, len(req.lines), req.transmission]
+    values.append(b"\0\0")
+    field = _item_field
+    for item, quantity in req.lines:  # each line's quantity checked before its item, as the reference does
+        if not 0 <= quantity <= 0xFFFFFFFF:
+            check_unsigned(quantity, 32, "quantity")
+        values.append(quantity)
+        values.append(field(item))
+    return seal(_batch_request_format(len(req.lines)).pack(*values))
+
+
+@functools.lru_cache(maxsize=MAX_BATCH + 1)
+def _batch_request_format(count: int) -> struct.Struct:
+    """The whole batch request but its CRC as one struct format: one pack call per datagram."""
+    return struct.Struct(_F_BATCH_REQUEST.format + _F_BATCH_LINE.format[1:] * count)
 
 
 def encode_batch_reply(rep: BatchReply) -> bytes:
@@ -291,25 +297,23 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
     check_unsigned(rep.transmission, 8, "transmission")
     if len(rep.results) > MAX_BATCH:
         raise EncodeError(f"a batch reply holds at most {MAX_BATCH} results")
-    parts = [
-        _F_BATCH_REPLY.pack(
-            MAGIC,
-            VERSION,
-            MessageKind.BATCH_REPLY,
-            rep.request_id,
-            int(rep.status),
-            len(rep.results),
-            rep.retry_after_ms,
-            rep.catalog_version,
-            rep.lines_digest,
-            rep.transmission,
-        )
-    ]
+    values: list[Any] = [MAGIC, VERSION, MessageKind.BATCH_REPLY, rep.request_id, int(rep.status), len(rep.results)]
+    values += (rep.retry_after_ms, rep.catalog_version, rep.lines_digest, rep.transmission)
     for r in rep.results:
-        check_unsigned(r.unit_price, 64, "unit_price")
-        check_unsigned(r.total, 64, "total")
-        parts.append(_F_BATCH_RESULT.pack(int(r.status), r.unit_price, r.total))
-    return seal(b"".join(parts))
+        if not (0 <= r.unit_price <= _U64 and 0 <= r.total <= _U64):
+            check_unsigned(r.unit_price, 64, "unit_price")
+            check_unsigned(r.total, 64, "total")
+        values += (int(r.status), r.unit_price, r.total)
+    return seal(_batch_reply_format(len(rep.results)).pack(*values))
+
+
+_U64 = 2**64 - 1
+
+
+@functools.lru_cache(maxsize=MAX_BATCH + 1)
+def _batch_reply_format(count: int) -> struct.Struct:
+    """The whole batch reply but its CRC as one struct format: one pack call per datagram."""
+    return struct.Struct(_F_BATCH_REPLY.format + _F_BATCH_RESULT.format[1:] * count)
 
 
 def decode_batch_request(data: bytes) -> BatchRequest:
