@@ -34,6 +34,7 @@ from udp_price.cli.common import (
     policy_from_args,
 )
 from udp_price.client.api import QuoteClient
+from udp_price.client.congestion import CongestionConfig
 from udp_price.client.recovery import RetryBudget
 from udp_price.errors import BulkInputError
 
@@ -189,7 +190,8 @@ async def _pipeline(
         loop.add_signal_handler(sig, on_signal)
     ticker = asyncio.create_task(bar.run()) if bar is not None else None
     try:
-        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget()) as client:
+        congestion = None if args.cc == "none" else CongestionConfig(max_window=args.window)
+        async with QuoteClient(args.server, policy_from_args(args), RetryBudget(), congestion=congestion) as client:
             state.stats = client.stats
             await run_bulk(rows, client, sink, options, stop, state.seen, abandon, state.summary)
             return stop.is_set()

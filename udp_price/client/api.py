@@ -19,6 +19,7 @@ from typing import Any
 
 from udp_price.address import Address, format_address
 from udp_price.catalog import format_money
+from udp_price.client.congestion import CongestionConfig, CongestionController
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.retry import Outcome, RetryPolicy
 from udp_price.client.session import Answered, ClientSession, Event, Failed
@@ -152,8 +153,11 @@ class QuoteClient:
         policy: RetryPolicy | None = None,
         budget: RetryBudget | None = None,
         local_addr: tuple[str, int] | None = None,
+        congestion: CongestionConfig | None = None,
     ) -> None:
         self.server = server
+        self.congestion = congestion
+        """None: no congestion window (the caller bounds what is in flight, as a single quote does)."""
         self.local_addr = local_addr
         """Source address to bind, e.g. ("127.0.0.2", 0); None lets the kernel choose."""
         self.policy = policy or RetryPolicy()
@@ -189,7 +193,8 @@ class QuoteClient:
         )
         self._transport, self._loop = transport, loop
         keep_verdict = self.session.keep_verdict
-        self.session = ClientSession(self.policy, loop.time(), self.session.budget)
+        controller = CongestionController(self.congestion) if self.congestion is not None else None
+        self.session = ClientSession(self.policy, loop.time(), self.session.budget, controller)
         self.session.keep_verdict = keep_verdict
         return self
 

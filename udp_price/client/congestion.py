@@ -1,0 +1,122 @@
+"""The client's congestion window: how many requests may be in flight at once (pure, time passed in).
+
+RFC 8085 section 3.1 asks bulk senders over UDP for congestion control. A loss-based controller
+(NewReno, CUBIC) would read the fault proxy's random loss as congestion and throw away what loss
+recovery earns, so this one reads only signals that mean a full queue somewhere:
+
+- the server's explicit overload mark (bit 0x40 of a reply's kind byte), as ECN-CE is for TCP and
+  QUIC (RFC 3168, RFC 9002 section 7);
+- BUSY replies (the server's rate limiter asks this source for less);
+- queueing delay: the RTT rising well above the path's minimum, as LEDBAT (RFC 6817) and BBR read it.
+
+The window grows with answered requests: by one per answer in slow start (doubling per round
+trip), by one per round trip afterwards (additive increase, RFC 9002 7.3.3). On a signal it is
+multiplied by ``beta`` (0.5, RFC 9002 7.3.2 / RFC 3168 6.1.2), at most once per round trip: a
+signal counts only for a transmission sent after the last reduction began (QUIC's recovery
+period, RFC 9002 7.3.2). It never exceeds ``max_window`` (the ``--window`` flag) and never falls
+below ``min_window`` (1). Random loss with a flat RTT and no mark changes nothing. docs/congestion.md
+explains the choices and the measurements.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+MARK = "mark"
+BUSY = "busy"
+DELAY = "delay"
+
+
+@dataclass(frozen=True)
+class CongestionConfig:
+    """The controller's knobs; times in seconds, windows in requests (one request = one datagram)."""
+
+    max_window: int = 64
+    """Never more requests in flight than this (bulk's --window)."""
+    initial_window: int = 4
+    """Requests in flight before anything is known (RFC 9002 7.2 starts QUIC at 10 packets; a
+    request here may carry 32 rows, so start lower)."""
+    min_window: int = 1
+    beta: float = 0.5
+    """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
+    target_floor_s: float = 0.025
+    """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
+    most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
+    target_rtt_factor: float = 1.0
+    """...and at least this many minimum RTTs (a long path tolerates proportionally more queue)."""
+    delay_filter: int = 4
+    """The current delay is the minimum of this many latest samples (RFC 6817 CURRENT_FILTER):
+    one late reply (a scheduling hiccup, a reordered datagram) is not a queue."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_window <= self.initial_window or self.max_window < self.min_window:
+            raise ValueError("1 <= min_window <= initial_window and min_window <= max_window are required")
+        if not 0 < self.beta < 1 or self.target_floor_s <= 0 or self.delay_filter < 1:
+            raise ValueError("0 < beta < 1, target_floor_s > 0 and delay_filter >= 1 are required")
+
+
+@dataclass
+class CongestionController:
+    """One sender's congestion window. Feed it every answer and every signal; read ``window``."""
+
+    config: CongestionConfig = field(default_factory=CongestionConfig)
+    cwnd: float = 0.0
+    ssthresh: float = float("inf")
+    min_rtt: float | None = None
+    recovery_start: float = float("-inf")
+    """When the last reduction began: signals about earlier transmissions are the same episode."""
+    stats: Counter[str] = field(default_factory=Counter)
+    _recent: deque[float] = field(default_factory=deque, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cwnd = float(min(self.config.initial_window, self.config.max_window))
+
+    @property
+    def window(self) -> int:
+        """Requests that may be in flight now (whole requests, at least min_window)."""
+        return max(self.config.min_window, int(self.cwnd))
+
+    def target(self) -> float:
+        """Queueing delay (seconds above the minimum RTT) read as congestion."""
+        return max(self.config.target_floor_s, self.config.target_rtt_factor * (self.min_rtt or 0.0))
+
+    def queueing_delay(self) -> float:
+        """The filtered current RTT minus the minimum RTT seen (RFC 6817 2.4.2); 0 before samples."""
+        if not self._recent or self.min_rtt is None:
+            return 0.0
+        return min(self._recent) - self.min_rtt
+
+    def on_answered(self, now: float, sent_at: float, rtt_s: float, in_flight: int) -> bool:
+        """A plain answer (not BUSY, not marked) to a transmission sent at ``sent_at`` that took
+        ``rtt_s``; ``in_flight``: requests still in flight after it. Grows the window, unless the
+        delay says a queue is building (then it is a congestion signal). True if the window shrank."""
+        self._sample(rtt_s)
+        if self.queueing_delay() > self.target():
+            return self.on_congestion(now, sent_at, DELAY)
+        if in_flight + 1 < self.window:
+            return False  # not using the window: an unused window proves nothing (RFC 7661)
+        self.cwnd += 1.0 if self.cwnd < self.ssthresh else 1.0 / self.cwnd
+        self.cwnd = min(self.cwnd, float(self.config.max_window))
+        return False
+
+    def on_congestion(self, now: float, sent_at: float, why: str, rtt_s: float | None = None) -> bool:
+        """A congestion signal (MARK, BUSY or DELAY) about a transmission sent at ``sent_at``.
+        True if the window was reduced (at most once per round trip)."""
+        if rtt_s is not None:
+            self._sample(rtt_s)
+        self.stats[f"signals.{why}"] += 1
+        if sent_at <= self.recovery_start:
+            return False  # same episode: the reduction already answered it
+        self.recovery_start = now
+        self.ssthresh = max(float(self.config.min_window), self.cwnd * self.config.beta)
+        self.cwnd = self.ssthresh
+        self.stats[f"reductions.{why}"] += 1
+        return True
+
+    def _sample(self, rtt_s: float) -> None:
+        rtt_s = max(rtt_s, 0.0)
+        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
+        self._recent.append(rtt_s)
+        if len(self._recent) > self.config.delay_filter:
+            self._recent.popleft()
