@@ -272,13 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
     args = p.parse_args(argv)
-    print(f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
-          f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64")
+    print(
+        f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
+        f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
+    )
     print(HEADER)
     for kind in args.only:
         for n in args.clients if kind != "loss30" else [1]:
             rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
-            pair = [run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")]
+            pair = [
+                run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
+            ]
             reference = float(args.rate) if kind == "bottleneck" else max(r.goodput for r in pair)
             if kind == "loss30":
                 reference = pair[1].goodput
