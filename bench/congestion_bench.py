@@ -63,8 +63,14 @@ class Scenario:
     limit: int = 200
     """Bottleneck queue, datagrams (kind bottleneck)."""
     seed: int = 7
+    batch: int = 1
+    client_flags: tuple[str, ...] = ()
+    proxy: tuple[str, ...] | None = None
+    """Proxy flags of a scenario of one's own (kind "custom")."""
 
     def proxy_flags(self) -> list[str] | None:
+        if self.proxy is not None:
+            return list(self.proxy)
         if self.kind == "bottleneck":
             return [f"--rate-up={self.rate * REQUEST_BYTES}bps", f"--limit-up={self.limit}"]
         if self.kind == "loss30":
@@ -188,7 +194,8 @@ def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
         write_orders(work / f"orders{i}.csv", s.rows, s.seed * 100 + i)
     for i in range(s.clients):
         cmd = [PY, "udp_client.py", "bulk", str(work / f"orders{i}.csv"), "-o", str(work / f"out{i}.csv")]
-        cmd += ["--server", target, "--batch", "1", "--window", str(s.window), "--cc", s.cc, "--no-progress"]
+        cmd += ["--server", target, "--batch", str(s.batch), "--window", str(s.window), "--cc", s.cc, "--no-progress"]
+        cmd += s.client_flags
         procs.append(subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
 
     def wait(i: int) -> None:
@@ -229,7 +236,7 @@ def run_scenario(s: Scenario) -> Result:
             if proxy is not None:
                 stop(proxy)
             stop(server)
-        if flags is not None and s.kind == "bottleneck":
+        if flags is not None and s.kind != "loss30":
             read_queue(work / "decisions.jsonl", result)
         return result
 
@@ -259,8 +266,8 @@ def row(result: Result, reference: float) -> str:
 
 
 HEADER = (
-    "| scenario   | N | cc   | goodput req/s | x reference | Jain | retrans | queue p99 ms | tail drops | failed rows |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| scenario   | N | cc   | goodput req/s | x reference | Jain | retrans | queue p99 ms | tail drops "
+    "| failed rows |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

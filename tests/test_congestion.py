@@ -11,7 +11,7 @@ from helpers import expected_prices
 from sessionsim import Sim, steady
 
 from udp_price.catalog import Catalog
-from udp_price.client.congestion import BUSY, DELAY, MARK, CongestionConfig, CongestionController
+from udp_price.client.congestion import BUSY, MARK, CongestionConfig, CongestionController
 from udp_price.client.retry import RetryPolicy
 from udp_price.client.session import Answered, ClientSession
 from udp_price.server import loop
