@@ -44,7 +44,10 @@ class CongestionConfig:
     """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
     most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
     target_rtt_factor: float = 0.0
-    """...and at least this many minimum RTTs (a long path tolerates proportionally more queue)."""
+    """...and at least this many minimum RTTs, if larger (a long path tolerates proportionally more
+    queue). 0 by default: a sender that starts while a queue stands takes it for the path's base
+    delay, and a target scaled by that would let it tolerate twice the queue of earlier senders
+    and starve them (LEDBAT's latecomer problem; measured: Jain's index 0.75 at 8 clients)."""
     slowdown_window: int = 2
     """Window held during a periodic slowdown (LEDBAT++'s 2 packets)."""
     slowdown_rtts: float = 2.0
@@ -53,8 +56,10 @@ class CongestionConfig:
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
     slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
     delay_filter: int = 4
-    """The current delay is the minimum of this many latest samples (RFC 6817 CURRENT_FILTER):
-    one late reply (a scheduling hiccup, a reordered datagram) is not a queue."""
+    """The current RTT is the minimum of at least this many latest samples (RFC 6817's
+    CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
+    late reply, or a burst of replies read late because this process was not scheduled, is not
+    a queue."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_window <= self.initial_window or self.max_window < self.min_window:
@@ -79,7 +84,10 @@ class CongestionController:
     """Set while a slowdown lasts."""
     _slowdown_began: float = 0.0
     stats: Counter[str] = field(default_factory=Counter)
-    _recent: deque[float] = field(default_factory=deque, repr=False)
+    srtt: float | None = None
+    """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
+    _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
+    """(when, RTT) of the latest samples, oldest first."""
 
     def __post_init__(self) -> None:
         self.cwnd = float(min(self.config.initial_window, self.config.max_window))
@@ -97,13 +105,13 @@ class CongestionController:
         """The filtered current RTT minus the minimum RTT seen (RFC 6817 2.4.2); 0 before samples."""
         if not self._recent or self.min_rtt is None:
             return 0.0
-        return min(self._recent) - self.min_rtt
+        return self._rtt() - self.min_rtt
 
     def on_answered(self, now: float, sent_at: float, rtt_s: float, in_flight: int) -> bool:
         """A plain answer (not BUSY, not marked) to a transmission sent at ``sent_at`` that took
         ``rtt_s``; ``in_flight``: requests still in flight after it. Grows the window, unless the
         delay says a queue is building (then it is a congestion signal). True if the window shrank."""
-        self._sample(rtt_s)
+        self._sample(now, rtt_s)
         if self._slowing_down(now):
             return False
         if self.queueing_delay() > self.target():
@@ -118,7 +126,7 @@ class CongestionController:
         """A congestion signal (MARK, BUSY or DELAY) about a transmission sent at ``sent_at``.
         True if the window was reduced (at most once per round trip)."""
         if rtt_s is not None:
-            self._sample(rtt_s)
+            self._sample(now, rtt_s)
         self.stats[f"signals.{why}"] += 1
         if sent_at <= self.recovery_start or self._slowing_down(now):
             return False  # same episode (or a slowdown, which already holds the window minimal)
@@ -131,7 +139,8 @@ class CongestionController:
         return True
 
     def _rtt(self) -> float:
-        return min(self._recent) if self._recent else 0.0
+        """The current (standing) RTT; 0 before any sample."""
+        return min(rtt for _, rtt in self._recent) if self._recent else 0.0
 
     def _slowing_down(self, now: float) -> bool:
         """Periodic slowdowns (LEDBAT++, draft-irtf-iccrg-ledbat-plus-plus section 4.4): every so
@@ -155,9 +164,12 @@ class CongestionController:
         self.stats["slowdowns"] += 1
         return True
 
-    def _sample(self, rtt_s: float) -> None:
+    def _sample(self, now: float, rtt_s: float) -> None:
         rtt_s = max(rtt_s, 0.0)
         self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
-        self._recent.append(rtt_s)
-        if len(self._recent) > self.config.delay_filter:
-            self._recent.popleft()
+        self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
+        recent = self._recent
+        recent.append((now, rtt_s))
+        horizon = now - self.srtt / 2
+        while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
+            recent.popleft()
