@@ -75,7 +75,7 @@ def test_a_mark_or_busy_halves_the_window_once_per_round_trip(why: str) -> None:
     # A signal about a transmission sent after it: a new episode.
     assert c.on_congestion(1.015, 1.005, why)  # (before the slowdown due at 1.02)
     assert c.window == 8
-    assert c.stats[f"reductions.{why}"] == 2
+    assert c.stats[f"cc.reductions.{why}"] == 2
 
 
 def test_after_a_reduction_growth_is_additive_one_request_per_round_trip() -> None:
@@ -112,7 +112,7 @@ def test_queueing_delay_above_the_target_shrinks_the_window() -> None:
     # 10 ms -> 40 ms: 30 ms of queue for every latest sample, over the target.
     for i in range(4):
         c.on_answered(0.3 + i * 0.001, 0.26 + i * 0.001, 0.04, in_flight=64)
-    assert c.window == 32 and c.stats["reductions.delay"] == 1
+    assert c.window == 32 and c.stats["cc.reductions.delay"] == 1
 
 
 def test_one_late_reply_is_no_queue() -> None:
@@ -120,7 +120,7 @@ def test_one_late_reply_is_no_queue() -> None:
     for k in range(3):
         answer_round(c, k * RTT)
     c.on_answered(0.2, 0.1, 0.1, in_flight=32)  # a 100 ms hiccup among 10 ms samples
-    assert c.stats["signals.delay"] == 0 and c.window == 33
+    assert c.stats["cc.signals.delay"] == 0 and c.window == 33
 
 
 def test_random_loss_with_a_flat_rtt_never_shrinks_the_window() -> None:
@@ -131,7 +131,7 @@ def test_random_loss_with_a_flat_rtt_never_shrinks_the_window() -> None:
             if (i * 7 + k) % 10 < 3:  # 30% of each round's answers never come
                 continue
             c.on_answered(k * RTT + RTT, k * RTT, RTT, in_flight=c.window)
-    assert c.window == 64 and not any(k.startswith("reductions") for k in c.stats)
+    assert c.window == 64 and not any(k.startswith("cc.reductions") for k in c.stats)
 
 
 def test_after_the_first_reduction_a_slowdown_drains_the_queue_then_the_window_comes_back() -> None:
@@ -144,7 +144,7 @@ def test_after_the_first_reduction_a_slowdown_drains_the_queue_then_the_window_c
     while c.slowdown_until is None:
         now += RTT
         answer_round(c, now)
-    assert c.window == 2 and c.stats["slowdowns"] == 1
+    assert c.window == 2 and c.stats["cc.slowdowns"] == 1
     for k in range(12):
         answer_round(c, now + (k + 1) * RTT)
     assert c.slowdown_until is None and c.window >= 16
@@ -210,7 +210,7 @@ def test_marked_replies_are_answers_and_shrink_the_window() -> None:
         assert isinstance(event, Answered) and isinstance(event.reply, Status) is False
         assert event.reply.status is Status.OK and event.reply.total == PRICES["apple"] * ((i % 9) + 1)  # type: ignore[union-attr]
     stats = s.session.stats
-    assert stats["overload_marks"] == 192 and stats["cc.reductions.mark"] >= 3
+    assert stats["cc.signals.mark"] == 192 and stats["cc.reductions.mark"] >= 3
     assert s.session.congestion is not None and s.session.congestion.window < 8
 
 

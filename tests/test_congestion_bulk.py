@@ -60,3 +60,12 @@ def test_a_slow_link_no_longer_runs_rows_out_of_their_deadline() -> None:
     assert auto.all_ok, failures(auto)
     fixed = cb.run_scenario(cb.Scenario("custom", 1, 1000, "none", batch=32, client_flags=flags, proxy=link))
     assert failures(fixed).get("DEADLINE", 0) > 0, failures(fixed)  # the scenario does show the old failure
+
+
+def test_bulk_clients_straight_at_the_server_all_get_every_row() -> None:
+    """More offered load than one server process serves (4 senders at full speed, single quotes):
+    the queue is the server's socket; every client's every row is answered exactly."""
+    r = cb.run_scenario(cb.Scenario("server", clients=4, rows=3000, cc="auto"))
+    assert r.all_ok, failures(r)
+    assert r.retransmit_ratio <= 0.10
+    assert r.fairness >= 0.9, [c.goodput for c in r.clients]

@@ -179,7 +179,7 @@ class Summary:
             lines.append(
                 f"congestion window reductions: overload mark={client_stats['cc.reductions.mark']} "
                 f"busy={client_stats['cc.reductions.busy']} delay={client_stats['cc.reductions.delay']} "
-                f"(overload marks seen={client_stats['overload_marks']})"
+                f"(overload marks seen={client_stats['cc.signals.mark']})"
             )
         if self.signalled is not None and self.stopped is not None:
             copy_s = (self.finished or self.stopped) - self.stopped

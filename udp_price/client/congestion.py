@@ -84,6 +84,7 @@ class CongestionController:
     """Set while a slowdown lasts."""
     _slowdown_began: float = 0.0
     stats: Counter[str] = field(default_factory=Counter)
+    """Signals (cc.signals.WHY), reductions (cc.reductions.WHY), slowdowns; a session shares its own."""
     srtt: float | None = None
     """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
     _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
@@ -107,6 +108,24 @@ class CongestionController:
             return 0.0
         return self._rtt() - self.min_rtt
 
+    def on_reply(
+        self, now: float, sent_at: list[float], tx: int, busy: bool, marked: bool, in_flight: int
+    ) -> str | None:
+        """A valid reply echoing transmission ``tx`` (0: unnumbered) of a request whose
+        transmissions went out at ``sent_at``; returns why the window shrank (MARK, BUSY, DELAY)
+        or None. A mark or BUSY is a signal; a plain answer grows the window, or is a DELAY signal
+        if its RTT shows a queue. An unnumbered reply to a retransmitted request gives no RTT
+        (Karn) and counts only as a signal."""
+        k = tx or (1 if len(sent_at) == 1 else 0)
+        sent = sent_at[k - 1] if k else sent_at[-1]
+        sample = now - sent if k else None
+        if marked or busy:
+            why = MARK if marked else BUSY
+            return why if self.on_congestion(now, sent, why, sample) else None
+        if sample is not None and self.on_answered(now, sent, sample, in_flight):
+            return DELAY
+        return None
+
     def on_answered(self, now: float, sent_at: float, rtt_s: float, in_flight: int) -> bool:
         """A plain answer (not BUSY, not marked) to a transmission sent at ``sent_at`` that took
         ``rtt_s``; ``in_flight``: requests still in flight after it. Grows the window, unless the
@@ -127,7 +146,7 @@ class CongestionController:
         True if the window was reduced (at most once per round trip)."""
         if rtt_s is not None:
             self._sample(now, rtt_s)
-        self.stats[f"signals.{why}"] += 1
+        self.stats[f"cc.signals.{why}"] += 1
         if sent_at <= self.recovery_start or self._slowing_down(now):
             return False  # same episode (or a slowdown, which already holds the window minimal)
         if self.next_slowdown_at is None:
@@ -135,7 +154,7 @@ class CongestionController:
         self.recovery_start = now
         self.ssthresh = max(float(self.config.min_window), self.cwnd * self.config.beta)
         self.cwnd = self.ssthresh
-        self.stats[f"reductions.{why}"] += 1
+        self.stats[f"cc.reductions.{why}"] += 1
         return True
 
     def _rtt(self) -> float:
@@ -161,7 +180,7 @@ class CongestionController:
         self.cwnd = float(max(self.config.min_window, min(self.config.slowdown_window, self.config.max_window)))
         self._slowdown_began = now
         self.slowdown_until = now + self.config.slowdown_rtts * max(self._rtt(), 0.001)
-        self.stats["slowdowns"] += 1
+        self.stats["cc.slowdowns"] += 1
         return True
 
     def _sample(self, now: float, rtt_s: float) -> None:

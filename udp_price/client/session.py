@@ -21,7 +21,7 @@ import dataclasses
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from udp_price.client.congestion import BUSY, DELAY, MARK, CongestionController
+from udp_price.client.congestion import CongestionController
 from udp_price.client.loss_detection import LossDetection, Transmissions
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.reply_checks import UNREADABLE, violation
@@ -124,9 +124,9 @@ class ClientSession:
         self._pending: dict[int, _Pending] = {}
         self._lost: OrderedDict[int, str] = OrderedDict()  # request id -> why it is to be sent again
         self._held: deque[int] = deque()
-        self.congestion = congestion
-        """None: every request is sent at once (the caller bounds what is in flight). Otherwise
-        at most ``congestion.window`` requests are in flight; later ones wait here, in order."""
+        self.congestion = congestion  # None: every request goes at once (the caller bounds them)
+        if congestion is not None:
+            congestion.stats = self.stats
         self._queued: dict[int, None] = {}  # ids waiting for the congestion window, oldest first
         self._exhausted: dict[int, float] = {}
         self._recent: OrderedDict[int, Transmissions] = OrderedDict()
@@ -146,12 +146,12 @@ class ClientSession:
 
     @property
     def in_flight(self) -> int:
-        """Requests sent (at least once) and not yet finished: what the congestion window bounds."""
+        """Requests sent and not yet finished: what the congestion window bounds."""
         return len(self._pending) - len(self._queued)
 
     @property
     def queued(self) -> int:
-        """Requests waiting for the congestion window (not sent yet, their deadline not started)."""
+        """Requests waiting for the congestion window (not sent, their deadline not started)."""
         return len(self._queued)
 
     def knows(self, request_id: int) -> bool:
@@ -179,14 +179,10 @@ class ClientSession:
         else:
             self._queued[request.request_id] = None
             self._admit_queued(now)
-            if request.request_id in self._queued:
-                self.stats["cc.queued"] += 1
         return []
 
     def _start(self, p: _Pending, now: float) -> None:
-        """Admit a request: its deadline and latency run from here, so the time it waited for the
-        congestion window is not counted against it (that wait is bounded by the requests ahead of
-        it, each of which has a deadline of its own)."""
+        """Admit a request: its deadline and latency run from here (docs/congestion.md says why)."""
         p.started_at = now
         p.deadline = now + self.policy.deadline_s if self.policy.deadline_s is not None else float("inf")
         if self.probing:
@@ -257,9 +253,8 @@ class ClientSession:
         if why is not None:
             self.stats[f"ignored.invalid.{why}"] += 1
             return []
-        if marked:
-            self.stats["overload_marks"] += 1
-        self._congestion_signal(p, tx, reply.status, marked, now)
+        if self.congestion is not None and p.sent_at:  # it counts into self.stats (cc.*)
+            self.congestion.on_reply(now, p.sent_at, tx, reply.status is Status.BUSY, marked, self.in_flight - 1)
         self._server_alive(now)
         if reply.status is not Status.BUSY:
             # A BUSY server is asking for less traffic: it must not pay for more retransmissions.
@@ -282,26 +277,6 @@ class ClientSession:
         self._retransmit_lost(now, events)
         self._admit_queued(now)
         return events
-
-    def _congestion_signal(self, p: _Pending, tx: int, status: Status, marked: bool, now: float) -> None:
-        """Tell the congestion controller what this valid reply says: a mark or BUSY shrinks the
-        window, a plain answer grows it (or shrinks it if its RTT shows a queue). Unnumbered
-        replies to retransmitted list requests give no RTT (Karn) and only count as signals."""
-        cc = self.congestion
-        if cc is None or not p.sent_at:
-            return
-        k = tx or (1 if len(p.sent_at) == 1 else 0)
-        sent_at = p.sent_at[k - 1] if k else p.sent_at[-1]
-        sample = now - sent_at if k else None
-        if marked or status is Status.BUSY:
-            why = MARK if marked else BUSY
-            reduced = cc.on_congestion(now, sent_at, why, sample)
-        elif sample is not None:
-            why, reduced = DELAY, cc.on_answered(now, sent_at, sample, self.in_flight - 1)
-        else:
-            return
-        if reduced:
-            self.stats[f"cc.reductions.{why}"] += 1
 
     # ------------------------------------------------------------ sending
 
