@@ -56,6 +56,8 @@ class CongestionConfig:
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
     slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
     delay_filter: int = 4
+    standing_s: float = 0.05
+    """...and of every sample of the last ``standing_s`` seconds, or half an SRTT if longer."""
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
     late reply, or a burst of replies read late because this process was not scheduled, is not
@@ -189,6 +191,6 @@ class CongestionController:
         self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
         recent = self._recent
         recent.append((now, rtt_s))
-        horizon = now - self.srtt / 2
+        horizon = now - max(self.config.standing_s, self.srtt / 2)
         while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
             recent.popleft()
