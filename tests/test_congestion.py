@@ -322,3 +322,14 @@ def test_a_source_near_its_rate_limit_gets_marked_replies() -> None:
         # stands still, nothing refills): 20, 19, ... 2 are not near the limit, 1 is.
         assert len(got) == 20 and marked == [False] * 19 + [True]
         assert core.stats["overload.marked"] == 1
+
+
+def test_the_drop_counter_is_read_when_a_queue_builds_and_now_and_then() -> None:
+    detector = OverloadDetector()
+    wants = []
+    for _ in range(128):
+        wants.append(detector.wants_drop_counter())
+        detector.after_burst(1, None, 0.0)  # a light load: one datagram per wake-up
+    assert wants.count(True) == 2  # every 64th wake-up only: recvmsg costs more than recvfrom
+    detector.after_burst(16, None, 0.0)
+    assert detector.wants_drop_counter()

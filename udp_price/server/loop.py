@@ -142,8 +142,10 @@ def serve(
                     internal_error(server, e, "reloading the catalog")
             if duties is not None:
                 duties.swap_in_ready()
-            handled, drops = _drain(sock, server, control, clock, timing, overload.overloaded(clock()))
-            overload.after_burst(handled, drops, clock())
+            now = clock()
+            marking, want_drops = overload.overloaded(now), overload.wants_drop_counter()
+            handled, drops = _drain(sock, server, control, clock, timing, marking, want_drops)
+            overload.after_burst(handled, drops, now)
             if duties is not None and next_tick is not None and clock() >= next_tick:
                 try:
                     next_tick = duties.tick(clock())
@@ -159,20 +161,22 @@ def _drain(
     clock: Callable[[], float],
     timing: DurationHistogram | None,
     marking: bool = False,
+    want_drops: bool = True,
 ) -> tuple[int, int | None]:
     """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, and the socket's
     SO_RXQ_OVFL drop counter (None: not available). ``marking``: the server is overloaded, so
-    every reply carries the OVERLOADED flag (replies to a source near its rate limit always do)."""
+    every reply carries the OVERLOADED flag (replies to a source near its rate limit always do).
+    ``want_drops``: read the first datagram with recvmsg for the drop counter."""
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
     recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
     observe = timing.observe if timing is not None else None
-    limiter, drops = server.limiter, None
+    limiter, drops, plain = server.limiter, None, SO_RXQ_OVFL is None or not want_drops
     for i in range(DRAIN_LIMIT):
         if control.stopped:
             return i, drops
         try:
-            if i or SO_RXQ_OVFL is None:
+            if i or plain:
                 data, addr = recvfrom(RECV_BUFFER)
             else:  # the burst's first datagram brings the drop counter (once per wake-up, not per datagram)
                 data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, OVFL_SPACE)
