@@ -328,8 +328,8 @@ def test_the_drop_counter_is_read_when_a_queue_builds_and_now_and_then() -> None
     detector = OverloadDetector()
     wants = []
     for _ in range(128):
-        wants.append(detector.wants_drop_counter())
+        wants.append(detector.next_burst(0.0)[1])
         detector.after_burst(1, None, 0.0)  # a light load: one datagram per wake-up
     assert wants.count(True) == 2  # every 64th wake-up only: recvmsg costs more than recvfrom
     detector.after_burst(16, None, 0.0)
-    assert detector.wants_drop_counter()
+    assert detector.next_burst(0.0)[1]

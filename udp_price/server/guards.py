@@ -69,6 +69,7 @@ class RateLimiter:
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1 or self.slip < 0 or self.max_sources < 1:
             raise ValueError("rate > 0, burst >= 1, slip >= 0 and max_sources >= 1 are required")
+        self._near = self.burst * self.near_fraction  # per datagram: one comparison
 
     def check(self, source: str, now: float) -> Verdict:
         bucket = self._buckets.get(source)
@@ -86,7 +87,7 @@ class RateLimiter:
             bucket.tokens = min(self.burst, bucket.tokens + refill)
             bucket.queue = max(0.0, bucket.queue - refill)
             bucket.updated = now
-        self.near_limit = bucket.tokens < self.burst * self.near_fraction
+        self.near_limit = bucket.tokens < self._near
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return Verdict.ALLOW

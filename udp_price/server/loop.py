@@ -143,7 +143,7 @@ def serve(
             if duties is not None:
                 duties.swap_in_ready()
             now = clock()
-            marking, want_drops = overload.overloaded(now), overload.wants_drop_counter()
+            marking, want_drops = overload.next_burst(now)
             handled, drops = _drain(sock, server, control, clock, timing, marking, want_drops)
             overload.after_burst(handled, drops, now)
             if duties is not None and next_tick is not None and clock() >= next_tick:

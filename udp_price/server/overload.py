@@ -45,10 +45,11 @@ class OverloadDetector:
     _last_burst: int = 0
     _wakeups: int = 0
 
-    def wants_drop_counter(self) -> bool:
-        """Should the next wake-up read SO_RXQ_OVFL (recvmsg for its first datagram)?"""
+    def next_burst(self, now: float) -> tuple[bool, bool]:
+        """For the next wake-up: (mark its replies?, read SO_RXQ_OVFL with its first datagram?)."""
         self._wakeups += 1
-        return self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
+        wants = self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
+        return self._deep or now < self._until, wants
 
     def after_burst(self, handled: int, kernel_drops: int | None, now: float) -> None:
         """One wake-up of the loop handled ``handled`` datagrams; ``kernel_drops`` is the socket's
