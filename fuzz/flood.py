@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from udp_price.wire import MessageKind, QuoteRequest, Status, encode_request
+from udp_price.wire import KIND_MASK, MessageKind, QuoteRequest, Status, encode_request
 
 
 def main() -> int:
@@ -42,7 +42,8 @@ def main() -> int:
             except (BlockingIOError, ConnectionRefusedError):
                 break
             replies += 1
-            busy += len(reply) > 12 and reply[3] == MessageKind.QUOTE_REPLY and reply[12] == Status.BUSY
+            # The kind is the byte's low 6 bits: a BUSY reply to a source at its limit is marked OVERLOADED (0x40).
+            busy += len(reply) > 12 and reply[3] & KIND_MASK == MessageKind.QUOTE_REPLY and reply[12] == Status.BUSY
     print(json.dumps({"sent": sent, "replies": replies, "busy_replies": busy}))
     return 0
 

@@ -26,6 +26,8 @@ PURE_CORE = (
     "udp_price.client.reply_checks",
     "udp_price.client.retry",
     "udp_price.faults.plan",
+    "udp_price.client.congestion",
+    "udp_price.server.overload",
 )
 IMPURE = {"socket", "asyncio", "time", "logging", "selectors", "signal", "threading"}
 LAYERS = (

@@ -247,6 +247,16 @@ class Summary:
             f"{rate:,.0f} rows/s ({self.attempted} rows sent) in {self.elapsed:.2f} s",
             f"grand total of ok rows: {format_money(self.grand_total)}",
         ]
+        if (
+            client_stats["cc.reductions.mark"]
+            + client_stats["cc.reductions.busy"]
+            + client_stats["cc.reductions.delay"]
+        ):
+            lines.append(
+                f"congestion window reductions: overload mark={client_stats['cc.reductions.mark']} "
+                f"busy={client_stats['cc.reductions.busy']} delay={client_stats['cc.reductions.delay']} "
+                f"(overload marks seen={client_stats['cc.signals.mark']})"
+            )
         if self.signalled is not None and self.stopped is not None:
             copy_s = (self.finished or self.stopped) - self.stopped
             copied = "the remaining" if self.abandoned_at is None else "then"

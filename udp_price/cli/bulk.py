@@ -35,6 +35,7 @@ from udp_price.cli.common import (
     policy_from_args,
 )
 from udp_price.client.api import QuoteClient
+from udp_price.client.congestion import CongestionConfig
 from udp_price.client.recovery import RetryBudget
 from udp_price.errors import BulkInputError
 
@@ -191,7 +192,10 @@ async def _pipeline(
         loop.add_signal_handler(sig, on_signal)
     ticker = asyncio.create_task(bar.run()) if bar is not None else None
     try:
-        async with QuoteClient(args.server, policy_from_args(args), budget=RetryBudget(), key=args.key) as client:
+        congestion = None if args.cc == "none" else CongestionConfig(max_window=args.window)
+        async with QuoteClient(
+            args.server, policy_from_args(args), RetryBudget(), key=args.key, congestion=congestion
+        ) as client:
             state.stats = client.stats
             await run_bulk_chunks(chunks, client, sink, options, stop, state.seen, abandon, state.summary)
             return stop.is_set()

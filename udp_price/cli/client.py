@@ -249,7 +249,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--format", choices=["csv", "jsonl"], default=None, help="output format (default csv; jsonl with --json)"
     )
     b.add_argument(
-        "--window", type=_at_least_one, default=64, metavar="N", help="requests in flight at once (default 64)"
+        "--window",
+        type=_at_least_one,
+        default=64,
+        metavar="N",
+        help="requests in flight at most (default 64; with --cc none, always this many)",
+    )
+    b.add_argument(
+        "--cc",
+        choices=["auto", "none"],
+        default="auto",
+        help="congestion control (default auto: a window from 4 up to --window that shrinks on the server's "
+        "overload mark, BUSY and queueing delay, see docs/congestion.md; none: a fixed --window)",
     )
     b.add_argument(
         "--batch",

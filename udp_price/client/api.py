@@ -21,6 +21,7 @@ from typing import Any
 
 from udp_price.address import Address
 from udp_price.auth import ClientAuth, Key
+from udp_price.client.congestion import CongestionConfig, CongestionController
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.results import BatchResult, NoAnswer, QuoteResult, describe_status
 from udp_price.client.retry import RetryPolicy
@@ -83,10 +84,13 @@ class QuoteClient:
         budget: RetryBudget | None = None,
         local_addr: tuple[str, int] | None = None,
         key: Key | None = None,
+        congestion: CongestionConfig | None = None,
     ) -> None:
         self.server = server
         self.auth = ClientAuth(key) if key is not None else None
         """With a key every datagram sent is signed and only replies signed under it are believed."""
+        self.congestion = congestion
+        """None: no congestion window (the caller bounds what is in flight, as a single quote does)."""
         self.local_addr = local_addr
         """Source address to bind, e.g. ("127.0.0.2", 0); None lets the kernel choose."""
         self.policy = policy or RetryPolicy()
@@ -124,7 +128,8 @@ class QuoteClient:
         )
         self._transport, self._loop = transport, loop
         keep_verdict = self.session.keep_verdict
-        self.session = ClientSession(self.policy, loop.time(), self.session.budget)
+        controller = CongestionController(self.congestion) if self.congestion is not None else None
+        self.session = ClientSession(self.policy, loop.time(), self.session.budget, controller)
         self.session.keep_verdict = keep_verdict
         return self
 

@@ -21,6 +21,7 @@ import dataclasses
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
+from udp_price.client.congestion import CongestionController
 from udp_price.client.loss_detection import LossDetection, Transmissions
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.reply_checks import UNREADABLE, violation
@@ -40,6 +41,7 @@ from udp_price.wire import (
     encode_request,
     lines_digest,
     peek_header,
+    split_overload_mark,
 )
 from wire_format import MAX_TRANSMISSION, VERSION
 
@@ -93,7 +95,13 @@ def _predates_lists(request: Request, reply: Reply) -> bool:
 class ClientSession:
     """All pending requests of one client and the state they share (RTT, budget, server health)."""
 
-    def __init__(self, policy: RetryPolicy | None = None, now: float = 0.0, budget: RetryBudget | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy | None = None,
+        now: float = 0.0,
+        budget: RetryBudget | None = None,
+        congestion: CongestionController | None = None,
+    ) -> None:
         self.policy = policy or RetryPolicy()
         self.max_attempts = min(self.policy.max_attempts, MAX_TRANSMISSION)
         self.rtt = RttEstimator(initial_rto_s=self.policy.initial_timeout_s, min_rto_s=self.policy.min_timeout_s)
@@ -116,6 +124,10 @@ class ClientSession:
         self._pending: dict[int, _Pending] = {}
         self._lost: OrderedDict[int, str] = OrderedDict()  # request id -> why it is to be sent again
         self._held: deque[int] = deque()
+        self.congestion = congestion  # None: every request goes at once (the caller bounds them)
+        if congestion is not None:
+            congestion.stats = self.stats
+        self._queued: dict[int, None] = {}  # ids waiting for the congestion window, oldest first
         self._exhausted: dict[int, float] = {}
         self._recent: OrderedDict[int, Transmissions] = OrderedDict()
         self._out: list[bytes] = []
@@ -132,6 +144,16 @@ class ClientSession:
         """The requests still waiting for an answer, oldest first."""
         return [p.request for p in self._pending.values()]
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet finished: what the congestion window bounds."""
+        return len(self._pending) - len(self._queued)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the congestion window (not sent, their deadline not started)."""
+        return len(self._queued)
+
     def knows(self, request_id: int) -> bool:
         """Is this id pending or recently finished? (New ids must be neither.)"""
         return request_id in self._pending or request_id in self._recent
@@ -147,17 +169,33 @@ class ClientSession:
         if self.unreachable is not None and self.keep_verdict:
             return [Failed(request.request_id, self.unreachable, 0, 0.0, self.icmp_since_answer > 0)]
         digest = lines_digest(encode_batch_request(request)) if isinstance(request, BatchRequest) else 0
-        deadline = now + self.policy.deadline_s if self.policy.deadline_s is not None else float("inf")
         if not self._pending:
             self._outstanding_since = now
-        p = _Pending(request=request, digest=digest, started_at=now, deadline=deadline)
+        p = _Pending(request=request, digest=digest, started_at=now, deadline=float("inf"))
         self._pending[request.request_id] = p
         self.budget.on_request(now)
+        if self.congestion is None:
+            self._start(p, now)
+        else:
+            self._queued[request.request_id] = None
+            self._admit_queued(now)
+        return []
+
+    def _start(self, p: _Pending, now: float) -> None:
+        """Admit a request: its deadline and latency run from here (docs/congestion.md says why)."""
+        p.started_at = now
+        p.deadline = now + self.policy.deadline_s if self.policy.deadline_s is not None else float("inf")
         if self.probing:
-            self._held.append(request.request_id)
+            self._held.append(p.request.request_id)
         else:
             self._transmit(p, now, "first")
-        return []
+
+    def _admit_queued(self, now: float) -> None:
+        """Send waiting requests, oldest first, while the congestion window has room."""
+        while self._queued and (self.congestion is None or self.in_flight < self.congestion.window):
+            rid = next(iter(self._queued))
+            del self._queued[rid]
+            self._start(self._pending[rid], now)
 
     def timer(self) -> float | None:
         """When handle_timer must next be called (monotonic seconds), or None when idle."""
@@ -183,6 +221,7 @@ class ClientSession:
         self._on_rto(now)
         self._detect_losses(now)
         self._retransmit_lost(now, events)
+        self._admit_queued(now)
         return events
 
     def error_received(self, now: float) -> list[Event]:
@@ -198,6 +237,7 @@ class ClientSession:
         return events
 
     def datagram_received(self, data: bytes, now: float) -> list[Event]:
+        data, marked = split_overload_mark(data)
         try:
             reply = decode_any_reply(data)
         except MalformedDatagram as e:
@@ -213,11 +253,13 @@ class ClientSession:
         if why is not None:
             self.stats[f"ignored.invalid.{why}"] += 1
             return []
+        if self.congestion is not None and p.sent_at:  # it counts into self.stats (cc.*)
+            self.congestion.on_reply(now, p.sent_at, tx, reply.status is Status.BUSY, marked, self.in_flight - 1)
         self._server_alive(now)
         if reply.status is not Status.BUSY:
             # A BUSY server is asking for less traffic: it must not pay for more retransmissions.
             self.budget.on_reply(now)
-        if self.loss.on_reply(p, tx, now, len(self._pending), latest=True):
+        if self.loss.on_reply(p, tx, now, self.in_flight, latest=True):
             self._spurious()
         events: list[Event] = []
         if reply.status is Status.BUSY:
@@ -233,6 +275,7 @@ class ClientSession:
             events.append(Answered(p.request.request_id, reply, len(p.sent_at), now - p.started_at))
         self._detect_losses(now)
         self._retransmit_lost(now, events)
+        self._admit_queued(now)
         return events
 
     # ------------------------------------------------------------ sending
@@ -320,6 +363,7 @@ class ClientSession:
     def _finish(self, rid: int, tx: int) -> None:
         """Forget a request (answered by transmission ``tx``, or 0: failed or unnumbered)."""
         p = self._pending.pop(rid)
+        self._queued.pop(rid, None)
         self.loss.forget(rid)
         self._lost.pop(rid, None)
         self._exhausted.pop(rid, None)
@@ -347,6 +391,7 @@ class ClientSession:
             self.stats["other_version_replies"] += 1
             p = self._pending[header[1]]
             self._finish(header[1], 0)
+            self._admit_queued(now)
             return [
                 Failed(
                     header[1], Outcome.VERSION, len(p.sent_at), now - p.started_at, False, Status.UNSUPPORTED_VERSION

@@ -53,6 +53,12 @@ class RateLimiter:
     slip: int = 2
     max_sources: int = 65_536
     """Buckets kept; the least recently seen source is forgotten first (it then starts full)."""
+    near_fraction: float = 0.1
+    """A source whose bucket holds less than this share of ``burst`` is near its limit: its
+    replies carry the OVERLOADED mark, so a client with congestion control slows down before
+    the bucket runs dry and requests go unanswered."""
+    near_limit: bool = field(default=False, repr=False)
+    """Whether the source of the latest ``check`` is near its limit (read by the serving loop)."""
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
     _newcomers: _Bucket | None = field(default=None, repr=False)
     """One shared pool (``rate`` per second, up to NEWCOMER_BURSTS x ``burst``) from which every
@@ -63,6 +69,7 @@ class RateLimiter:
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 1 or self.slip < 0 or self.max_sources < 1:
             raise ValueError("rate > 0, burst >= 1, slip >= 0 and max_sources >= 1 are required")
+        self._near = self.burst * self.near_fraction  # per datagram: one comparison
 
     def check(self, source: str, now: float) -> Verdict:
         bucket = self._buckets.get(source)
@@ -80,6 +87,7 @@ class RateLimiter:
             bucket.tokens = min(self.burst, bucket.tokens + refill)
             bucket.queue = max(0.0, bucket.queue - refill)
             bucket.updated = now
+        self.near_limit = bucket.tokens < self._near
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return Verdict.ALLOW

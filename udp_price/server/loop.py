@@ -9,6 +9,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,9 @@ from types import FrameType
 from typing import Protocol
 
 from udp_price.server.core import QuoteServer
+from udp_price.server.overload import OverloadDetector
 from udp_price.server.timing import DurationHistogram
+from udp_price.wire import mark_overloaded
 
 log = logging.getLogger("udp_price.server")
 RECV_BUFFER = 2048
@@ -24,6 +27,9 @@ RECV_BUFFER = 2048
 RECV_QUEUE_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT = 256
 """Datagrams handled per wake-up before checking for signals again."""
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
+"""Linux: recvmsg reports the socket's count of datagrams dropped for lack of buffer (socket(7))."""
+OVFL_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class Control:
@@ -93,9 +99,20 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
                 break
             except OSError:
                 continue
+    if SO_RXQ_OVFL is not None:
+        with contextlib.suppress(OSError):  # without it, the backlog and the limiter still mark
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+def kernel_drops(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The SO_RXQ_OVFL drop counter in recvmsg's ancillary data, or None if it is not there."""
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+            return int.from_bytes(value[:4], sys.byteorder)
+    return None
 
 
 def serve(
@@ -108,6 +125,7 @@ def serve(
 ) -> None:
     """Answer datagrams on ``sock`` until ``control.stop()``; the datagram in hand is finished first.
     ``timing``: where to record how long handling each datagram takes (None: not measured)."""
+    overload = OverloadDetector(stats=server.stats)
     next_tick = duties.tick(clock()) if duties else None
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
@@ -124,7 +142,10 @@ def serve(
                     internal_error(server, e, "reloading the catalog")
             if duties is not None:
                 duties.swap_in_ready()
-            _drain(sock, server, control, clock, timing)
+            now = clock()
+            marking, want_drops = overload.next_burst(now)
+            handled, drops = _drain(sock, server, control, clock, timing, marking, want_drops)
+            overload.after_burst(handled, drops, now)
             if duties is not None and next_tick is not None and clock() >= next_tick:
                 try:
                     next_tick = duties.tick(clock())
@@ -139,18 +160,29 @@ def _drain(
     control: Control,
     clock: Callable[[], float],
     timing: DurationHistogram | None,
-) -> None:
+    marking: bool = False,
+    want_drops: bool = True,
+) -> tuple[int, int | None]:
+    """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, and the socket's
+    SO_RXQ_OVFL drop counter (None: not available). ``marking``: the server is overloaded, so
+    every reply carries the OVERLOADED flag (replies to a source near its rate limit always do).
+    ``want_drops``: read the first datagram with recvmsg for the drop counter."""
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
     recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
     observe = timing.observe if timing is not None else None
-    for _ in range(DRAIN_LIMIT):
+    limiter, drops, plain = server.limiter, None, SO_RXQ_OVFL is None or not want_drops
+    for i in range(DRAIN_LIMIT):
         if control.stopped:
-            return
+            return i, drops
         try:
-            data, addr = recvfrom(RECV_BUFFER)
+            if i or plain:
+                data, addr = recvfrom(RECV_BUFFER)
+            else:  # the burst's first datagram brings the drop counter (once per wake-up, not per datagram)
+                data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, OVFL_SPACE)
+                drops = kernel_drops(ancdata)
         except (BlockingIOError, InterruptedError):
-            return
+            return i, drops
         except OSError as e:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED: not fatal
             stats["socket_errors"] += 1
             log.debug("recvfrom failed: %s", e)
@@ -165,6 +197,9 @@ def _drain(
         if observe is not None:
             observe(clock() - now)
         if reply is not None:
+            if marking or (limiter is not None and limiter.near_limit):
+                reply = mark_overloaded(reply)
+                stats["overload.marked"] += 1
             try:
                 sendto(reply, addr)
             except OSError as e:  # a full buffer or a vanished peer loses one reply, not the server
@@ -172,6 +207,7 @@ def _drain(
                 log.debug("sendto %s failed: %s", addr, e)
                 continue
             stats["bytes_sent"] += len(reply)
+    return DRAIN_LIMIT, drops
 
 
 _logged_errors: set[tuple[str, str, int | None]] = set()

@@ -41,6 +41,11 @@ LABELLED = {
     "malformed.": ("udp_price_malformed", "Datagrams that could not be decoded, by reason", "reason"),
     "rate_limited.": ("udp_price_rate_limited", "Requests over their source's rate, by what was done", "action"),
     "reloads.": ("udp_price_reloads", "Catalog reloads, by result", "result"),
+    "overload.": (
+        "udp_price_overload",
+        "Overload: replies marked OVERLOADED, socket drops (SO_RXQ_OVFL), wake-ups with a deep backlog",
+        "event",
+    ),
     "refused.": (
         "udp_price_refused",
         "Datagrams never answered: from a reflecting service's port (source_port) or not a request kind",
@@ -82,6 +87,7 @@ KNOWN_LABELS = {
         "anonymous",
         "no_keys",
     ),
+    "overload.": ("marked", "kernel_drops", "deep_backlog"),
 }
 """Label values exported (as 0) before the first event; any other value the server counts is added."""
 PLAIN = {

@@ -24,14 +24,18 @@ from udp_price.wire.codec import (
     peek_quote_request,
 )
 from udp_price.wire.framing import (
+    FLAG_OVERLOADED,
+    KIND_MASK,
     KIND_OFFSET,
     REPLY_STATUS_OFFSET,
     check_unsigned,
     is_sealed,
     kind_of,
     lines_digest,
+    mark_overloaded,
     peek_header,
     seal,
+    split_overload_mark,
 )
 from udp_price.wire.items import (
     check_quantity,
@@ -60,6 +64,8 @@ from udp_price.wire.messages import (
 )
 
 __all__ = [
+    "FLAG_OVERLOADED",
+    "KIND_MASK",
     "KIND_OFFSET",
     "REPLY_STATUS_OFFSET",
     "REQUEST_KINDS",
@@ -107,6 +113,7 @@ __all__ = [
     "item_problem",
     "kind_of",
     "lines_digest",
+    "mark_overloaded",
     "normalize_item",
     "normalize_prefix",
     "parse_quantity",
@@ -114,4 +121,5 @@ __all__ = [
     "peek_header",
     "peek_quote_request",
     "seal",
+    "split_overload_mark",
 ]

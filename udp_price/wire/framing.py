@@ -98,3 +98,30 @@ def check_batch_frame(data: bytes, kind: MessageKind, fixed: int, per_line: int,
     if len(data) < fixed or extra or not min_count <= count <= MAX_BATCH:
         raise MalformedDatagram("bad_length", f"{len(data)} bytes is no valid batch size")
     return check_frame(data, kind, len(data))
+
+
+# ---------------------------------------------------------------- the OVERLOADED flag (issue 19)
+
+KIND_MASK = 0x3F
+"""The kind byte keeps the message kind in its low 6 bits; the two high bits are flags."""
+FLAG_OVERLOADED = 0x40
+"""Set by the server in a reply while it is overloaded (an explicit congestion mark, as ECN-CE,
+RFC 3168). Never valid in a request: a request carrying it is malformed and never answered."""
+
+
+def mark_overloaded(reply: bytes) -> bytes:
+    """``reply`` (a sealed datagram we built) with the OVERLOADED flag set and the seal renewed."""
+    body = bytearray(reply[:-CRC_SIZE])
+    body[KIND_OFFSET] |= FLAG_OVERLOADED
+    return seal(bytes(body))
+
+
+def split_overload_mark(data: bytes) -> tuple[bytes, bool]:
+    """(the datagram without the OVERLOADED flag, whether it carried it). Only an intact datagram
+    (its seal checked first) loses the flag: a corrupted one is returned as it came, so renewing
+    the seal can never turn noise into a valid reply."""
+    if len(data) <= KIND_OFFSET or not data[KIND_OFFSET] & FLAG_OVERLOADED or not is_sealed(data):
+        return data, False
+    body = bytearray(data[:-CRC_SIZE])
+    body[KIND_OFFSET] &= ~FLAG_OVERLOADED & 0xFF
+    return seal(bytes(body)), True

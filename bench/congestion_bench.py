@@ -1,0 +1,302 @@
+"""Congestion control, measured: N bulk clients (separate processes) sharing one bottleneck.
+
+Each scenario starts a fresh server, optionally a fault proxy in front of it, and N
+``udp_client.py bulk`` processes, each with its own file, all at once; every scenario runs with
+the congestion controller (``--cc auto``) and with today's fixed window (``--cc none``) in the
+same run, so the difference is measured on the same machine at the same moment. Every OK row's
+total is checked against catalog.csv (a wrong total counts as a failed row).
+
+Scenarios:
+- ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s (netem rate, in
+  bytes per second of single-quote requests) with a tail-drop queue of ``--limit`` datagrams.
+  Goodput (distinct requests answered per second, all clients together) is compared with the
+  bottleneck rate; queueing delay is read from the proxy's decision log.
+- ``server``: straight at the server, more offered load than it can serve. One server's capacity
+  is taken as the best aggregate goodput measured at that N (either mode): the ratio shows how
+  much of it each mode keeps.
+- ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
+  congestion (its goodput is compared with ``--cc none``'s).
+
+    python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario (~4 min)
+    python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
+
+Bounded: every client process has a time limit, every file a row count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+REQUEST_BYTES = 76
+"""A single quote request (--batch 1): what the bottleneck's rate is counted in."""
+CLIENT_LIMIT_S = 120.0
+
+with (ROOT / "catalog.csv").open(encoding="utf-8", newline="") as _f:
+    PRICES = {r["item"]: int(Decimal(r["price"]) * 100) for r in csv.DictReader(_f)}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str
+    """bottleneck | server | loss30"""
+    clients: int
+    rows: int
+    """Rows per client."""
+    cc: str
+    window: int = 64
+    rate: int = 1000
+    """Bottleneck requests per second (kind bottleneck)."""
+    limit: int = 200
+    """Bottleneck queue, datagrams (kind bottleneck)."""
+    seed: int = 7
+    batch: int = 1
+    client_flags: tuple[str, ...] = ()
+    proxy: tuple[str, ...] | None = None
+    """Proxy flags of a scenario of one's own (kind "custom")."""
+
+    def proxy_flags(self) -> list[str] | None:
+        if self.proxy is not None:
+            return list(self.proxy)
+        if self.kind == "bottleneck":
+            return [f"--rate-up={self.rate * REQUEST_BYTES}bps", f"--limit-up={self.limit}"]
+        if self.kind == "loss30":
+            return ["--drop", "30%", "--seed", str(self.seed)]
+        return None
+
+
+@dataclass
+class ClientRun:
+    rows: int = 0
+    ok: int = 0
+    wrong: int = 0
+    requests: int = 0
+    retransmissions: int = 0
+    elapsed_s: float = 0.0
+    ended_at: float = 0.0
+    p99_ms: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    stderr: str = ""
+
+    @property
+    def started_at(self) -> float:
+        return self.ended_at - self.elapsed_s
+
+    @property
+    def goodput(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    clients: list[ClientRun]
+    queue_ms: list[float] = field(default_factory=list)
+    tail_drops: int = 0
+
+    @property
+    def all_ok(self) -> bool:
+        return all(c.ok == c.rows == self.scenario.rows and c.wrong == 0 for c in self.clients)
+
+    @property
+    def goodput(self) -> float:
+        """Distinct requests answered per second, all clients, first start to last end."""
+        span = max(c.ended_at for c in self.clients) - min(c.started_at for c in self.clients)
+        return sum(c.requests for c in self.clients) / span if span > 0 else 0.0
+
+    @property
+    def fairness(self) -> float:
+        """Jain's index over the clients' own goodputs: 1 = equal shares, 1/N = one takes all."""
+        x = [c.goodput for c in self.clients]
+        return sum(x) ** 2 / (len(x) * sum(v * v for v in x)) if any(x) else 0.0
+
+    @property
+    def retransmit_ratio(self) -> float:
+        requests = sum(c.requests for c in self.clients)
+        return sum(c.retransmissions for c in self.clients) / requests if requests else 0.0
+
+    def queue_p99_ms(self) -> float:
+        return percentile(self.queue_ms, 0.99)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def write_orders(path: Path, rows: int, seed: int) -> None:
+    rng, items = random.Random(seed), sorted(PRICES)
+    lines = ["item,quantity"] + [f"{rng.choice(items)},{rng.randint(1, 500)}" for _ in range(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def check_output(path: Path, run: ClientRun) -> None:
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            run.rows += 1
+            run.statuses[row["status"]] = run.statuses.get(row["status"], 0) + 1
+            if row["status"] != "OK":
+                continue
+            expected = PRICES[row["item"]] * int(row["quantity"])
+            if int(Decimal(row["total"]) * 100) == expected:
+                run.ok += 1
+            else:
+                run.wrong += 1
+
+
+def parse_summary(stderr: str, run: ClientRun) -> None:
+    m = re.search(r"requests=(\d+) retransmissions=(\d+)", stderr)
+    t = re.search(r"p99=([\d.]+) ms; .* in ([\d.]+) s", stderr)
+    if m is None or t is None:
+        raise RuntimeError(f"no bulk summary in the client's stderr: {stderr[-500:]!r}")
+    run.requests, run.retransmissions = int(m[1]), int(m[2])
+    run.p99_ms, run.elapsed_s = float(t[1]), float(t[2])
+
+
+def start(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if marker not in line:
+        proc.kill()
+        raise RuntimeError(f"{args[0]} did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc, line
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
+    runs = [ClientRun() for _ in range(s.clients)]
+    procs = []
+    for i in range(s.clients):
+        write_orders(work / f"orders{i}.csv", s.rows, s.seed * 100 + i)
+    for i in range(s.clients):
+        cmd = [PY, "udp_client.py", "bulk", str(work / f"orders{i}.csv"), "-o", str(work / f"out{i}.csv")]
+        cmd += ["--server", target, "--batch", str(s.batch), "--window", str(s.window), "--cc", s.cc, "--no-progress"]
+        cmd += s.client_flags
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+    def wait(i: int) -> None:
+        try:
+            _, runs[i].stderr = procs[i].communicate(timeout=CLIENT_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            procs[i].kill()
+            _, runs[i].stderr = procs[i].communicate()
+        runs[i].ended_at = time.monotonic()
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(s.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, run in enumerate(runs):
+        parse_summary(run.stderr, run)
+        check_output(work / f"out{i}.csv", run)
+    return runs
+
+
+def run_scenario(s: Scenario) -> Result:
+    """One scenario on a fresh server (and proxy): every process is stopped before it returns."""
+    with tempfile.TemporaryDirectory(prefix="ccbench") as tmp:
+        work = Path(tmp)
+        server, line = start(["udp_server.py", "--listen", "127.0.0.1:0", "--catalog", "catalog.csv"], "listening on")
+        proxy = None
+        try:
+            target = line.split("listening on ")[1].split()[0]
+            flags = s.proxy_flags()
+            if flags is not None:
+                log = work / "decisions.jsonl"
+                cmd = ["fault_proxy.py", "--listen", "127.0.0.1:0", "--upstream", target, *flags, "--log", str(log)]
+                proxy, pline = start(cmd, "fault_proxy:")
+                target = pline.split()[1]
+            result = Result(s, run_clients(s, target, work))
+        finally:
+            if proxy is not None:
+                stop(proxy)
+            stop(server)
+        if flags is not None and s.kind != "loss30":
+            read_queue(work / "decisions.jsonl", result)
+        return result
+
+
+def read_queue(log: Path, result: Result) -> None:
+    """Queueing delay of every request the bottleneck forwarded, and its tail drops."""
+    with log.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record["dir"] != "up":
+                continue
+            if record["action"] == "deliver":
+                result.queue_ms.append(float(record["delay_ms"]))
+            elif record["action"] == "drop:limit":
+                result.tail_drops += 1
+
+
+def row(result: Result, reference: float) -> str:
+    s = result.scenario
+    failed = sum(c.rows - c.ok for c in result.clients) + sum(s.rows - c.rows for c in result.clients)
+    queue = f"{result.queue_p99_ms():7.1f}" if s.kind == "bottleneck" else "      -"
+    return (
+        f"| {s.kind:10} | {s.clients} | {s.cc:4} | {result.goodput:8,.0f} | {result.goodput / reference:5.2f} "
+        f"| {result.fairness:5.3f} | {100 * result.retransmit_ratio:6.1f}% | {queue} | {result.tail_drops:6} "
+        f"| {failed:6} |"
+    )
+
+
+HEADER = (
+    "| scenario   | N | cc   | goodput req/s | x reference | Jain | retrans | queue p99 ms | tail drops "
+    "| failed rows |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--only", nargs="+", default=["bottleneck", "server", "loss30"])
+    p.add_argument("--rows", type=int, default=8000, help="rows per scenario, shared among the clients")
+    p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
+    p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
+    args = p.parse_args(argv)
+    print(
+        f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
+        f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
+    )
+    print(HEADER)
+    for kind in args.only:
+        for n in args.clients if kind != "loss30" else [1]:
+            rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
+            pair = [
+                run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
+            ]
+            reference = float(args.rate) if kind == "bottleneck" else max(r.goodput for r in pair)
+            if kind == "loss30":
+                reference = pair[1].goodput
+            for r in pair:
+                print(row(r, reference), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Bulk clients (separate processes) sharing a bottleneck: the promises of the congestion window.
+
+Small versions of bench/congestion_bench.py's scenarios (docs/congestion.md has the full table):
+every row exactly right, Jain's fairness >= 0.9, retransmissions <= 10% of requests, queueing
+bounded by the proxy's queue, goodput >= 0.9x the bottleneck; and the slow link on which
+today's fixed window ran rows out of their deadline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("congestion_bench", ROOT / "bench" / "congestion_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+cb = _bench()
+
+
+def failures(result: object) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in result.clients:  # type: ignore[attr-defined]
+        for status, n in c.statuses.items():
+            if status != "OK":
+                out[status] = out.get(status, 0) + n
+        if c.wrong:
+            out["WRONG_TOTAL"] = out.get("WRONG_TOTAL", 0) + c.wrong
+    return out
+
+
+def test_two_bulk_clients_share_a_bottleneck_fairly_without_loss_or_a_full_queue() -> None:
+    rate, limit = 1000, 200
+    r = cb.run_scenario(cb.Scenario("bottleneck", clients=2, rows=2000, cc="auto", rate=rate, limit=limit))
+    assert r.all_ok, failures(r)
+    assert r.fairness >= 0.9, [c.goodput for c in r.clients]
+    assert r.retransmit_ratio <= 0.10
+    assert r.tail_drops == 0
+    assert r.queue_p99_ms() < 1000 * limit / rate  # the controller keeps the queue from filling
+    assert r.goodput >= 0.9 * rate, r.goodput
+
+
+def test_a_slow_link_no_longer_runs_rows_out_of_their_deadline() -> None:
+    """5 KB/s up: 32 requests of 32 rows (1,172 bytes each) take 7.5 s to cross. With a fixed
+    window all 32 queue at once and the last wait past a 3 s deadline; the window sends them as
+    the link carries them."""
+    link = ("--rate-up", "5kbps")
+    flags = ("--deadline", "3")
+    auto = cb.run_scenario(cb.Scenario("custom", 1, 1000, "auto", batch=32, client_flags=flags, proxy=link))
+    assert auto.all_ok, failures(auto)
+    fixed = cb.run_scenario(cb.Scenario("custom", 1, 1000, "none", batch=32, client_flags=flags, proxy=link))
+    assert failures(fixed).get("DEADLINE", 0) > 0, failures(fixed)  # the scenario does show the old failure
+
+
+def test_bulk_clients_straight_at_the_server_all_get_every_row() -> None:
+    """More offered load than one server process serves (4 senders at full speed, single quotes):
+    the queue is the server's socket; every client's every row is answered exactly."""
+    r = cb.run_scenario(cb.Scenario("server", clients=4, rows=3000, cc="auto"))
+    assert r.all_ok, failures(r)
+    assert r.retransmit_ratio <= 0.10
+    assert r.fairness >= 0.9, [c.goodput for c in r.clients]

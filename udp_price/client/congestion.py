@@ -1,0 +1,196 @@
+"""The client's congestion window: how many requests may be in flight at once (pure, time passed in).
+
+RFC 8085 section 3.1 asks bulk senders over UDP for congestion control. A loss-based controller
+(NewReno, CUBIC) would read the fault proxy's random loss as congestion and throw away what loss
+recovery earns, so this one reads only signals that mean a full queue somewhere:
+
+- the server's explicit overload mark (bit 0x40 of a reply's kind byte), as ECN-CE is for TCP and
+  QUIC (RFC 3168, RFC 9002 section 7);
+- BUSY replies (the server's rate limiter asks this source for less);
+- queueing delay: the RTT rising well above the path's minimum, as LEDBAT (RFC 6817) and BBR read it.
+
+The window grows with answered requests: by one per answer in slow start (doubling per round
+trip), by one per round trip afterwards (additive increase, RFC 9002 7.3.3). On a signal it is
+multiplied by ``beta`` (0.5, RFC 9002 7.3.2 / RFC 3168 6.1.2), at most once per round trip: a
+signal counts only for a transmission sent after the last reduction began (QUIC's recovery
+period, RFC 9002 7.3.2). It never exceeds ``max_window`` (the ``--window`` flag) and never falls
+below ``min_window`` (1). Random loss with a flat RTT and no mark changes nothing. docs/congestion.md
+explains the choices and the measurements.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+MARK = "mark"
+BUSY = "busy"
+DELAY = "delay"
+
+
+@dataclass(frozen=True)
+class CongestionConfig:
+    """The controller's knobs; times in seconds, windows in requests (one request = one datagram)."""
+
+    max_window: int = 64
+    """Never more requests in flight than this (bulk's --window)."""
+    initial_window: int = 4
+    """Requests in flight before anything is known (RFC 9002 7.2 starts QUIC at 10 packets; a
+    request here may carry 32 rows, so start lower)."""
+    min_window: int = 1
+    beta: float = 0.5
+    """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
+    target_floor_s: float = 0.025
+    """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
+    most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
+    target_rtt_factor: float = 0.0
+    """...and at least this many minimum RTTs, if larger (a long path tolerates proportionally more
+    queue). 0 by default: a sender that starts while a queue stands takes it for the path's base
+    delay, and a target scaled by that would let it tolerate twice the queue of earlier senders
+    and starve them (LEDBAT's latecomer problem; measured: Jain's index 0.75 at 8 clients)."""
+    slowdown_window: int = 2
+    """Window held during a periodic slowdown (LEDBAT++'s 2 packets)."""
+    slowdown_rtts: float = 2.0
+    """A slowdown lasts this many RTTs: long enough for the bottleneck's queue to drain."""
+    slowdown_gap: float = 9.0
+    """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
+    slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
+    delay_filter: int = 4
+    standing_s: float = 0.05
+    """...and of every sample of the last ``standing_s`` seconds, or half an SRTT if longer."""
+    """The current RTT is the minimum of at least this many latest samples (RFC 6817's
+    CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
+    late reply, or a burst of replies read late because this process was not scheduled, is not
+    a queue."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_window <= self.initial_window or self.max_window < self.min_window:
+            raise ValueError("1 <= min_window <= initial_window and min_window <= max_window are required")
+        if not 0 < self.beta < 1 or self.target_floor_s <= 0 or self.delay_filter < 1:
+            raise ValueError("0 < beta < 1, target_floor_s > 0 and delay_filter >= 1 are required")
+
+
+@dataclass
+class CongestionController:
+    """One sender's congestion window. Feed it every answer and every signal; read ``window``."""
+
+    config: CongestionConfig = field(default_factory=CongestionConfig)
+    cwnd: float = 0.0
+    ssthresh: float = float("inf")
+    min_rtt: float | None = None
+    recovery_start: float = float("-inf")
+    """When the last reduction began: signals about earlier transmissions are the same episode."""
+    next_slowdown_at: float | None = None
+    """When to hold the window at ``slowdown_window`` next; None until the first reduction."""
+    slowdown_until: float | None = None
+    """Set while a slowdown lasts."""
+    _slowdown_began: float = 0.0
+    stats: Counter[str] = field(default_factory=Counter)
+    """Signals (cc.signals.WHY), reductions (cc.reductions.WHY), slowdowns; a session shares its own."""
+    srtt: float | None = None
+    """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
+    _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
+    """(when, RTT) of the latest samples, oldest first."""
+
+    def __post_init__(self) -> None:
+        self.cwnd = float(min(self.config.initial_window, self.config.max_window))
+
+    @property
+    def window(self) -> int:
+        """Requests that may be in flight now (whole requests, at least min_window)."""
+        return max(self.config.min_window, int(self.cwnd))
+
+    def target(self) -> float:
+        """Queueing delay (seconds above the minimum RTT) read as congestion."""
+        return max(self.config.target_floor_s, self.config.target_rtt_factor * (self.min_rtt or 0.0))
+
+    def queueing_delay(self) -> float:
+        """The filtered current RTT minus the minimum RTT seen (RFC 6817 2.4.2); 0 before samples."""
+        if not self._recent or self.min_rtt is None:
+            return 0.0
+        return self._rtt() - self.min_rtt
+
+    def on_reply(
+        self, now: float, sent_at: list[float], tx: int, busy: bool, marked: bool, in_flight: int
+    ) -> str | None:
+        """A valid reply echoing transmission ``tx`` (0: unnumbered) of a request whose
+        transmissions went out at ``sent_at``; returns why the window shrank (MARK, BUSY, DELAY)
+        or None. A mark or BUSY is a signal; a plain answer grows the window, or is a DELAY signal
+        if its RTT shows a queue. An unnumbered reply to a retransmitted request gives no RTT
+        (Karn) and counts only as a signal."""
+        k = tx or (1 if len(sent_at) == 1 else 0)
+        sent = sent_at[k - 1] if k else sent_at[-1]
+        sample = now - sent if k else None
+        if marked or busy:
+            why = MARK if marked else BUSY
+            return why if self.on_congestion(now, sent, why, sample) else None
+        if sample is not None and self.on_answered(now, sent, sample, in_flight):
+            return DELAY
+        return None
+
+    def on_answered(self, now: float, sent_at: float, rtt_s: float, in_flight: int) -> bool:
+        """A plain answer (not BUSY, not marked) to a transmission sent at ``sent_at`` that took
+        ``rtt_s``; ``in_flight``: requests still in flight after it. Grows the window, unless the
+        delay says a queue is building (then it is a congestion signal). True if the window shrank."""
+        self._sample(now, rtt_s)
+        if self._slowing_down(now):
+            return False
+        if self.queueing_delay() > self.target():
+            return self.on_congestion(now, sent_at, DELAY)
+        if in_flight + 1 < self.window:
+            return False  # not using the window: an unused window proves nothing (RFC 7661)
+        self.cwnd += 1.0 if self.cwnd < self.ssthresh else 1.0 / self.cwnd
+        self.cwnd = min(self.cwnd, float(self.config.max_window))
+        return False
+
+    def on_congestion(self, now: float, sent_at: float, why: str, rtt_s: float | None = None) -> bool:
+        """A congestion signal (MARK, BUSY or DELAY) about a transmission sent at ``sent_at``.
+        True if the window was reduced (at most once per round trip)."""
+        if rtt_s is not None:
+            self._sample(now, rtt_s)
+        self.stats[f"cc.signals.{why}"] += 1
+        if sent_at <= self.recovery_start or self._slowing_down(now):
+            return False  # same episode (or a slowdown, which already holds the window minimal)
+        if self.next_slowdown_at is None:
+            self.next_slowdown_at = now + self.config.slowdown_rtts * self._rtt()
+        self.recovery_start = now
+        self.ssthresh = max(float(self.config.min_window), self.cwnd * self.config.beta)
+        self.cwnd = self.ssthresh
+        self.stats[f"cc.reductions.{why}"] += 1
+        return True
+
+    def _rtt(self) -> float:
+        """The current (standing) RTT; 0 before any sample."""
+        return min(rtt for _, rtt in self._recent) if self._recent else 0.0
+
+    def _slowing_down(self, now: float) -> bool:
+        """Periodic slowdowns (LEDBAT++, draft-irtf-iccrg-ledbat-plus-plus section 4.4): every so
+        often, hold the window at 2 for two RTTs, so the queue drains and every sender sharing it
+        measures the true minimum RTT. Without them a sender that starts while a queue stands takes
+        that queue for the path's base delay and tolerates it, starving the earlier ones."""
+        if self.slowdown_until is not None:
+            if now < self.slowdown_until:
+                return True
+            duration = now - self._slowdown_began
+            self.slowdown_until = None
+            self.recovery_start = now  # answers to what was sent during the slowdown are not news
+            self.next_slowdown_at = now + self.config.slowdown_gap * 2 * duration  # slowdown + ramp
+            return False
+        if self.next_slowdown_at is None or now < self.next_slowdown_at:
+            return False
+        self.ssthresh = max(self.cwnd, float(self.config.min_window))  # ramp back up in slow start
+        self.cwnd = float(max(self.config.min_window, min(self.config.slowdown_window, self.config.max_window)))
+        self._slowdown_began = now
+        self.slowdown_until = now + self.config.slowdown_rtts * max(self._rtt(), 0.001)
+        self.stats["cc.slowdowns"] += 1
+        return True
+
+    def _sample(self, now: float, rtt_s: float) -> None:
+        rtt_s = max(rtt_s, 0.0)
+        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
+        self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
+        recent = self._recent
+        recent.append((now, rtt_s))
+        horizon = now - max(self.config.standing_s, self.srtt / 2)
+        while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
+            recent.popleft()

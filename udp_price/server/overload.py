@@ -1,0 +1,69 @@
+"""When the server marks its replies OVERLOADED (bit 0x40 of the kind byte): pure, time passed in.
+
+The mark is the server's explicit congestion signal, as ECN-CE is for TCP and QUIC (RFC 3168,
+RFC 9002 section 7): clients running congestion control shrink their window on it, before the
+socket queue overflows and retransmissions pile onto the overflow. The serving loop asks once
+per wake-up (never per datagram) and feeds in what it sees:
+
+- the kernel's count of datagrams this socket dropped for lack of buffer space (``SO_RXQ_OVFL``,
+  Linux): any growth means requests were already lost; the mark is then held ``hold_s``;
+- a deep backlog: the previous wake-up handled ``deep_backlog`` datagrams or more without
+  emptying the socket, so requests wait in the queue longer than they take to answer.
+
+The third signal, a source close to its rate limit, is per source and comes from the rate
+limiter itself (``RateLimiter.near_limit``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+DEEP_BACKLOG = 256
+"""Datagrams handled in one wake-up that mean a standing queue (the loop's DRAIN_LIMIT: it found
+the socket still non-empty after a full burst)."""
+READ_DROPS_BURST = 16
+"""Read the drop counter when the previous wake-up handled at least this many datagrams (a queue
+is building; a socket with a 4 MB buffer overflows only after thousands)..."""
+READ_DROPS_EVERY = 64
+"""...and at every 64th wake-up anyway. recvmsg costs about a microsecond more than recvfrom, and
+on a lightly loaded server every wake-up handles a single datagram."""
+HOLD_S = 0.1
+"""How long kernel drops keep the mark on: drops come in bursts, and clients need a round trip
+or two of marked replies to react."""
+
+
+@dataclass
+class OverloadDetector:
+    deep_backlog: int = DEEP_BACKLOG
+    hold_s: float = HOLD_S
+    stats: Counter[str] = field(default_factory=Counter)
+    kernel_drops: int = 0
+    """The socket's drop counter as last read (SO_RXQ_OVFL is cumulative per socket)."""
+    _until: float = float("-inf")
+    _deep: bool = False
+    _last_burst: int = 0
+    _wakeups: int = 0
+
+    def next_burst(self, now: float) -> tuple[bool, bool]:
+        """For the next wake-up: (mark its replies?, read SO_RXQ_OVFL with its first datagram?)."""
+        self._wakeups += 1
+        wants = self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
+        return self._deep or now < self._until, wants
+
+    def after_burst(self, handled: int, kernel_drops: int | None, now: float) -> None:
+        """One wake-up of the loop handled ``handled`` datagrams; ``kernel_drops`` is the socket's
+        SO_RXQ_OVFL counter read during it (None: not available)."""
+        if kernel_drops is not None and kernel_drops != self.kernel_drops:
+            if kernel_drops > self.kernel_drops:
+                self.stats["overload.kernel_drops"] += kernel_drops - self.kernel_drops
+                self._until = now + self.hold_s
+            self.kernel_drops = kernel_drops  # (a smaller value: the 32-bit counter wrapped)
+        self._last_burst = handled
+        self._deep = handled >= self.deep_backlog
+        if self._deep:
+            self.stats["overload.deep_backlog"] += 1
+
+    def overloaded(self, now: float) -> bool:
+        """Mark the replies of the next burst?"""
+        return self._deep or now < self._until
