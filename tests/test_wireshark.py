@@ -42,7 +42,7 @@ def write_capture(path: Path, packets: list[tuple[float, tuple[str, int], tuple[
     with path.open("wb") as out:
         writer = PcapWriter(out)
         for t, src, dst, payload in packets:
-            writer.packet(t, src, dst, payload, f"packet at {t}", inbound=True)
+            writer.packet(t, src, dst, payload, f"packet at {t}", True)
         assert writer.error is None
 
 
