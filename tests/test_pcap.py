@@ -288,7 +288,7 @@ def test_a_send_error_is_recorded_as_not_sent(tmp_path: Path) -> None:
         "up #0 flow 0 sent: forwarded",
         "up #1 flow 0 received: forwarded",
     ]
-    assert comments[3] == "up #1 flow 0 NOT SENT: send failed (Connection refused)"
+    assert comments[3] == "up #1 flow 0 NOT SENT: send error (Connection refused)"
 
 
 def test_a_wildcard_listener_records_the_address_the_client_sent_to(tmp_path: Path) -> None:

@@ -371,7 +371,7 @@ class FaultProxy:
         except OSError as e:
             self.stats[f"{direction.value}.send_errors"] += 1
             if self.capture is not None:
-                why = f"send failed ({e.strerror or e})"
+                why = f"send error ({e.strerror or e})"
                 self.capture.not_sent(now, self._hop(direction, flow, False), note[0], payload, why)
             return
         self.stats[f"{direction.value}.sent"] += 1
