@@ -31,6 +31,7 @@ from udp_price.wire import (
     QuoteReply,
     QuoteRequest,
     Status,
+    encode_list_request,
     encode_request,
 )
 
@@ -42,7 +43,7 @@ def write_capture(path: Path, packets: list[tuple[float, tuple[str, int], tuple[
     with path.open("wb") as out:
         writer = PcapWriter(out)
         for t, src, dst, payload in packets:
-            writer.packet(t, src, dst, payload, f"packet at {t}", inbound=True)
+            writer.packet(t, src, dst, payload, f"packet at {t}", True)
         assert writer.error is None
 
 
@@ -369,7 +370,10 @@ def test_corrupted_and_truncated_replies_are_flagged(tmp_path: Path, fault: str)
     finally:
         stop(server)
     assert code == 0 and json.loads(done.stdout)["status"] == "NO_ANSWER"
-    frames = dissect(pcap)
+    # Off the default port a truncated datagram does not pass the heuristic (it needs a fitting
+    # length): decoded as udp-price by port, as docs/testing.md says ("Decode As").
+    ports = (at.rsplit(":", 1)[1], str(address[1]))
+    frames = dissect(pcap, *(arg for port in ports for arg in ("-d", f"udp.port=={port},udp_price")))
     raw = read_pcapng(pcap)
     assert len(raw) == len(frames) == 12  # 3 requests and 3 replies, each received and sent
     received = {p.comment.split(" received: ")[0]: p for p in raw if p.inbound}
@@ -387,3 +391,76 @@ def test_corrupted_and_truncated_replies_are_flagged(tmp_path: Path, fault: str)
         else:
             assert packet.comment.endswith(f"truncated to {len(sent)} of {len(original)} bytes")
             assert frame.get("udp_price.crc32.status") == "0" or frame.has("udp_price.bad_length")
+
+
+def test_version_one_lists_dissect_on_the_port_and_by_heuristic(tmp_path: Path) -> None:
+    """Version 1 lists had a u16 page and pages: a 666-byte request, replies of 26 + 40 N bytes."""
+    rid = bytes.fromhex("0123456789abcdef")
+    request = seal(b"QP\x01\x05" + rid + (3).to_bytes(2, "big") + bytes(666 - 18))
+    entry = b"apple".ljust(32, b"\0") + (50).to_bytes(8, "big")
+    reply = seal(b"QP\x01\x06" + rid + bytes([0, 1]) + bytes.fromhex("0003 0009 11223344") + entry)
+    assert (len(request), len(reply)) == (666, 66)
+    for port in (9999, 40001):
+        server = ("127.0.0.1", port)
+        write_capture(tmp_path / "v1.pcapng", [(1.0, CLIENT, server, request), (1.5, server, CLIENT, reply)])
+        asked, answered = dissect(tmp_path / "v1.pcapng")
+        assert asked.get("udp_price.page") == "3" and asked.get("udp_price.crc32.status") == "1"
+        assert not asked.has("udp_price.bad_length")
+        assert (answered.get("udp_price.page"), answered.get("udp_price.pages")) == ("3", "9")
+        assert answered.get("udp_price.catalog_version") == "0x11223344"
+        assert answered.subtrees == [
+            {
+                "udp_price.entry.item": ["apple"],
+                "udp_price.entry.unit_price": ["0.50"],
+                "udp_price.entry.unit_price_cents": ["50"],
+            }
+        ]
+        assert answered.get("udp_price.request_in") == "1"
+
+
+def seal(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "big")
+
+
+def test_copies_of_unnumbered_requests_are_duplicates_and_kinds_are_apart(tmp_path: Path) -> None:
+    """A list request (no transmission number) seen twice byte for byte is a copy, not a client
+    retry; a quote with transmission 0 likewise; a quote sharing a listing's id is its own exchange."""
+    listing = encode_list_request(ListRequest(0x77, page=2))
+    unnumbered = encode_request(QuoteRequest(0x77, "apple", 1, transmission=0))
+    packets = [(1.0, CLIENT, SERVER, listing), (1.01, CLIENT, SERVER, listing)]
+    packets += [(2.0, CLIENT, SERVER, unnumbered), (2.01, CLIENT, SERVER, unnumbered)]
+    write_capture(tmp_path / "d.pcapng", packets)
+    first, copy, quote, quote_copy = dissect(tmp_path / "d.pcapng")
+    assert copy.get("udp_price.duplicate") == "1" and not copy.has("udp_price.retransmission")
+    assert quote.get("udp_price.attempt") == "1" and not quote.has("udp_price.retransmission")
+    assert quote_copy.get("udp_price.duplicate") == "1" and not quote_copy.has("udp_price.retransmission")
+    assert not first.has("udp_price.duplicate") and not first.has("udp_price.retransmission")
+
+
+def test_one_forged_datagram_does_not_take_over_another_protocols_conversation(tmp_path: Path) -> None:
+    """The heuristic never claims a conversation: DNS after a forged udp-price datagram on the
+    same ports stays DNS. A plausible datagram with a bad CRC is still recognised and flagged."""
+    dns_query = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+    forged = vectors()["quote-request"]
+    corrupted = bytearray(forged)
+    corrupted[20] ^= 0x01
+    client, dns = ("127.0.0.1", 53535), ("127.0.0.1", 53)
+    packets = [(1.0, client, dns, dns_query), (2.0, client, dns, forged), (3.0, client, dns, dns_query)]
+    packets += [(4.0, CLIENT, ("127.0.0.1", 40001), bytes(corrupted))]
+    write_capture(tmp_path / "h.pcapng", packets)
+    before, ours, after, bad = dissect(tmp_path / "h.pcapng")
+    assert not before.fields and not after.fields  # DNS: no udp_price field at all
+    assert ours.get("udp_price.crc32.status") == "1"
+    assert bad.get("udp_price.crc32.status") == "0" and bad.has("udp_price.crc32.bad")
+
+
+def test_items_that_are_not_valid_utf8_are_shown_escaped(tmp_path: Path) -> None:
+    request = vectors()["quote-request"]
+    items = [b"\xff" * 32, "café crème".encode() + b"\xff" * 20, b"\xe9" + b"a" * 31, "brûlée".encode()[:3]]
+    packets = [
+        (float(i), CLIENT, SERVER, resealed(request[:16] + it.ljust(32, b"\0") + request[48:]))
+        for i, it in enumerate(items)
+    ]
+    write_capture(tmp_path / "u.pcapng", packets)
+    shown = [frame.get("udp_price.item") for frame in dissect(tmp_path / "u.pcapng")]  # dissect: strict UTF-8
+    assert shown == ["\\xff" * 32, "café crème" + "\\xff" * 20, "\\xe9" + "a" * 31, "br\\xc3"]

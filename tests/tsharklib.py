@@ -64,10 +64,15 @@ def dissect(capture: Path, *extra: str) -> list[Frame]:
         "-J", "frame udp udp_price pkt_comment",
         *extra,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "Lua Error" not in done.stdout and "Lua: Error" not in done.stderr, done.stderr + done.stdout[-2000:]
-    return [_frame(packet["_source"]["layers"]) for packet in json.loads(done.stdout or "[]")]
+    done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, stderr
+    try:  # strictly: the dissector must never make tshark's output invalid UTF-8 (an item cut mid-character)
+        stdout = done.stdout.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AssertionError(f"tshark's JSON is not UTF-8 ({e}): {done.stdout[e.start - 60 : e.end + 20]!r}") from None
+    assert "Lua Error" not in stdout and "Lua: Error" not in stderr, stderr + stdout[-2000:]
+    return [_frame(packet["_source"]["layers"]) for packet in json.loads(stdout or "[]")]
 
 
 def _frame(layers: dict[str, Any]) -> Frame:

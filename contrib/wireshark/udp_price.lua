@@ -124,13 +124,51 @@ local function money(range)
     return string.format("%s.%02d", tostring(units), rest)
 end
 
+-- Valid UTF-8 kept, every other byte shown escaped as \xNN: an item cut mid-character (or
+-- corrupted) must not make tshark's own output (JSON, fields) invalid UTF-8.
+local function utf8_sequence_length(s, i)
+    local b = s:byte(i)
+    local n, lo, hi = 0, 0x80, 0xBF
+    if b < 0x80 then return 1
+    elseif b >= 0xC2 and b <= 0xDF then n = 2
+    elseif b >= 0xE0 and b <= 0xEF then
+        n = 3
+        if b == 0xE0 then lo = 0xA0 elseif b == 0xED then hi = 0x9F end  -- no overlongs, no surrogates
+    elseif b >= 0xF0 and b <= 0xF4 then
+        n = 4
+        if b == 0xF0 then lo = 0x90 elseif b == 0xF4 then hi = 0x8F end  -- no overlongs, nothing past U+10FFFF
+    else return 0 end
+    if i + n - 1 > #s then return 0 end
+    local second = s:byte(i + 1)
+    if second < lo or second > hi then return 0 end
+    for j = i + 2, i + n - 1 do
+        local c = s:byte(j)
+        if c < 0x80 or c > 0xBF then return 0 end
+    end
+    return n
+end
+
+local function printable_utf8(s)
+    local out, i = {}, 1
+    while i <= #s do
+        local n = utf8_sequence_length(s, i)
+        if n == 0 then
+            out[#out + 1] = string.format("\\x%02x", s:byte(i))
+            i = i + 1
+        else
+            out[#out + 1] = s:sub(i, i + n - 1)
+            i = i + n
+        end
+    end
+    return table.concat(out)
+end
+
 -- NUL-padded UTF-8: the name ends at the first NUL, or fills the field (stringz would read on
 -- past the field's end into the next one).
 local function item_text(range)
-    local nul = range:raw():find("\0", 1, true)
-    local n = nul and (nul - 1) or range:len()
-    if n == 0 then return "" end
-    return range:range(0, n):string(ENC_UTF_8)
+    local raw = range:raw()
+    local nul = raw:find("\0", 1, true)
+    return printable_utf8(nul and raw:sub(1, nul - 1) or raw)
 end
 
 -- Whether a datagram of len bytes has a valid size for (version, kind).
@@ -141,8 +179,12 @@ local function size_fits(version, kind, len)
         local fixed = (version == 1) and 28 or 29
         return len >= fixed and (len - fixed) % 17 == 0 and (len - fixed) / 17 <= 32
     end
-    if kind == 5 then return len == 670 end
-    if kind == 6 then return len >= 30 and (len - 30) % 40 == 0 and (len - 30) / 40 <= 16 end
+    -- Lists: version 1 had a u16 page (and pages): a 666-byte request, replies of 26 + 40 N bytes.
+    if kind == 5 then return len == ((version == 1) and 666 or 670) end
+    if kind == 6 then
+        local fixed = (version == 1) and 26 or 30
+        return len >= fixed and (len - fixed) % 40 == 0 and (len - fixed) / 40 <= 16
+    end
     return false
 end
 
@@ -150,10 +192,10 @@ end
 -- given by its count byte (offset 12 in batch requests, 13 in batch and list replies).
 local function size_from_count(version, kind, buf)
     if kind == 1 or kind == 2 then return 76 end
-    if kind == 5 then return 670 end
+    if kind == 5 then return (version == 1) and 666 or 670 end
     if kind == 3 then return 20 + 36 * buf(12, 1):uint() end
     if kind == 4 then return ((version == 1) and 28 or 29) + 17 * buf(13, 1):uint() end
-    return 30 + 40 * buf(13, 1):uint()
+    return ((version == 1) and 26 or 30) + 40 * buf(13, 1):uint()
 end
 
 ------------------------------------------------------------------------------------------------
@@ -173,7 +215,8 @@ local function duration(seconds)
     return NSTime.new(s, ns)
 end
 
--- key -> { requests = count, replies = count, by_tx = {tx -> record}, last = record, first = frame, first_time }
+-- key -> { requests = count, replies = count, by_tx = {tx -> record}, by_bytes = {datagram -> record},
+--         last = record, first = frame, first_time }
 -- where a record is { number = frame, time = seconds, response_in = frame of the first reply to it }
 local exchanges = {}
 local frame_info = {}  -- frame number -> table of generated values
@@ -183,29 +226,41 @@ function p.init()
     frame_info = {}
 end
 
-local function exchange_key(pinfo, request_id, is_request)
+-- The request's kind is part of the key (a reply's kind is its request's plus one): a quote and a
+-- listing that happen to share an id are two exchanges.
+local function exchange_key(pinfo, request_id, kind)
+    local is_request = kind % 2 == 1
     local a = tostring(pinfo.src) .. ":" .. pinfo.src_port
     local b = tostring(pinfo.dst) .. ":" .. pinfo.dst_port
     if not is_request then a, b = b, a end
-    return a .. ">" .. b .. "#" .. tostring(request_id)
+    local request_kind = is_request and kind or (kind - 1)
+    return a .. ">" .. b .. "#" .. tostring(request_id) .. "/" .. request_kind
 end
 
-local function track_request(pinfo, key, tx)
+-- A request without a transmission number (lists, version 1, transmission 0) whose bytes are
+-- those of one already seen is a copy: the identical datagram again. (A client resending the
+-- identical bytes looks the same on the wire; without a transmission number nothing tells them apart.)
+local function track_request(pinfo, key, tx, datagram)
     local x = exchanges[key]
     local now = frame_time(pinfo)
-    if not x then x = { requests = 0, by_tx = {}, replies = 0, first = pinfo.number, first_time = now } exchanges[key] = x end
+    if not x then
+        x = { requests = 0, by_tx = {}, by_bytes = {}, replies = 0, first = pinfo.number, first_time = now }
+        exchanges[key] = x
+    end
     local info = { first = x.first }
-    if tx ~= nil and tx > 0 and x.by_tx[tx] then
+    local numbered = tx ~= nil and tx > 0
+    local seen = numbered and x.by_tx[tx] or (not numbered and x.by_bytes[datagram])
+    if seen then
         -- The same transmission again: a copy the network (or a proxy) made, not a retransmission.
         info.duplicate = true
-        info.record = x.by_tx[tx]
+        info.record = seen
         info.attempt = x.requests
     else
         x.requests = x.requests + 1
         info.attempt = x.requests
         info.retransmission = (x.requests > 1) or (tx ~= nil and tx > 1)
         info.record = { number = pinfo.number, time = now }
-        if tx ~= nil and tx > 0 then x.by_tx[tx] = info.record end
+        if numbered then x.by_tx[tx] = info.record else x.by_bytes[datagram] = info.record end
         x.last = info.record
     end
     frame_info[pinfo.number] = info
@@ -378,7 +433,7 @@ local function list_request(buf, t, version)
         return text, nil
     end
     t:add(f.page, buf(12, 2))
-    t:add(f.reserved, buf(14, 652))
+    t:add(f.reserved, buf(14, 648))
     return string.format("page %d", buf(12, 2):uint()), nil
 end
 
@@ -468,13 +523,13 @@ local function dissect(buf, pinfo, tree)
     end
     local is_request = kind % 2 == 1
     if good_crc and known and not pinfo.visited then
-        local key = exchange_key(pinfo, request_id, is_request)
-        if is_request then track_request(pinfo, key, tx) else track_reply(pinfo, key, tx) end
+        local key = exchange_key(pinfo, request_id, kind)
+        if is_request then track_request(pinfo, key, tx, buf:raw()) else track_reply(pinfo, key, tx) end
     end
     add_matching(t, pinfo.number, is_request)
     if failed then t:add_proto_expert_info(e.failure) end
     local flag_text = (bit32.band(flags, 0x80) ~= 0 and " AUTH" or "") .. (bit32.band(flags, 0x40) ~= 0 and " OVERLOADED" or "")
-    info = string.format("%s id=%s%s", KINDS[kind] or ("kind " .. kind), request_id:tohex(), flag_text)
+    local info = string.format("%s id=%s%s", KINDS[kind] or ("kind " .. kind), request_id:tohex(), flag_text)
     if tx ~= nil then info = info .. " tx=" .. tx end
     info = info .. " " .. summary
     if not good_crc then info = info .. " [BAD CRC32]" end
@@ -486,8 +541,8 @@ local function dissect(buf, pinfo, tree)
     return len
 end
 
--- Called for the default port and for conversations the heuristic recognised: a datagram there
--- that is too short or lost its magic (truncated or corrupted on the way) is shown as ours, flagged.
+-- Called for the default port: a datagram there that is too short or lost its magic (truncated or
+-- corrupted on the way) is shown as ours, flagged.
 function p.dissector(buf, pinfo, tree)
     local len = buf:len()
     if len >= 16 and buf(0, 2):string() == MAGIC then return dissect(buf, pinfo, tree) end
@@ -504,17 +559,23 @@ function p.dissector(buf, pinfo, tree)
     return len
 end
 
--- Heuristic: our magic, a known version and kind, a length that fits the kind, and an intact
--- CRC32. Once a datagram is recognised its conversation is ours, so a later corrupted one
--- (bad CRC) on the same ports is still dissected and flagged.
+-- Heuristic, for any other port: our magic, a known version and kind, and a length that fits the
+-- kind (or, with the AUTH flag, one at least that long). The CRC32 is not required, so a corrupted
+-- datagram is still recognised and flagged bad-CRC. Each datagram must pass this itself: the
+-- heuristic never claims the conversation, so one forged datagram cannot take over another
+-- protocol's conversation; the price is that a datagram truncated or without its magic on a
+-- non-default port is left to other dissectors (decode it with "Decode As... udp_price").
 local function heuristic(buf, pinfo, tree)
     local len = buf:len()
     if len < 16 or buf(0, 2):string() ~= MAGIC then return false end
-    local version, kind = buf(2, 1):uint(), bit32.band(buf(3, 1):uint(), 0x3F)
+    local version, kind_byte = buf(2, 1):uint(), buf(3, 1):uint()
+    local kind = bit32.band(kind_byte, 0x3F)
     if version < 1 or version > 2 or not KINDS[kind] then return false end
-    if bit32.band(buf(3, 1):uint(), 0x80) == 0 and not size_fits(version, kind, len) then return false end
-    if crc32(buf(0, len - CRC_SIZE):bytes()) ~= buf(len - CRC_SIZE, CRC_SIZE):uint() then return false end
-    pinfo.conversation = p
+    if bit32.band(kind_byte, 0x80) == 0 then
+        if not size_fits(version, kind, len) then return false end
+    elseif len < size_from_count(version, kind, buf) then
+        return false
+    end
     dissect(buf, pinfo, tree)
     return true
 end

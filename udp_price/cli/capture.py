@@ -15,11 +15,23 @@ def _why(e: BaseException) -> str:
     return str(e.strerror) if isinstance(e, OSError) and e.strerror else str(e)
 
 
-def open_capture(path: str | None) -> ProxyCapture | str | None:
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, /dev/fd/N...
+    except OSError:  # one of them does not exist yet: not the same file
+        return False
+
+
+def open_capture(path: str | None, log: str | None = None) -> ProxyCapture | str | None:
     """The --pcap capture with its header written and flushed (so a full disk shows at start),
-    None without --pcap, or the one-line error."""
+    None without --pcap, or the one-line error. ``log`` (--log's path) must be another file: two
+    writers interleaving in one file would leave neither readable."""
     if path is None:
         return None
+    if log is not None and log != "-" and _same_file(path, log):
+        return f"fault_proxy: --pcap and --log are the same file ({path}); give each its own"
     try:
         out = open(path, "wb")  # noqa: SIM115 - closed by close_capture
     except OSError as e:

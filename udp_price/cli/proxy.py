@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.verbosity >= 0:
             print(line, file=human, flush=True)
 
-    capture = open_capture(args.pcap)
+    capture = open_capture(args.pcap, args.log)
     if isinstance(capture, str):
         print(capture, file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ the first one and remembers it, so relaying never depends on the capture).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable, Sequence
@@ -42,8 +43,10 @@ IP_TTL = 64
 
 
 class Direction(IntEnum):
-    """epb_flags bits 0-1 (pcapng section 4.3.1): 1 inbound, 2 outbound."""
+    """epb_flags bits 0-1 (pcapng section 4.3.1): 1 inbound, 2 outbound, 0 not available. The proxy
+    uses 0 for a datagram it meant to send and did not (send error, discarded at stop): not on the wire."""
 
+    NOT_SENT = 0
     INBOUND = 1
     OUTBOUND = 2
 
@@ -90,24 +93,28 @@ def enhanced_packet(timestamp_s: float, packet: bytes, comment: str, direction: 
 
 
 def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum of 16-bit words."""
+    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum of 16-bit words.
+
+    That sum is the words read as one big number, modulo 0xFFFF (2**16 is 1 modulo 0xFFFF: the
+    end-around carry, RFC 1071 section 2), except that a non-zero sum divisible by 0xFFFF is 0xFFFF.
+    One big-number operation in C instead of a Python step per word."""
     if len(data) % 2:
         data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    value = int.from_bytes(data, "big")
+    total = value % 0xFFFF or (0xFFFF if value else 0)
     return ~total & 0xFFFF
 
 
-def _ip(address: Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(address[0].split("%", 1)[0])  # a scope id (fe80::1%eth0) is not on the wire
-    return ip
+@functools.lru_cache(maxsize=4096)
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parsed once per address (cached): parsing per packet cost more than the rest of the capture."""
+    return ipaddress.ip_address(host.split("%", 1)[0])  # a scope id (fe80::1%eth0) is not on the wire
 
 
 def ip_udp_packet(source: Address, destination: Address, payload: bytes) -> bytes:
     """``payload`` in a UDP header in an IPv4 or IPv6 header (RFC 791 / 8200, RFC 768), checksums
     computed. An IPv4 address next to an IPv6 one is written as IPv4-mapped IPv6 (::ffff:a.b.c.d)."""
-    src, dst = _ip(source), _ip(destination)
+    src, dst = _ip(source[0]), _ip(destination[0])
     if src.version != dst.version:
         src, dst = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a for a in (src, dst))
     udp_length = 8 + len(payload)
@@ -126,9 +133,33 @@ def ip_udp_packet(source: Address, destination: Address, payload: bytes) -> byte
     return struct.pack("!IHBB16s16s", 6 << 28, udp_length, UDP_PROTO, IP_TTL, src.packed, dst.packed) + udp
 
 
+MAX_OFFSETS_LISTED = 16
+"""A comment lists at most this many corrupted offsets (then says how many there are in all)."""
+
+
 def changed_bytes(before: bytes, after: bytes) -> list[int]:
-    """0-based offsets where ``after`` differs from ``before`` (over their common length)."""
-    return [i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b]
+    """0-based offsets where ``after`` differs from ``before`` (over their common length), ascending.
+
+    Cost in C, not in a Python loop per byte: one XOR of the two as big integers, then one step per
+    differing byte (a corruption changes a few)."""
+    n = min(len(before), len(after))
+    if before[:n] == after[:n]:
+        return []
+    diff = int.from_bytes(before[:n], "big") ^ int.from_bytes(after[:n], "big")
+    offsets: list[int] = []
+    while diff:
+        low_byte = ((diff & -diff).bit_length() - 1) // 8  # counted from the end
+        offsets.append(n - 1 - low_byte)
+        diff &= ~(0xFF << (8 * low_byte))
+    return offsets[::-1]
+
+
+def _corruption(received: bytes, sent: bytes) -> str:
+    offsets = changed_bytes(received, sent)
+    shown = ", ".join(map(str, offsets[:MAX_OFFSETS_LISTED]))
+    if len(offsets) > MAX_OFFSETS_LISTED:
+        shown += f", ... ({len(offsets)} bytes in all)"
+    return "corrupted at byte" + ("s " if len(offsets) > 1 else " ") + shown
 
 
 def fault_story(decision: Decision, received: bytes) -> str:
@@ -140,9 +171,8 @@ def fault_story(decision: Decision, received: bytes) -> str:
     if action != "deliver":
         return action
     words: list[str] = []
-    offsets = changed_bytes(received, sent)
-    if offsets:
-        words.append("corrupted at byte" + ("s " if len(offsets) > 1 else " ") + ", ".join(map(str, offsets)))
+    if sent != received[: len(sent)]:  # one C comparison; offsets are looked for only in a changed datagram
+        words.append(_corruption(received, sent))
     if len(sent) < len(received):
         words.append(f"truncated to {len(sent)} of {len(received)} bytes")
     if decision.copies > 1:
@@ -150,6 +180,16 @@ def fault_story(decision: Decision, received: bytes) -> str:
     if decision.delay_s > 0:
         words.append(f"delayed by {decision.delay_s * 1000:.3f} ms")
     return ", ".join(words) or "forwarded"
+
+
+def with_held_drops(story: str, held: list[bool]) -> str:
+    """``story`` told truthfully when delayed copies found the hold budget full (tail-dropped)."""
+    dropped = held.count(False)
+    if not dropped:
+        return story
+    if dropped == len(held):
+        return "dropped (held_full: the hold budget for delayed datagrams is full)"
+    return f"{story}; {dropped} of {len(held)} copies dropped (held_full)"
 
 
 class PcapWriter:
@@ -165,12 +205,20 @@ class PcapWriter:
         self._write(section_header(application) + interface_description("fault_proxy"))
 
     def packet(
-        self, timestamp_s: float, source: Address, destination: Address, payload: bytes, comment: str, inbound: bool
+        self,
+        timestamp_s: float,
+        source: Address,
+        destination: Address,
+        payload: bytes,
+        comment: str,
+        direction: Direction | bool,
     ) -> None:
-        """Record one datagram as an IP/UDP packet from ``source`` to ``destination``."""
+        """Record one datagram as an IP/UDP packet from ``source`` to ``destination``; ``direction``
+        True/False is short for inbound/outbound."""
         if self.out is None:
             return
-        direction = Direction.INBOUND if inbound else Direction.OUTBOUND
+        if isinstance(direction, bool):
+            direction = Direction.INBOUND if direction else Direction.OUTBOUND
         packet = ip_udp_packet(source, destination, payload)
         if self._write(enhanced_packet(timestamp_s, packet, comment, direction)):
             self.packets += 1
@@ -202,25 +250,38 @@ class ProxyCapture:
     with comments such as 'up #3 flow 0 received: dropped (random)'. ``clock_offset_s`` turns the
     relay's monotonic seconds into epoch seconds (wall clock read once, at start)."""
 
+    FLUSH_EVERY_S = 1.0
+    """A reader (tail, a test, Wireshark reloading) sees packets at most this late; flushing per packet
+    would cost a system call each."""
+
     def __init__(
         self, writer: PcapWriter, clock_offset_s: float, on_error: Callable[[BaseException], None] | None = None
     ) -> None:
         self.writer = writer
+        self._flushed_at: float | None = None
         self.clock_offset_s = clock_offset_s
         self.on_error = on_error
         """Called once, with the first write error (the proxy says so and keeps relaying)."""
 
     def received(self, now: float, hop: tuple[Address, Address], label: str, data: bytes, story: str) -> None:
         """A datagram the proxy received on ``hop`` (source, destination), and what it decided."""
-        self._packet(now, hop, data, f"{label} received: {story}", True)
+        self._packet(now, hop, data, f"{label} received: {story}", Direction.INBOUND)
 
     def sent(self, now: float, hop: tuple[Address, Address], label: str, data: bytes, story: str) -> None:
         """A datagram the proxy sent on ``hop``."""
-        self._packet(now, hop, data, f"{label} sent: {story}", False)
+        self._packet(now, hop, data, f"{label} sent: {story}", Direction.OUTBOUND)
 
-    def _packet(self, now: float, hop: tuple[Address, Address], data: bytes, comment: str, inbound: bool) -> None:
+    def not_sent(self, now: float, hop: tuple[Address, Address], label: str, data: bytes, why: str) -> None:
+        """A datagram the proxy meant to send on ``hop`` and did not (``why``): no direction, as it
+        never went on the wire."""
+        self._packet(now, hop, data, f"{label} NOT SENT: {why}", Direction.NOT_SENT)
+
+    def _packet(self, now: float, hop: tuple[Address, Address], data: bytes, comment: str, way: Direction) -> None:
         if self.writer.out is None:
             return
-        self.writer.packet(now + self.clock_offset_s, hop[0], hop[1], data, comment, inbound)
+        self.writer.packet(now + self.clock_offset_s, hop[0], hop[1], data, comment, way)
+        if self._flushed_at is None or now - self._flushed_at >= self.FLUSH_EVERY_S:
+            self._flushed_at = now
+            self.writer.flush()
         if self.writer.error is not None and self.on_error is not None:
             self.on_error(self.writer.error)

@@ -37,7 +37,7 @@ from udp_price.faults.guards import (
     flow_limit,
     normalise,
 )
-from udp_price.faults.pcap import ProxyCapture, fault_story
+from udp_price.faults.pcap import ProxyCapture, fault_story, with_held_drops
 from udp_price.faults.plan import (
     MAX_DATAGRAM,
     MAX_FLOWS,
@@ -59,6 +59,9 @@ class _Flow:
     ident: int
     client: Address
     sock: socket.socket
+    local: Address | None = None
+    """The proxy's address as this client sees it (for a capture): the listen address, or, when
+    listening on a wildcard, the source address the kernel routes to this client from."""
     last_active: float = 0.0
     index: dict[Direction, int] = field(default_factory=lambda: {Direction.UP: 0, Direction.DOWN: 0})
     state: dict[Direction, ChannelState] = field(
@@ -105,7 +108,8 @@ class FaultProxy:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0.0
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[asyncio.TimerHandle, tuple[Direction, _Flow, bytes, tuple[str, str]]] = {}
+        """Delayed datagrams not sent yet: what each timer will send (a capture records the ones a stop discards)."""
         self._links = {Direction.UP: LinkState(), Direction.DOWN: LinkState()}
         """Per direction, for --rate and --limit: one queue per direction, as netem has one per interface."""
 
@@ -135,8 +139,11 @@ class FaultProxy:
         return numeric[0]
 
     async def stop(self) -> None:
-        for timer in self._timers:
+        for timer, (direction, flow, payload, note) in self._timers.items():
             timer.cancel()
+            if self.capture is not None and self._sock is not None:
+                hop = self._hop(direction, flow, False)
+                self.capture.not_sent(time.monotonic(), hop, note[0], payload, "discarded, the proxy stopped first")
         self._timers.clear()
         self.held.count = self.held.bytes = 0
         if self._loop is None or self._sock is None:
@@ -169,12 +176,29 @@ class FaultProxy:
             if sock is None:
                 return None
             self._remember_own(sock)
-            flow = _Flow(self._flow_count, client, sock)
+            flow = _Flow(self._flow_count, client, sock, self._local_for(client))
             self._flow_count += 1
             self._loop.add_reader(sock, self._on_upstream_readable, flow)
         flow.last_active = now
         self._flows[client] = flow  # (re)inserted last: the dict is in least-recently-active order
         return flow
+
+    def _local_for(self, client: Address) -> Address | None:
+        """With a capture and a wildcard listen address, the address the kernel would send to
+        ``client`` from (a connected socket's name, no datagram sent): on a host where the client
+        reached us by the route back to it (loopback, one address per family) it is the address
+        the client sent to. Without IP_PKTINFO that is the best knowledge there is; docs/testing.md."""
+        if self.capture is None or self._sock is None:
+            return None
+        host, port = self._sock.getsockname()[:2]
+        if host not in _WILDCARD:
+            return None
+        try:
+            with socket.socket(self._sock.family, socket.SOCK_DGRAM) as probe:
+                probe.connect(client)
+                return probe.getsockname()[0], port
+        except OSError:
+            return None
 
     def _upstream_socket(self) -> socket.socket | None:
         try:
@@ -283,16 +307,19 @@ class FaultProxy:
         self.stats[f"{d}.{decision.action}"] += 1
         for tag in decision.tags:
             self.stats[f"{d}.{tag}"] += 1
-        story = "" if self.capture is None else fault_story(decision, data)
+        # Delayed copies take their room in the hold budget now, so the capture's story of the
+        # received datagram says which were dropped for it (held_full) rather than "delayed".
+        held = [decision.delay_s <= 0 or self._hold(direction, decision.payload) for _ in range(decision.copies)]
+        story = "" if self.capture is None else with_held_drops(fault_story(decision, data), held)
         label = f"{d} #{index} flow {flow.ident}"
         if self.capture is not None:  # first, so a capture lists each datagram before what became of it
             self.capture.received(self._started + elapsed, self._hop(direction, flow, True), label, data, story)
         for copy in range(decision.copies):  # forward first: a failing decision log must never cost a datagram
             note = f"{label} copy {copy + 1} of {decision.copies}" if decision.copies > 1 else label
-            if decision.delay_s > 0:
-                self._later(decision.delay_s, direction, flow, decision.payload, (note, story))
-            else:
+            if decision.delay_s <= 0:
                 self._send(direction, flow, decision.payload, (note, story))
+            elif held[copy]:
+                self._later(decision.delay_s, direction, flow, decision.payload, (note, story))
         self._log(elapsed, direction, flow, index, len(data), decision)
 
     def _shaped(self, direction: Direction, decision: Decision, elapsed: float) -> Decision:
@@ -311,20 +338,25 @@ class FaultProxy:
             return Decision("drop:limit")
         return replace(decision, delay_s=delay)
 
+    def _hold(self, direction: Direction, payload: bytes) -> bool:
+        """Room in the hold budget for one delayed copy, or a tail drop (counted) when it is full."""
+        if self.held.take(len(payload)):
+            return True
+        self.stats[f"{direction.value}.drop:held_full"] += 1
+        return False
+
     def _later(self, delay: float, direction: Direction, flow: _Flow, payload: bytes, note: tuple[str, str]) -> None:
+        """Send ``payload`` (already counted in the hold budget) after ``delay`` seconds."""
         assert self._loop is not None
-        if not self.held.take(len(payload)):
-            self.stats[f"{direction.value}.drop:held_full"] += 1
-            return
 
         def fire() -> None:
-            self._timers.discard(handle)
+            self._timers.pop(handle, None)
             self.held.give_back(len(payload))
             if self._sock is not None:
                 self._send(direction, flow, payload, note)
 
         handle = self._loop.call_later(delay, fire)
-        self._timers.add(handle)
+        self._timers[handle] = (direction, flow, payload, note)
 
     def _send(self, direction: Direction, flow: _Flow, payload: bytes, note: tuple[str, str]) -> None:
         """Send ``payload`` on; ``note`` (label, fault story) is what a --pcap capture says about it."""
@@ -336,8 +368,11 @@ class FaultProxy:
             else:
                 self._sock.sendto(payload, flow.client)
                 self.loop_guard.sent_down(payload, time.monotonic())
-        except OSError:
+        except OSError as e:
             self.stats[f"{direction.value}.send_errors"] += 1
+            if self.capture is not None:
+                why = f"send error ({e.strerror or e})"
+                self.capture.not_sent(now, self._hop(direction, flow, False), note[0], payload, why)
             return
         self.stats[f"{direction.value}.sent"] += 1
         if self.capture is not None:
@@ -345,9 +380,10 @@ class FaultProxy:
 
     def _hop(self, direction: Direction, flow: _Flow, inbound: bool) -> tuple[Address, Address]:
         """(source, destination) of a datagram on one of the proxy's two legs, as a capture shows it."""
+        local = flow.local or self.address
         if direction is Direction.UP:
-            return (flow.client, self.address) if inbound else (flow.sock.getsockname()[:2], self.upstream)
-        return (self.upstream, flow.sock.getsockname()[:2]) if inbound else (self.address, flow.client)
+            return (flow.client, local) if inbound else (flow.sock.getsockname()[:2], self.upstream)
+        return (self.upstream, flow.sock.getsockname()[:2]) if inbound else (local, flow.client)
 
     def _log(self, elapsed: float, direction: Direction, flow: _Flow, index: int, size: int, dec: Decision) -> None:
         if self.log is None:
