@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from helpers import CATALOG, RunningServer, serving
+from hypothesis import HealthCheck, settings
 
 from udp_price.catalog import load_catalog
 from udp_price.server.core import QuoteServer
+
+# A loaded CI machine must not turn a slow example into a failure: no per-example deadline there.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# scripts/mutate.sh: the same examples for every mutant (derandomized), fewer of them, no database.
+settings.register_profile(
+    "mutation", deadline=None, derandomize=True, max_examples=20, database=None, suppress_health_check=list(HealthCheck)
+)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 @pytest.fixture
