@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from helpers import ROOT, RunningServer, expected_prices, run_cli
+from helpers import ROOT, RunningServer, expected_prices, run_cli, wait_until
 
 from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
 from udp_price.bulk.reader import Row
@@ -309,7 +309,9 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
         text=True,
         stderr=subprocess.PIPE,
     )
-    time.sleep(2.0)
+    # Interrupt once answered rows have reached the file (not after a fixed time, which a loaded
+    # machine may spend before the first row): the scenario needs rows before and after the cut.
+    wait_until(lambda: dst.exists() and dst.stat().st_size > 16_384, "answered rows in the output")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
