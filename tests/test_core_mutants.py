@@ -1,1 +1,169 @@
-"""placeholder"""
+"""Tests written to kill mutants that survived scripts/mutate.sh: every numeric field's range at
+both ends in every encoder, decoders' reasons for each defect, the list messages' round trips."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from udp_price.wire import (
+    BatchReply,
+    BatchRequest,
+    EncodeError,
+    LineResult,
+    ListReply,
+    ListRequest,
+    MalformedDatagram,
+    QuoteReply,
+    QuoteRequest,
+    Status,
+    decode_any_reply,
+    decode_any_request,
+    decode_batch_reply,
+    decode_batch_request,
+    decode_list_reply,
+    decode_list_request,
+    decode_reply,
+    decode_request,
+    encode_batch_reply,
+    encode_batch_request,
+    encode_list_reply,
+    encode_list_request,
+    encode_reply,
+    encode_request,
+)
+
+QUOTE_REQUEST = QuoteRequest(1, "apple", 3, transmission=2)
+QUOTE_REPLY = QuoteReply(1, Status.OK, "apple", 3, 50, 150, 7, 0, 2)
+BATCH_REQUEST = BatchRequest(1, (("apple", 3), ("pear", 2)), transmission=2)
+BATCH_REPLY = BatchReply(1, Status.OK, 99, (LineResult(Status.OK, 50, 150), LineResult(Status.OK, 55, 110)), 7, 0, 2)
+LIST_REQUEST = ListRequest(1, 3, "ap")
+LIST_REPLY = ListReply(1, Status.OK, 3, 5, (("apple", 50), ("apricot", 120)), 7)
+
+Encoder = Callable[[Any], bytes]
+Decoder = Callable[[bytes], Any]
+MESSAGES: list[tuple[Any, Encoder, Decoder]] = [
+    (QUOTE_REQUEST, encode_request, decode_request),
+    (QUOTE_REPLY, encode_reply, decode_reply),
+    (BATCH_REQUEST, encode_batch_request, decode_batch_request),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply),
+    (LIST_REQUEST, encode_list_request, decode_list_request),
+    (LIST_REPLY, encode_list_reply, decode_list_reply),
+]
+# (message, encoder, decoder, field, bits): every unsigned field a caller sets.
+FIELDS = [
+    (QUOTE_REQUEST, encode_request, decode_request, "request_id", 64),
+    (QUOTE_REQUEST, encode_request, decode_request, "quantity", 32),
+    (QUOTE_REQUEST, encode_request, decode_request, "transmission", 8),
+    (QUOTE_REPLY, encode_reply, decode_reply, "request_id", 64),
+    (QUOTE_REPLY, encode_reply, decode_reply, "transmission", 8),
+    (QUOTE_REPLY, encode_reply, decode_reply, "retry_after_ms", 16),
+    (QUOTE_REPLY, encode_reply, decode_reply, "quantity", 32),
+    (QUOTE_REPLY, encode_reply, decode_reply, "unit_price", 64),
+    (QUOTE_REPLY, encode_reply, decode_reply, "total", 64),
+    (QUOTE_REPLY, encode_reply, decode_reply, "catalog_version", 32),
+    (BATCH_REQUEST, encode_batch_request, decode_batch_request, "request_id", 64),
+    (BATCH_REQUEST, encode_batch_request, decode_batch_request, "transmission", 8),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply, "request_id", 64),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply, "catalog_version", 32),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply, "lines_digest", 32),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply, "retry_after_ms", 16),
+    (BATCH_REPLY, encode_batch_reply, decode_batch_reply, "transmission", 8),
+    (LIST_REQUEST, encode_list_request, decode_list_request, "request_id", 64),
+    (LIST_REQUEST, encode_list_request, decode_list_request, "page", 32),
+    (LIST_REPLY, encode_list_reply, decode_list_reply, "request_id", 64),
+    (LIST_REPLY, encode_list_reply, decode_list_reply, "page", 32),
+    (LIST_REPLY, encode_list_reply, decode_list_reply, "pages", 32),
+    (LIST_REPLY, encode_list_reply, decode_list_reply, "catalog_version", 32),
+]
+
+
+@pytest.mark.parametrize(("message", "encode", "decode", "field", "bits"), FIELDS, ids=lambda v: str(v)[:30])
+def test_every_field_takes_its_whole_range_and_names_itself_past_it(
+    message: Any, encode: Encoder, decode: Decoder, field: str, bits: int
+) -> None:
+    for value in (0, 2**bits - 1):
+        at_edge = replace(message, **{field: value})
+        assert decode(encode(at_edge)) == at_edge
+    for value in (2**bits, -1):
+        with pytest.raises(EncodeError, match=f"^{field}={value} does not fit in an unsigned {bits}-bit field$"):
+            encode(replace(message, **{field: value}))
+
+
+@pytest.mark.parametrize("field", ["unit_price", "total"])
+def test_batch_result_fields_take_their_whole_range(field: str) -> None:
+    edge = replace(BATCH_REPLY, results=(replace(BATCH_REPLY.results[0], **{field: 2**64 - 1}),))
+    assert decode_batch_reply(encode_batch_reply(edge)) == edge
+    for value in (2**64, -1):
+        bad = replace(BATCH_REPLY, results=(replace(BATCH_REPLY.results[0], **{field: value}),))
+        with pytest.raises(EncodeError, match=f"^{field}={value} does not fit"):
+            encode_batch_reply(bad)
+
+
+def test_batch_line_quantity_takes_its_whole_range() -> None:
+    edge = BatchRequest(1, (("apple", 2**32 - 1), ("pear", 0)))
+    assert decode_batch_request(encode_batch_request(edge)) == edge
+    with pytest.raises(EncodeError, match=r"^quantity=4294967296 does not fit"):
+        encode_batch_request(BatchRequest(1, (("apple", 2**32),)))
+
+
+@pytest.mark.parametrize(("message", "encode", "decode"), MESSAGES, ids=lambda v: type(v).__name__)
+def test_every_kind_round_trips_and_any_decoder_routes_it(message: Any, encode: Encoder, decode: Decoder) -> None:
+    data = encode(message)
+    assert decode(data) == message
+    route = decode_any_request if "Request" in type(message).__name__ else decode_any_reply
+    assert route(data) == message
+
+
+def test_batch_and_list_replies_are_at_most_full_size() -> None:
+    with pytest.raises(EncodeError, match="at most 32 results"):
+        encode_batch_reply(replace(BATCH_REPLY, results=BATCH_REPLY.results[:1] * 33))
+    assert (
+        len(decode_batch_reply(encode_batch_reply(replace(BATCH_REPLY, results=BATCH_REPLY.results[:1] * 32))).results)
+        == 32
+    )
+
+
+def reseal(data: bytes, offset: int, new: bytes) -> bytes:
+    body = bytearray(data[:-4])
+    body[offset : offset + len(new)] = new
+    return bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+
+
+def reason(decode: Decoder, data: bytes) -> tuple[str, int | None]:
+    with pytest.raises(MalformedDatagram) as info:
+        decode(data)
+    return info.value.reason, info.value.request_id
+
+
+def test_batch_reply_defects_by_reason() -> None:
+    good = encode_batch_reply(BATCH_REPLY)
+    assert reason(decode_batch_reply, reseal(good, 12, b"\xc8")) == ("unknown_status", 1)
+    assert reason(decode_batch_reply, reseal(good, 25, b"\xc8")) == ("unknown_status", 1), "a line's status too"
+    assert reason(decode_batch_reply, reseal(good, 13, b"\x01")) == ("count_mismatch", 1)
+    assert reason(decode_batch_reply, reseal(good, 13, b"\x03")) == ("parse_error", 1)
+    error = encode_batch_reply(BatchReply(1, Status.BUSY, 99, (), 7, 300, 2))
+    assert decode_batch_reply(error) == BatchReply(1, Status.BUSY, 99, (), 7, 300, 2)
+    assert reason(decode_batch_reply, reseal(error, 12, b"\x00")) == ("status_count_mismatch", 1)
+
+
+def test_batch_request_defects_by_reason() -> None:
+    good = encode_batch_request(BATCH_REQUEST)
+    assert reason(decode_batch_request, reseal(good, 12, b"\x03")) == ("parse_error", 1)
+    assert reason(decode_batch_request, reseal(good, 12, b"\x01")) == ("count_mismatch", 1)
+    assert reason(decode_batch_request, reseal(good, 14, b"\x00\x01")) == ("reserved_not_zero", 1)
+    assert reason(decode_batch_request, reseal(good, 20, b"\xff")) == ("bad_utf8", 1)
+
+
+def test_list_defects_by_reason() -> None:
+    request = encode_list_request(LIST_REQUEST)
+    assert reason(decode_list_request, reseal(request, len(request) - 5, b"\x01")) == ("reserved_not_zero", 1)
+    reply = encode_list_reply(LIST_REPLY)
+    assert reason(decode_list_reply, reply[:-1]) == ("bad_length", None)
+    assert reason(decode_list_reply, reseal(reply, 12, b"\xc8")) == ("unknown_status", 1)
+    assert reason(decode_list_reply, reseal(reply, 13, b"\x01")) == ("count_mismatch", 1)
