@@ -22,6 +22,16 @@ if os.environ.get("CI") == "true":
     settings.load_profile("ci")
 
 
+@pytest.fixture(autouse=bool(os.environ.get("MUTANT_UNDER_TEST")))
+def _forget_memoized_items() -> None:
+    """Under mutmut, each mutant runs in a process forked after the unmutated code filled the item
+    codec's memos: clear them, or a mutant in item coding would answer from a memo and survive."""
+    from udp_price.wire import codec
+
+    codec._item_or_reason.cache_clear()
+    codec._item_field.cache_clear()
+
+
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
     """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from udp_price.client.reply_checks import line_violation, violation
 from udp_price.wire import (
+    BadQuantity,
     BatchReply,
     BatchRequest,
     EncodeError,
@@ -36,7 +38,10 @@ from udp_price.wire import (
     encode_list_request,
     encode_reply,
     encode_request,
+    parse_quantity,
 )
+from udp_price.wire.items import check_quantity
+from wire_format import MAX_QUANTITY
 
 QUOTE_REQUEST = QuoteRequest(1, "apple", 3, transmission=2)
 QUOTE_REPLY = QuoteReply(1, Status.OK, "apple", 3, 50, 150, 7, 0, 2)
@@ -167,3 +172,108 @@ def test_list_defects_by_reason() -> None:
     assert reason(decode_list_reply, reply[:-1]) == ("bad_length", None)
     assert reason(decode_list_reply, reseal(reply, 12, b"\xc8")) == ("unknown_status", 1)
     assert reason(decode_list_reply, reseal(reply, 13, b"\x01")) == ("count_mismatch", 1)
+
+
+LIST_ASK = ListRequest(4, 2, "")
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (ListReply(4, Status.OK, 2, 3, (("apple", 50),)), None),
+        (ListReply(4, Status.OK, 2, 2, (("apple", 50),)), "page_mismatch"),  # page must be below pages
+        (ListReply(4, Status.OK, 1, 3, (("apple", 50),)), "page_mismatch"),
+        (ListReply(4, Status.BAD_PAGE, 2, 2), None),
+        (ListReply(4, Status.BAD_PAGE, 2, 2, (("apple", 50),)), "entries_on_error"),
+        (ListReply(4, Status.BUSY, 0, 0), None),
+        (ListReply(4, Status.UNKNOWN_ITEM, 2, 3), "status_not_valid_for_kind"),
+        (QuoteReply(4, Status.MALFORMED, "", 0), None),  # a server older than lists
+        (QuoteReply(4, Status.UNSUPPORTED_VERSION, "", 0), None),
+        (QuoteReply(4, Status.MALFORMED, "apple", 0), "wrong_kind"),
+        (QuoteReply(4, Status.OK, "", 0), "wrong_kind"),
+        (BatchReply(4, Status.BUSY, 0), "wrong_kind"),
+    ],
+)
+def test_list_reply_checks(reply: Any, why: str | None) -> None:
+    assert violation(LIST_ASK, 0, reply) == why
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (BatchReply(1, Status.OK, 7, (LineResult(Status.OK, 50, 150),)), None),
+        (BatchReply(1, Status.OK, 8, (LineResult(Status.OK, 50, 150),)), "lines_digest_mismatch"),
+        (BatchReply(1, Status.BUSY, 7), None),
+        (BatchReply(1, Status.MALFORMED, 7), None),
+        (BatchReply(1, Status.BUSY, 7, (LineResult(Status.OK, 50, 150),)), "results_on_error"),
+        (BatchReply(1, Status.UNKNOWN_ITEM, 7), "status_not_valid_for_kind"),
+        (BatchReply(1, Status.OK, 7, (LineResult(Status.OK, 50, 150),) * 2), "line_count_mismatch"),
+        (BatchReply(1, Status.OK, 7, (LineResult(Status.BUSY),)), "status_not_valid_for_line"),
+        (BatchReply(1, Status.OK, 7, (LineResult(Status.OK, 50, 151),)), "total_not_price_times_quantity"),
+        (QuoteReply(1, Status.OK, "apple", 3, 50, 150), "wrong_kind"),
+    ],
+)
+def test_batch_reply_checks(reply: Any, why: str | None) -> None:
+    assert violation(BatchRequest(1, (("apple", 3),)), 7, reply) == why
+
+
+@pytest.mark.parametrize(
+    ("line", "quantity", "why"),
+    [
+        (LineResult(Status.OK, 50, 150), 0, "ok_for_bad_quantity"),
+        (LineResult(Status.OK, 50, 150), MAX_QUANTITY + 1, "ok_for_bad_quantity"),
+        (LineResult(Status.BAD_QUANTITY, 50), 0, None),
+        (LineResult(Status.BAD_QUANTITY, 50), MAX_QUANTITY + 1, None),
+        (LineResult(Status.BAD_QUANTITY, 50), 1, "bad_quantity_for_good_quantity"),
+        (LineResult(Status.BAD_QUANTITY, 50, 50), 0, "total_on_error"),
+        (LineResult(Status.UNKNOWN_ITEM), 3, None),
+        (LineResult(Status.UNKNOWN_ITEM, 50), 3, "price_for_unknown_item"),
+        (LineResult(Status.OVERFLOW, 2**40), 2**23, None),
+        (LineResult(Status.OVERFLOW, 2**40), 2**23 - 1, "overflow_without_overflow"),
+        (LineResult(Status.OVERFLOW, 2**40), MAX_QUANTITY + 1, "overflow_without_overflow"),
+        (LineResult(Status.BUSY), 3, "status_not_valid_for_line"),
+        (LineResult(Status.OK, 1, 1), 1, None),
+        (LineResult(Status.OK, 1, MAX_QUANTITY), MAX_QUANTITY, None),
+    ],
+)
+def test_line_checks(line: LineResult, quantity: int, why: str | None) -> None:
+    assert line_violation(quantity, line) == why
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", 1), (" 7\t", 7), ("0000000001", 1), (str(MAX_QUANTITY), MAX_QUANTITY), ("  1000000000 ", MAX_QUANTITY)],
+)
+def test_quantities_that_follow_the_rule(text: str, value: int) -> None:
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "quantity 0 is out of range: a whole number from 1 to 1000000000"),
+        ("1000000001", "quantity 1000000001 is out of range"),
+        ("00000000001", "quantity '00000000001' has 11 characters; at most 10 digits allowed"),
+        ("1" * 25, "quantity '11111111111111111111...' has 25 characters"),
+        ("-1", "quantity '-1' is not a whole number from 1 to 1000000000"),
+        ("1.0", "is not a whole number"),
+        ("١٢", "is not a whole number"),  # Arabic-Indic digits are digits, but not ASCII
+        ("", "is not a whole number"),
+    ],
+)
+def test_quantities_that_break_the_rule(text: str, message: str) -> None:
+    with pytest.raises(BadQuantity) as info:
+        parse_quantity(text)
+    assert message in str(info.value)
+
+
+def test_check_quantity_types_and_range() -> None:
+    assert check_quantity(1) == 1 and check_quantity(MAX_QUANTITY) == MAX_QUANTITY
+    with pytest.raises(BadQuantity, match="must be an int, got bool"):
+        check_quantity(True)
+    with pytest.raises(BadQuantity, match="must be an int, got str"):
+        check_quantity("3")  # type: ignore[arg-type]
+    with pytest.raises(BadQuantity, match="quantity with more than 20 digits is out of range"):
+        check_quantity(10**20)
+    with pytest.raises(BadQuantity, match="quantity -5 is out of range"):
+        check_quantity(-5)
