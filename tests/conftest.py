@@ -16,7 +16,7 @@ from udp_price.server.core import QuoteServer
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # scripts/mutate.sh: the same examples for every mutant (derandomized), fewer of them, no database.
 settings.register_profile(
-    "mutation", deadline=None, derandomize=True, max_examples=20, database=None, suppress_health_check=list(HealthCheck)
+    "mutation", deadline=None, derandomize=True, max_examples=10, database=None, suppress_health_check=list(HealthCheck)
 )
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from udp_price.catalog import Catalog
 from udp_price.client.reply_checks import line_violation, violation
+from udp_price.server.core import QuoteServer
+from udp_price.server.guards import RateLimiter, ReplyCache
 from udp_price.wire import (
     BadQuantity,
     BatchReply,
@@ -38,6 +41,7 @@ from udp_price.wire import (
     encode_list_request,
     encode_reply,
     encode_request,
+    lines_digest,
     parse_quantity,
 )
 from udp_price.wire.items import check_quantity
@@ -277,3 +281,88 @@ def test_check_quantity_types_and_range() -> None:
         check_quantity(10**20)
     with pytest.raises(BadQuantity, match="quantity -5 is out of range"):
         check_quantity(-5)
+
+
+# ---------------------------------------------------------------- the server core's error and busy replies
+
+CORE_ADDR = ("127.0.0.1", 40001)
+
+
+def core_with(limiter: RateLimiter | None = None, cache: ReplyCache | None = None) -> QuoteServer:
+    return QuoteServer(Catalog.from_prices({"apple": 50, "apricot": 120, "pear": 55}), limiter=limiter, cache=cache)
+
+
+def test_busy_replies_of_every_kind_carry_what_binds_them_to_the_request() -> None:
+    core = core_with(limiter=RateLimiter(rate=1, burst=1, slip=1))
+    version = core.catalog.version
+    assert core.handle_datagram(encode_request(QUOTE_REQUEST), CORE_ADDR, 0.0) is not None  # the one token
+    quote = decode_reply(core.handle_datagram(encode_request(QUOTE_REQUEST), CORE_ADDR, 0.0) or b"")
+    assert quote == QuoteReply(1, Status.BUSY, "apple", 3, 0, 0, version, 1000, 2)
+    batch_data = encode_batch_request(BATCH_REQUEST)
+    batch = decode_batch_reply(core.handle_datagram(batch_data, CORE_ADDR, 0.0) or b"")
+    assert batch == BatchReply(1, Status.BUSY, lines_digest(batch_data), (), version, 2000, 2)
+    listed = decode_list_reply(core.handle_datagram(encode_list_request(LIST_REQUEST), CORE_ADDR, 0.0) or b"")
+    assert listed == ListReply(1, Status.BUSY, 3, 0, (), version)
+    assert core.stats["rate_limited.busy"] == 3
+
+
+def test_error_replies_of_every_kind_name_the_request_and_the_catalog() -> None:
+    core = core_with()
+    version = core.catalog.version
+    batch_data = reseal(encode_batch_request(BATCH_REQUEST), 14, b"\x00\x01")  # reserved bytes set
+    batch = decode_batch_reply(core.handle_datagram(batch_data, CORE_ADDR, 0.0) or b"")
+    assert batch == BatchReply(1, Status.MALFORMED, lines_digest(batch_data), (), version)
+    list_data = encode_list_request(LIST_REQUEST)
+    list_data = reseal(list_data, len(list_data) - 5, b"\x01")
+    assert decode_list_reply(core.handle_datagram(list_data, CORE_ADDR, 0.0) or b"") == ListReply(
+        1, Status.MALFORMED, 0, 0, (), version
+    )
+    quote_data = reseal(encode_request(QUOTE_REQUEST), len(encode_request(QUOTE_REQUEST)) - 5, b"\x01")
+    assert decode_reply(core.handle_datagram(quote_data, CORE_ADDR, 0.0) or b"") == QuoteReply(
+        1, Status.MALFORMED, "", 0, 0, 0, version
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "decode", "empty"),
+    [
+        (lambda: encode_request(QUOTE_REQUEST), decode_reply, QuoteReply(1, Status.UNSUPPORTED_VERSION, "", 0)),
+        (lambda: encode_batch_request(BATCH_REQUEST), decode_batch_reply, None),
+        (lambda: encode_list_request(LIST_REQUEST), decode_list_reply, ListReply(1, Status.UNSUPPORTED_VERSION, 0, 0)),
+    ],
+)
+def test_another_version_is_told_so_in_our_version(make: Callable[[], bytes], decode: Decoder, empty: Any) -> None:
+    core = core_with()
+    other = reseal(make(), 2, b"\x07")
+    reply = decode(core.handle_datagram(other, CORE_ADDR, 0.0) or b"")
+    assert reply.status is Status.UNSUPPORTED_VERSION and reply.request_id == 1
+    assert reply.catalog_version == core.catalog.version
+    if empty is not None:
+        assert replace(reply, catalog_version=0) == empty
+    # A datagram of our version whose version byte was flipped in transit fails its CRC: silence.
+    flipped = bytearray(make())
+    flipped[2] = 7
+    assert core.handle_datagram(bytes(flipped), CORE_ADDR, 0.0) is None
+
+
+def test_counters_include_the_guards() -> None:
+    core = core_with(limiter=RateLimiter(rate=1, burst=1, slip=0), cache=ReplyCache(max_entries=1))
+    assert "cache_evictions" in core.counters() and core.counters()["cache_evictions"] == 0
+    for rid in range(3):
+        core.handle_datagram(encode_request(replace(QUOTE_REQUEST, request_id=rid)), CORE_ADDR, 0.0)
+    assert core_with().counters() == {}
+    assert core.summary().split() == sorted(core.summary().split())
+
+
+def test_reply_cache_replacing_an_entry_keeps_the_byte_count_exact() -> None:
+    cache = ReplyCache(max_entries=4)
+    cache.put(("a", 1, 1), b"req", b"x" * 10, 0.0)
+    before = cache._bytes
+    cache.put(("a", 1, 1), b"req", b"y" * 30, 0.0)
+    assert cache._bytes == before + 20
+    assert cache.get(("a", 1, 1), b"req", 0.0) == b"y" * 30
+    cache.put(("b", 1, 1), b"req", b"z", 0.0)
+    cache.put(("a", 1, 1), b"req", b"w", 0.0)  # replaced: now the youngest, so "b" goes first
+    for n in range(3):
+        cache.put(("c", n, 1), b"req", b"v", 0.0)
+    assert cache.get(("b", 1, 1), b"req", 0.0) is None and cache.get(("a", 1, 1), b"req", 0.0) == b"w"
