@@ -106,10 +106,14 @@ def test_every_field_takes_its_whole_range_and_names_itself_past_it(
 
 @pytest.mark.parametrize("field", ["unit_price", "total"])
 def test_batch_result_fields_take_their_whole_range(field: str) -> None:
-    edge = replace(BATCH_REPLY, results=(replace(BATCH_REPLY.results[0], **{field: 2**64 - 1}),))
+    def with_line(value: int) -> BatchReply:
+        changes: dict[str, Any] = {field: value}
+        return replace(BATCH_REPLY, results=(replace(BATCH_REPLY.results[0], **changes),))
+
+    edge = with_line(2**64 - 1)
     assert decode_batch_reply(encode_batch_reply(edge)) == edge
     for value in (2**64, -1):
-        bad = replace(BATCH_REPLY, results=(replace(BATCH_REPLY.results[0], **{field: value}),))
+        bad = with_line(value)
         with pytest.raises(EncodeError, match=f"^{field}={value} does not fit"):
             encode_batch_reply(bad)
 
