@@ -126,7 +126,10 @@ def test_relay_keeps_clients_apart_and_logs_every_datagram() -> None:
                 c.settimeout(2)
                 for n in range(3):
                     c.sendto(f"client{i}-{n}".encode(), p.address)
-            await asyncio.sleep(0.2)
+            for _ in range(2000):  # until the echoes are relayed back (at most ~10 s), not a fixed sleep
+                if p.stats["down.sent"] >= 4:
+                    break
+                await asyncio.sleep(0.005)
             got = [sorted(c.recv(100) for _ in range(2)) for c in clients]
             for c in clients:
                 c.close()
