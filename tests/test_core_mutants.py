@@ -3,19 +3,34 @@ both ends in every encoder, decoders' reasons for each defect, the list messages
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from udp_price.catalog import Catalog
+from udp_price.catalog import (
+    Catalog,
+    format_money,
+    load_catalog,
+    parse_catalog,
+    parse_catalog_bytes,
+    parse_catalog_exactly,
+    parse_price,
+    read_catalog_file,
+)
+from udp_price.client.recovery import RetryBudget
 from udp_price.client.reply_checks import line_violation, violation
+from udp_price.errors import CatalogError
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
 from udp_price.wire import (
+    BadItem,
     BadQuantity,
     BatchReply,
     BatchRequest,
@@ -44,8 +59,8 @@ from udp_price.wire import (
     lines_digest,
     parse_quantity,
 )
-from udp_price.wire.items import check_quantity
-from wire_format import MAX_QUANTITY
+from udp_price.wire.items import check_quantity, decode_prefix, encode_prefix, normalize_prefix
+from wire_format import MAX_QUANTITY, PREFIX_SIZE
 
 QUOTE_REQUEST = QuoteRequest(1, "apple", 3, transmission=2)
 QUOTE_REPLY = QuoteReply(1, Status.OK, "apple", 3, 50, 150, 7, 0, 2)
@@ -370,3 +385,131 @@ def test_reply_cache_replacing_an_entry_keeps_the_byte_count_exact() -> None:
     for n in range(3):
         cache.put(("c", n, 1), b"req", b"v", 0.0)
     assert cache.get(("b", 1, 1), b"req", 0.0) is None and cache.get(("a", 1, 1), b"req", 0.0) == b"w"
+
+
+# ---------------------------------------------------------------- catalog files and versions
+
+
+def test_a_catalog_too_big_for_the_wire_has_a_content_version_and_is_refused_by_the_server() -> None:
+    prices = {"b": 2**64, "a": 5}
+    catalog = Catalog.from_prices(prices)
+    canonical = b"a".ljust(32, b"\0") + b"b".ljust(32, b"\0") + b"5\n" + str(2**64).encode() + b"\n"
+    assert catalog.version == int.from_bytes(hashlib.blake2b(canonical, digest_size=4).digest(), "big")
+    assert dict(catalog.prices) == prices
+    assert Catalog.from_prices({"a": 5, "b": 2**64 + 1}).version != catalog.version
+    with pytest.raises(ValueError, match=r"1 price\(s\) do not fit the 64-bit price field, e.g. 'b'"):
+        QuoteServer(catalog)
+
+
+def test_read_catalog_file_reads_exactly_up_to_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"item,price\napple,0.50\n")
+    st, raw = read_catalog_file(path, limit=22)
+    assert raw == b"item,price\napple,0.50\n" and st.st_size == 22 and st.st_ino == path.stat().st_ino
+    with pytest.raises(CatalogError) as info:
+        read_catalog_file(path, limit=21)
+    assert info.value.problems == ["22 bytes; a catalog file may have at most 21"]
+    assert info.value.path == str(path)
+    assert load_catalog(path).prices == {"apple": 50}
+
+
+def test_read_catalog_file_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    cases = {fifo: "a FIFO", folder: "a directory", Path("/dev/null"): "a character device"}
+    for where, kind in cases.items():
+        with pytest.raises(CatalogError) as info:
+            read_catalog_file(where)  # a FIFO must be refused, not block until a writer comes
+        assert info.value.problems == [f"not a regular file ({kind}); a catalog must be one"]
+    with pytest.raises(CatalogError) as info:
+        read_catalog_file(tmp_path / "missing.csv")
+    assert info.value.problems == ["cannot read: No such file or directory"]
+
+
+def test_bad_catalog_bytes_and_text_are_named() -> None:
+    with pytest.raises(CatalogError) as info:
+        parse_catalog_bytes(b"item,price\napple,\xff\n", "x.csv")
+    assert info.value.path == "x.csv" and info.value.problems[0].startswith("cannot read: 'utf-8' codec")
+    assert parse_catalog_bytes("\ufeffitem,price\napple,0.50\n".encode()).prices == {"apple": 50}
+    with pytest.raises(CatalogError) as info:
+        parse_catalog_exactly("", "e.csv")
+    assert info.value.problems == ["line 1: file is empty; expected a header 'item,price'"]
+    with pytest.raises(CatalogError) as info:
+        parse_catalog_exactly("name,cost\napple,1\n")
+    assert info.value.problems == ["line 1: header must name 'item' and 'price' columns, got ['name', 'cost']"]
+    with pytest.raises(CatalogError) as info:
+        parse_catalog_exactly("item,price\n\n  ,  \n")
+    assert info.value.problems == ["no items: the catalog must list at least one"]
+    text = 'item,price\r\napple,0.50\r\n"pe\r\nar",1\r\n'
+    assert parse_catalog_exactly(text).prices == {"apple": 50, "pe\r\nar": 100}
+    assert parse_catalog_exactly(" Price , ITEM \n1.25,apple\n").prices == {"apple": 125}
+
+
+def test_a_catalog_with_many_problems_lists_the_first_hundred_and_counts_the_rest() -> None:
+    text = "item,price\n" + "".join(f"i{n},-1\n" for n in range(105))
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(text)
+    problems = info.value.problems
+    assert len(problems) == 101 and problems[0].startswith("line 2: ") and problems[99].startswith("line 101: ")
+    assert problems[100] == "... and 5 more problem(s), 105 in all (only the first are listed)"
+    with pytest.raises(CatalogError) as info:
+        parse_catalog("item,price\n" + "".join(f"i{n},-1\n" for n in range(100)))
+    assert len(info.value.problems) == 100
+
+
+def test_money_text() -> None:
+    assert [format_money(v) for v in (0, 7, 1250, -1250, -7)] == ["0.00", "0.07", "12.50", "-12.50", "-0.07"]
+    assert [parse_price(t) for t in ("0", " 1.5 ", "0.07", "12")] == [0, 150, 7, 1200]
+    for bad, why in [
+        ("", "price is empty"),
+        ("1.234", "price '1.234' has more than 2 decimals"),
+        ("-1", "price '-1' is negative"),
+        ("1e3", "price '1e3' is not a decimal number like 12.50"),
+        ("x" * 50, "price 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... is not"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            parse_price(bad)
+        assert why in str(info.value)
+
+
+# ---------------------------------------------------------------- prefixes and the retry budget
+
+
+def test_prefix_fields() -> None:
+    assert encode_prefix("") == bytes(PREFIX_SIZE)
+    assert encode_prefix("caf") == b"caf".ljust(PREFIX_SIZE, b"\0")
+    assert encode_prefix("é" * (PREFIX_SIZE // 2)) == ("é" * (PREFIX_SIZE // 2)).encode()
+    with pytest.raises(
+        BadItem, match=f"^prefix is {PREFIX_SIZE + 1} bytes in UTF-8; the wire field holds {PREFIX_SIZE}$"
+    ):
+        encode_prefix("x" * (PREFIX_SIZE + 1))
+    with pytest.raises(BadItem, match="^prefix contains NUL$"):
+        encode_prefix("a\0b")
+    assert decode_prefix(b"caf".ljust(PREFIX_SIZE, b"\0"), 3) == "caf"
+    assert decode_prefix(bytes(PREFIX_SIZE), 3) == ""
+    with pytest.raises(MalformedDatagram) as info:
+        decode_prefix(b"a\0b".ljust(PREFIX_SIZE, b"\0"), 3)
+    assert (info.value.reason, info.value.request_id) == ("nul_in_prefix", 3)
+    with pytest.raises(MalformedDatagram) as info:
+        decode_prefix(b"\xff".ljust(PREFIX_SIZE, b"\0"), 4)
+    assert (info.value.reason, info.value.request_id) == ("bad_utf8", 4)
+    assert normalize_prefix("  cafe\u0301 ") == "café ", "NFC, leading spaces dropped, a trailing one kept"
+
+
+def test_retry_budget_next_token() -> None:
+    budget = RetryBudget(per_second=10.0)
+    budget.start(5.0)
+    assert budget.next_token_at() == pytest.approx(5.1)
+    budget.on_request(5.0)  # 0.2 of a token
+    assert budget.next_token_at() == pytest.approx(5.08)
+    budget.on_reply(5.0)
+    assert budget.next_token_at() == 5.0, "a whole token in hand: now"
+    assert RetryBudget(per_second=0.0).next_token_at() == 3600.0
+    assert budget.try_spend(5.0) and budget.spent == 1
+    budget.refund()
+    assert budget.tokens == pytest.approx(3.2)
+    full = RetryBudget(cap=2.0, tokens=2.0)
+    full.refund()
+    assert full.tokens == 2.0, "refunds stop at the cap"
