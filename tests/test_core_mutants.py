@@ -485,7 +485,7 @@ def test_prefix_fields() -> None:
         BadItem, match=f"^prefix is {PREFIX_SIZE + 1} bytes in UTF-8; the wire field holds {PREFIX_SIZE}$"
     ):
         encode_prefix("x" * (PREFIX_SIZE + 1))
-    with pytest.raises(BadItem, match="^prefix contains NUL$"):
+    with pytest.raises(BadItem, match=r"^prefix contains NUL$"):
         encode_prefix("a\0b")
     assert decode_prefix(b"caf".ljust(PREFIX_SIZE, b"\0"), 3) == "caf"
     assert decode_prefix(bytes(PREFIX_SIZE), 3) == ""
