@@ -27,6 +27,17 @@ from udp_price.catalog import (
 from udp_price.client.recovery import RetryBudget
 from udp_price.client.reply_checks import line_violation, violation
 from udp_price.errors import CatalogError
+from udp_price.faults.plan import (
+    ChannelState,
+    Direction,
+    FaultPlan,
+    Faults,
+    LinkState,
+    decide_step,
+    gemodel_step,
+    gilbert_step,
+    shape,
+)
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
 from udp_price.wire import (
@@ -305,6 +316,7 @@ def test_check_quantity_types_and_range() -> None:
 # ---------------------------------------------------------------- the server core's error and busy replies
 
 CORE_ADDR = ("127.0.0.1", 40001)
+DATA = bytes(range(76))
 
 
 def core_with(limiter: RateLimiter | None = None, cache: ReplyCache | None = None) -> QuoteServer:
@@ -513,3 +525,54 @@ def test_retry_budget_next_token() -> None:
     full = RetryBudget(cap=2.0, tokens=2.0)
     full.refund()
     assert full.tokens == 2.0, "refunds stop at the cap"
+
+
+# ---------------------------------------------------------------- the proxy's link shaping
+
+
+def test_shape_delay_rate_and_limit() -> None:
+    idle = LinkState()
+    assert shape(idle, 1.0, 100, 0.0, 0.0, 0) == (0.0, LinkState(0.0, ()))
+    delay, held = shape(idle, 1.0, 100, 0.25, 0.0, 0)
+    assert (delay, held) == (0.25, LinkState(0.0, (1.25,)))
+    assert shape(held, 1.0, 100, 0.25, 0.0, 1) == (None, LinkState(0.0, (1.25,))), "limit 1, one held: tail drop"
+    delay, two = shape(held, 1.1, 100, 0.05, 0.0, 2)
+    assert delay == pytest.approx(0.05) and two.departures == pytest.approx((1.15, 1.25)), "kept in departure order"
+    assert shape(two, 1.3, 100, 0.0, 0.0, 1)[0] == 0.0, "departed ones no longer count against the limit"
+    # 8,000 bit/s: a 100-byte datagram takes 0.1 s; the second queues behind the first.
+    first, link = shape(idle, 1.0, 100, 0.0, 8000.0, 0)
+    second, link = shape(link, 1.0, 100, 0.0, 8000.0, 0)
+    assert (first, second) == (pytest.approx(0.1), pytest.approx(0.2)) and link.free_at == pytest.approx(1.2)
+    later, link = shape(link, 5.0, 50, 0.5, 8000.0, 0)
+    assert later == pytest.approx(0.55) and link.free_at == pytest.approx(5.55), "delay, then transmission"
+
+
+def test_gilbert_step_exact_transitions() -> None:
+    # loss 0.3, mean burst 3: leave bad with 1/3, enter bad with 0.3 * (1/3) / 0.7 = 1/7.
+    assert gilbert_step(False, 0.5, 0.0, 3.0) is False and gilbert_step(True, 0.0, 0.0, 3.0) is False
+    assert gilbert_step(False, 1 / 7 - 1e-9, 0.3, 3.0) is True
+    assert gilbert_step(False, 1 / 7 + 1e-9, 0.3, 3.0) is False
+    assert gilbert_step(True, 1 / 3 - 1e-9, 0.3, 3.0) is False, "below leave_bad: back to good"
+    assert gilbert_step(True, 1 / 3 + 1e-9, 0.3, 3.0) is True
+    assert gilbert_step(False, 0.99, 0.9, 1.0) is True, "enter_bad is capped at 1"
+
+
+def test_gemodel_step_judges_loss_by_the_state_it_was_in() -> None:
+    model = (0.1, 0.4, 0.8, 0.05)  # p, r, loss in bad, loss in good
+    assert gemodel_step(False, 0.09, 0.5, model) == (True, False), "moves to bad; judged as good"
+    assert gemodel_step(False, 0.11, 0.04, model) == (False, True)
+    assert gemodel_step(True, 0.39, 0.79, model) == (False, True), "moves to good; judged as bad"
+    assert gemodel_step(True, 0.41, 0.81, model) == (True, False)
+
+
+def test_decide_step_uses_the_gemodel_and_the_drop_correlation() -> None:
+    plan = FaultPlan(up=Faults(gemodel=(1.0, 0.0, 1.0, 0.0)))  # always to bad, always lost there
+    first, state = decide_step(plan, Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert first.action == "deliver" and state.bad, "judged by the good state it was in, then bad"
+    second, state = decide_step(plan, Direction.UP, 0, 1, DATA, 0.0, state)
+    assert second.action == "drop:burst" and state.bad
+    certain = FaultPlan(up=Faults(drop=0.5, drop_correlation=1.0))  # the draw never changes
+    d, s = decide_step(certain, Direction.UP, 0, 0, DATA, 0.0, ChannelState(last_drop_u=0.4))
+    assert d.action == "drop:random" and s.last_drop_u == 0.4
+    d, s = decide_step(certain, Direction.UP, 0, 1, DATA, 0.0, ChannelState(last_drop_u=0.6))
+    assert d.action == "deliver" and s.last_drop_u == 0.6
