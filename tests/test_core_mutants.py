@@ -542,7 +542,7 @@ def test_shape_delay_rate_and_limit() -> None:
     # 8,000 bit/s: a 100-byte datagram takes 0.1 s; the second queues behind the first.
     first, link = shape(idle, 1.0, 100, 0.0, 8000.0, 0)
     second, link = shape(link, 1.0, 100, 0.0, 8000.0, 0)
-    assert (first, second) == (pytest.approx(0.1), pytest.approx(0.2)) and link.free_at == pytest.approx(1.2)
+    assert first == pytest.approx(0.1) and second == pytest.approx(0.2) and link.free_at == pytest.approx(1.2)
     later, link = shape(link, 5.0, 50, 0.5, 8000.0, 0)
     assert later == pytest.approx(0.55) and link.free_at == pytest.approx(5.55), "delay, then transmission"
 
