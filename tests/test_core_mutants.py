@@ -448,6 +448,11 @@ def test_bad_catalog_bytes_and_text_are_named() -> None:
     with pytest.raises(CatalogError) as info:
         parse_catalog_exactly("", "e.csv")
     assert info.value.problems == ["line 1: file is empty; expected a header 'item,price'"]
+    assert info.value.path == "e.csv"
+    for header in ("item,cost", "name,price"):
+        with pytest.raises(CatalogError) as info:
+            parse_catalog_exactly(f"{header}\napple,1\n", "h.csv")
+        assert info.value.path == "h.csv" and "header must name 'item' and 'price'" in info.value.problems[0]
     with pytest.raises(CatalogError) as info:
         parse_catalog_exactly("name,cost\napple,1\n")
     assert info.value.problems == ["line 1: header must name 'item' and 'price' columns, got ['name', 'cost']"]
@@ -576,3 +581,54 @@ def test_decide_step_uses_the_gemodel_and_the_drop_correlation() -> None:
     assert d.action == "drop:random" and s.last_drop_u == 0.4
     d, s = decide_step(certain, Direction.UP, 0, 1, DATA, 0.0, ChannelState(last_drop_u=0.6))
     assert d.action == "deliver" and s.last_drop_u == 0.6
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"gemodel": (0.1, 1.5, 1.0, 0.0)}, "gemodel=(0.1, 1.5, 1.0, 0.0) holds values that are not probabilities"),
+        ({"gemodel": (0.1, 0.2, 1.0, 0.0), "burst_loss": 0.1}, "gemodel and burst_loss are two settings of one"),
+        ({"rate_bps": -1.0}, "rate, limit and reorder gap must be >= 0"),
+        ({"limit": -1}, "rate, limit and reorder gap must be >= 0"),
+        ({"reorder_gap": -1}, "rate, limit and reorder gap must be >= 0"),
+        ({"drop": 1.01}, "drop=1.01 is not a probability in [0, 1]"),
+        ({"truncate": -0.1}, "truncate=-0.1 is not a probability in [0, 1]"),
+        ({"burst_loss": 1.0}, "burst_loss must be below 1"),
+        ({"burst_len": 0.99}, "burst_len is a mean number of datagrams, at least 1"),
+        ({"jitter_s": -0.01}, "delays must be >= 0"),
+        ({"delay_s": float("nan")}, "fault values must be finite numbers (not nan or inf)"),
+        ({"blackhole": ((0.0, float("inf")),)}, "fault values must be finite numbers"),
+    ],
+)
+def test_faults_refuse_nonsense_by_name(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Faults(**settings)
+    assert message in str(info.value)
+
+
+def test_faults_at_their_limits_are_accepted() -> None:
+    Faults(drop=1.0, duplicate=0.0, gemodel=(0.0, 1.0, 1.0, 0.0), rate_bps=0.0, limit=0, reorder_gap=0)
+    Faults(burst_loss=0.99, burst_len=1.0, delay_s=0.0, blackhole=((0.0, None),))
+    assert FaultPlan.both(seed=4, drop=0.5) == FaultPlan(Faults(drop=0.5), Faults(drop=0.5), 4)
+    plan = FaultPlan(Faults(drop=0.1), Faults(drop=0.2))
+    assert plan.faults(Direction.UP) is plan.up and plan.faults(Direction.DOWN) is plan.down
+
+
+def test_delivered_datagrams_are_tagged_with_what_was_done() -> None:
+    everything = FaultPlan.both(corrupt=1.0, truncate=1.0, duplicate=1.0, reorder=1.0)
+    d, _ = decide_step(everything, Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert d.tags == ("corrupt", "truncate", "reorder", "duplicate") and d.copies == 2
+    nothing, _ = decide_step(FaultPlan(), Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert (nothing.action, nothing.copies, nothing.payload, nothing.tags, nothing.delay_s) == (
+        "deliver",
+        1,
+        DATA,
+        (),
+        0,
+    )
+    gap_one = FaultPlan(up=Faults(reorder=1.0, reorder_gap=1, delay_s=0.1))
+    d, state = decide_step(gap_one, Direction.UP, 0, 0, DATA, 0.0, ChannelState(since_reorder=0))
+    assert (d.delay_s, d.tags, state.since_reorder) == (0.0, ("reorder",), 0), "gap 1: every one may go at once"
+    gap_three = FaultPlan(up=Faults(reorder=1.0, reorder_gap=3, delay_s=0.1))
+    d, state = decide_step(gap_three, Direction.UP, 0, 0, DATA, 0.0, ChannelState(since_reorder=1))
+    assert (d.delay_s, d.tags, state.since_reorder) == (0.1, (), 2)
