@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from helpers import CATALOG, RunningServer, serving
+from hypothesis import HealthCheck, settings
 
 from udp_price.catalog import load_catalog
 from udp_price.server.core import QuoteServer
+
+# A loaded CI machine must not turn a slow example into a failure: no per-example deadline there.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# scripts/mutate.sh: the same examples for every mutant (derandomized), fewer of them, no database.
+settings.register_profile(
+    "mutation", deadline=None, derandomize=True, max_examples=10, database=None, suppress_health_check=list(HealthCheck)
+)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=bool(os.environ.get("MUTANT_UNDER_TEST")))
+def _forget_memoized_items() -> None:
+    """Under mutmut, each mutant runs in a process forked after the unmutated code filled the item
+    codec's memos: clear them, or a mutant in item coding would answer from a memo and survive."""
+    from udp_price.wire import codec
+
+    codec._item_or_reason.cache_clear()
+    codec._item_field.cache_clear()
 
 
 @pytest.fixture

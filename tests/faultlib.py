@@ -95,6 +95,15 @@ def judge_all(report: Report, work: list[tuple[str, int]], outcomes: list[QuoteR
     return report
 
 
+async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if it does not within ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
 async def run_scenario(
     name: str,
     server: tuple[str, int],
@@ -105,6 +114,7 @@ async def run_scenario(
     pace_s: float = 0.0,
     during: Callable[[FaultProxy, QuoteClient], Coroutine[Any, Any, None]] | None = None,
     key: Key | None = None,
+    settled: Callable[[FaultProxy], bool] | None = None,
 ) -> Report:
     """``n`` quotes through a FaultProxy running ``plan`` in front of ``server``, judged one by one."""
     report = Report(name, sent=n)
@@ -114,7 +124,8 @@ async def run_scenario(
         outcomes = await quote_all(client, work, window, pace_s)
         if side is not None:
             await side
-        await asyncio.sleep(0.3)  # let delayed and duplicated datagrams land before counting
+        # Delayed and duplicated datagrams may still be on their way: count once they have landed.
+        await wait_for(lambda: proxy.held.count == 0 and (settled is None or settled(proxy)), "the proxy to settle")
         report.client.update(client.stats)
         report.proxy.update(proxy.stats)
     return judge_all(report, work, outcomes)

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -90,3 +91,42 @@ def serving(core: QuoteServer) -> Iterator[RunningServer]:
         assert not thread.is_alive(), "server thread did not stop"
         sock.close()
         control.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """Poll ``condition`` until it holds (instead of a fixed sleep); fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.01)
+
+
+class LineWatcher:
+    """Collects a process's stderr lines in a thread, so a test can wait for a log line (a reload
+    done or refused, a stats record) instead of sleeping, and still read all of them afterwards."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait(self, condition: Callable[[str], bool], what: str, timeout_s: float = 20.0) -> str:
+        """The first line (collected so far or arriving within ``timeout_s``) that satisfies ``condition``."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: next((x for x in self.lines if condition(x)), None), timeout_s)
+        assert found is not None, f"timed out after {timeout_s} s waiting for {what}; stderr: {self.lines[-5:]}"
+        return found
+
+    def text(self) -> str:
+        """Everything the process wrote to stderr (call after it exited)."""
+        self._thread.join(timeout=10)
+        return "".join(self.lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from helpers import ROOT, RunningServer, expected_prices, run_cli
+from helpers import ROOT, RunningServer, expected_prices, run_cli, wait_until
 
 from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
 from udp_price.bulk.reader import Row
@@ -309,7 +309,9 @@ def test_ctrl_c_writes_every_row_and_the_summary(server: RunningServer, tmp_path
         text=True,
         stderr=subprocess.PIPE,
     )
-    time.sleep(2.0)
+    # Interrupt once the server has answered a good many rows (not after a fixed time, which a loaded
+    # machine may spend starting up): the scenario needs answered rows before the cut.
+    wait_until(lambda: server.core.stats["requests"] >= 2000, "2000 rows answered")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -109,7 +109,7 @@ def outcome(decode: Callable[[bytes], Any], data: bytes) -> Any:
         return ("malformed", e.reason, e.request_id)
 
 
-@settings(max_examples=300)
+@settings(max_examples=3 * settings().max_examples)
 @given(st.data())
 def test_fast_encoders_are_byte_identical_to_construct(data: st.DataObject) -> None:
     for strategy, fast, reference, _, _ in KINDS:
@@ -117,7 +117,7 @@ def test_fast_encoders_are_byte_identical_to_construct(data: st.DataObject) -> N
         assert fast(message) == reference(message)
 
 
-@settings(max_examples=300)
+@settings(max_examples=3 * settings().max_examples)
 @given(st.data(), st.integers(0, 2000), st.integers(0, 255), st.booleans(), st.integers(-3, 40))
 def test_fast_decoders_decide_like_construct(data: st.DataObject, pos: int, value: int, reseal: bool, cut: int) -> None:
     for strategy, fast_encode, _, fast, reference in KINDS:

@@ -41,7 +41,7 @@ def datagrams(draw: st.DrawFn) -> bytes:
     return bytes(body) + (struct.pack(">I", zlib.crc32(bytes(body))) if draw(st.booleans()) else data[-4:])
 
 
-@settings(max_examples=200)
+@settings(max_examples=2 * settings().max_examples)
 @given(st.lists(st.tuples(datagrams(), st.sampled_from([1000, 1001]), st.floats(0, 0.05)), max_size=40))
 def test_fast_path_is_indistinguishable(traffic: list[tuple[bytes, int, float]]) -> None:
     """Random sequences (repeated ids hit the cache, bursts hit the rate limit, a reload midway):

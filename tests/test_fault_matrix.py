@@ -6,11 +6,14 @@ import asyncio
 import socket
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from faultlib import Report, run_scenario
+from faultlib import PRICES, Report, run_scenario
 from helpers import ROOT, RunningServer
 
 from udp_price.client.api import NoAnswer, QuoteClient
@@ -39,9 +42,43 @@ def check_server_matches_proxy(report: Report, server: RunningServer) -> None:
     assert report.proxy["down.received"] == stats["replies"] - stats["send_errors"]
 
 
-@pytest.mark.parametrize("name", list(COMPLETE))
-def test_every_request_completes_exactly(name: str, server: RunningServer) -> None:
-    report = asyncio.run(run_scenario(name, server.address, COMPLETE[name]))
+def counters_agree(server: RunningServer) -> Callable[[FaultProxy], bool]:
+    """The condition to wait for before check_server_matches_proxy: everything sent has landed."""
+
+    def agree(proxy: FaultProxy) -> bool:
+        stats = server.core.stats
+        return bool(
+            stats["requests"] == proxy.stats["up.sent"]
+            and proxy.stats["down.received"] == stats["replies"] - stats["send_errors"]
+        )
+
+    return agree
+
+
+SEEDS = (0, 1000, 2000)
+"""Each scenario runs with several seeds: a pass that depends on one lucky seed is not a pass."""
+
+
+KNOWN_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="known client bug (docs/testing.md, 'Known failures'): at the end of a run, requests stuck in a "
+    "loss burst get one RTO probe per backed-off RTO between them, about 3 attempts in the 10 s deadline",
+)
+
+
+def cases() -> list[Any]:
+    out = []
+    for name in COMPLETE:
+        for offset in SEEDS:
+            bug = name.startswith("burst loss") and offset == 2000
+            out.append(pytest.param(name, offset, id=f"{name}-{offset}", marks=[KNOWN_BUG] if bug else []))
+    return out
+
+
+@pytest.mark.parametrize(("name", "offset"), cases())
+def test_every_request_completes_exactly(name: str, offset: int, server: RunningServer) -> None:
+    plan = replace(COMPLETE[name], seed=COMPLETE[name].seed + offset)
+    report = asyncio.run(run_scenario(name, server.address, plan, settled=counters_agree(server)))
     assert report.wrong == 0, report.problems[:5]
     assert report.completed == report.sent, report.line()
     check_server_matches_proxy(report, server)
@@ -67,7 +104,13 @@ def test_scenarios_exercise_the_faults_they_name(server: RunningServer) -> None:
 def test_loss_50_percent_is_right_or_explicit_failure(server: RunningServer) -> None:
     policy = RetryPolicy(max_attempts=6, deadline_s=3.0)
     report = asyncio.run(
-        run_scenario("loss 50% each way", server.address, FaultPlan.both(seed=10, drop=0.5), policy=policy)
+        run_scenario(
+            "loss 50% each way",
+            server.address,
+            FaultPlan.both(seed=10, drop=0.5),
+            policy=policy,
+            settled=counters_agree(server),
+        )
     )
     assert report.wrong == 0, report.problems[:5]
     assert report.failed > 0, "at 50% each way and 6 attempts, some requests must fail (0.75**6 = 18%)"
@@ -92,7 +135,9 @@ def test_adaptive_timeout_learns_a_slow_path(server: RunningServer) -> None:
 
 def test_blackhole_for_two_seconds_mid_run(server: RunningServer) -> None:
     plan = FaultPlan.both(seed=12, blackhole=((1.0, 3.0),))
-    report = asyncio.run(run_scenario("blackhole 2 s mid-run", server.address, plan, n=200, pace_s=0.02))
+    report = asyncio.run(
+        run_scenario("blackhole 2 s mid-run", server.address, plan, n=200, pace_s=0.02, settled=counters_agree(server))
+    )
     assert report.proxy["up.drop:blackhole"] > 20
     assert report.wrong == 0 and report.completed == report.sent, report.line()
     check_server_matches_proxy(report, server)
@@ -122,31 +167,58 @@ def test_scripted_drop_of_attempts_one_and_two(server: RunningServer) -> None:
     assert server.core.stats["requests"] == 4, "the server saw only the third attempt of the first request"
 
 
-def test_forged_replies_are_never_accepted(server: RunningServer) -> None:
-    """A forger who even knows the outstanding ids sends perfect replies with wrong totals from another port."""
-    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    forger.bind(("127.0.0.1", 0))
-    forged = 0
+def lies_about(req: QuoteRequest) -> list[tuple[QuoteReply, str]]:
+    """Sealed replies to ``req``'s id that a client must refuse, each with the check that refuses it."""
+    wrong_item = "pear" if req.item != "pear" else "apple"
+    unit = PRICES[req.item]
+    tx = 1
+    return [
+        (
+            QuoteReply(req.request_id, Status.OK, req.item, req.quantity, unit, unit * req.quantity + 1, 0, 0, tx),
+            "total_not_price_times_quantity",
+        ),
+        (QuoteReply(req.request_id, Status.OK, wrong_item, req.quantity, 1, req.quantity, 0, 0, tx), "echo_mismatch"),
+        (
+            QuoteReply(req.request_id, Status.OK, req.item, req.quantity + 1, 1, req.quantity + 1, 0, 0, tx),
+            "echo_mismatch",
+        ),
+        (
+            QuoteReply(req.request_id, Status.OVERFLOW, req.item, req.quantity, unit, 0, 0, 0, tx),
+            "overflow_without_overflow",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("seed", [15, 16, 17])
+def test_forged_replies_are_never_accepted(server: RunningServer, seed: int) -> None:
+    """A forger who knows the outstanding ids sends sealed replies that lie, from the server's own
+    address: they go through the client's datagram handler exactly as a datagram the connected
+    socket accepted would (a forgery from another port never gets that far: the kernel drops it).
+    Every one must reach the checks and be refused; every quote still completes exactly."""
+    forged: Counter[str] = Counter()
 
     async def forge(proxy: FaultProxy, client: QuoteClient) -> None:
-        nonlocal forged
         assert client._transport is not None
-        target = client._transport.get_extra_info("sockname")
+        handler = client._transport.get_protocol()
+        assert isinstance(handler, asyncio.DatagramProtocol)
         for _ in range(200):
             for req in client.session.outstanding():
                 assert isinstance(req, QuoteRequest)
-                fake = QuoteReply(req.request_id, Status.OK, req.item, req.quantity, 1, 1, 0, transmission=1)
-                forger.sendto(encode_reply(fake), target)
-                forged += 1
+                for fake, why in lies_about(req):
+                    handler.datagram_received(encode_reply(fake), proxy.address)
+                    forged[why] += 1
             await asyncio.sleep(0.005)
 
-    plan = FaultPlan.both(seed=15, drop=0.2)
-    with forger:
-        report = asyncio.run(
-            run_scenario("spoofed replies from another port", server.address, plan, n=300, pace_s=0.003, during=forge)
-        )
-    assert forged > 100
+    plan = FaultPlan.both(seed=seed, drop=0.2)
+    report = asyncio.run(
+        run_scenario(f"forged replies {seed}", server.address, plan, n=300, pace_s=0.003, during=forge)
+    )
+    assert forged.total() > 100
     assert report.wrong == 0 and report.completed == report.sent, report.problems[:3]
+    refused = {
+        k.removeprefix("ignored.invalid."): v for k, v in report.client.items() if k.startswith("ignored.invalid.")
+    }
+    assert refused == dict(forged), "every forgery reached the reply checks and was refused for its lie"
 
 
 def wait_line(proc: subprocess.Popen[str], marker: str) -> str:

@@ -55,7 +55,10 @@ def test_flooded_server_still_serves_another_source(limited_server: RunningServe
     )
 
     async def victim() -> list[QuoteResult | NoAnswer]:
-        await asyncio.sleep(0.5)  # let the flood get going first
+        for _ in range(2000):  # wait (at most ~20 s) until the flood has got going: the limiter drops
+            if limited_server.core.stats["rate_limited.dropped"] > 0:
+                break
+            await asyncio.sleep(0.01)
         items = sorted(PRICES)
         out: list[QuoteResult | NoAnswer] = []
         # 127.0.0.2 is loopback too, but another source IP: its own rate-limit bucket.
@@ -82,7 +85,7 @@ def test_flooded_server_still_serves_another_source(limited_server: RunningServe
     assert flood_report["sent"] > 50_000, "the flood must really be a flood"
     assert limited_server.core.stats["rate_limited.dropped"] > 10_000
     assert flood_report["busy_replies"] > 0
-    assert rate >= 0.99
+    assert len(good) == len(results) == 300, "every quote of the other source exact (the promise is all of them)"
 
 
 def test_quotes_complete_under_rate_limiting(limited_server: RunningServer) -> None:

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, start_server
+from helpers import ROOT, LineWatcher, start_server
 
 from udp_price.catalog import Catalog, load_catalog
 from udp_price.client.api import QuoteClient, QuoteResult
@@ -89,23 +89,23 @@ def test_sighup_reload_and_bad_file_rejected_with_line_numbers(tmp_path: Path) -
     path = tmp_path / "catalog.csv"
     v1 = write_catalog(path, "1.00")
     proc, addr = start_server("--catalog", str(path))
+    log = LineWatcher(proc)
     try:
         assert (quote(addr).total, quote(addr).catalog_version) == (100, v1.version)
         v2 = write_catalog(path, "1.25")
         proc.send_signal(signal.SIGHUP)
-        for _ in range(50):
-            if quote(addr).catalog_version == v2.version:
-                break
-            time.sleep(0.1)
-        assert quote(addr, qty=4).total == 500
+        log.wait(lambda line: "catalog reloaded" in line, "the reload to be done")
+        assert (quote(addr, qty=4).total, quote(addr).catalog_version) == (500, v2.version)
         path.write_text("item,price\napple,1.234\napple,2\n", encoding="utf-8")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        # Quote only once the server says it refused the file: before that, old prices prove nothing.
+        log.wait(lambda line: "catalog reload rejected" in line, "the bad file to be refused")
         after = quote(addr, qty=4)
         assert (after.total, after.catalog_version) == (500, v2.version), "a bad file changes nothing"
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=10)
+    err = log.text()
     assert "catalog reloaded: 2 items" in err
     assert "catalog reload rejected" in err
     assert "line 2: item 'apple': price '1.234' has more than 2 decimals" in err
@@ -173,20 +173,22 @@ def test_ipv6_server_client_and_proxy() -> None:
 
 def test_metrics_and_json_logs(tmp_path: Path) -> None:
     proc, addr = start_server("--metrics-port", "0", "--log-format", "json", "--stats-interval", "0.2")
+    log = LineWatcher(proc)
     try:
-        assert proc.stderr is not None
-        first = json.loads(proc.stderr.readline())
+        first = json.loads(log.wait(lambda line: True, "the first log line"))
         assert first["event"] == "metrics"
         url = first["msg"].split("metrics on ")[1]
         quote(addr)
         quote(addr, "kiwi")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"garbage", addr)
-        time.sleep(0.5)
+        # The garbage has no reply to wait for: wait for the stats record that counts it.
+        log.wait(lambda line: json.loads(line).get("counters", {}).get("requests") == 3, "a stats record of 3")
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
+        proc.communicate(timeout=10)
+    err = log.text()
     assert "udp_price_requests_total 3.0" in text
     assert 'udp_price_replies_by_status_total{status="OK"} 1.0' in text
     assert 'udp_price_replies_by_status_total{status="UNKNOWN_ITEM"} 1.0' in text

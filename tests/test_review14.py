@@ -26,7 +26,8 @@ def _await_reload(ops: Operations, server: QuoteServer, timeout_s: float = 10.0)
     """Ask for a reload and swap in its outcome (bounded wait on the reload counters)."""
     ops.reload()
     deadline = time.monotonic() + timeout_s
-    while not any(k.startswith("reloads.") for k in server.stats) and time.monotonic() < deadline:
+    while not any(k.startswith("reloads.") for k in server.stats):
+        assert time.monotonic() < deadline, f"no reload outcome within {timeout_s} s"
         ops.swap_in_ready()
         time.sleep(0.01)
 
