@@ -24,6 +24,7 @@ from wire_format import AUTH_FLAG, AUTH_TAG_SIZE, AUTH_TRAILER_SIZE, CRC_SIZE, H
 _SIGNED_FIELDS = struct.Struct(">IQ")
 """key_id and timestamp_ms, the part of AUTH_TRAILER_DEF before the tag (tests prove it identical)."""
 _CRC = struct.Struct(">I")
+_FINGERPRINT_SIZE = 7
 _MIN_SIZE = HEADER_SIZE + AUTH_TRAILER_SIZE + CRC_SIZE
 _MAGIC_VERSION = MAGIC + bytes((VERSION,))
 _CLEAR_AUTH = 0xFF ^ AUTH_FLAG
@@ -46,6 +47,9 @@ class Signed(NamedTuple):
     inner: bytes
     key_id: int
     timestamp_ms: int
+    fingerprint: int
+    """The tag's first 56 bits: a copy of this datagram has the same, any other datagram (almost
+    surely, 2**-56) another. The replay window remembers it."""
 
 
 def is_signed(data: bytes) -> bool:
@@ -96,4 +100,4 @@ def open_signed(data: bytes, keys: Mapping[int, Key]) -> Signed:
     if not hmac.compare_digest(_tag(key, signed_part), data[tag_at:body_end]):
         raise AuthFailure("bad_tag")
     inner = data[:KIND_OFFSET] + _BYTE[data[KIND_OFFSET] & _CLEAR_AUTH] + data[KIND_OFFSET + 1 : trailer_at]
-    return Signed(seal(inner), key_id, timestamp_ms)
+    return Signed(seal(inner), key_id, timestamp_ms, int.from_bytes(data[tag_at : tag_at + _FINGERPRINT_SIZE], "big"))
