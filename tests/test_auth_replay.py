@@ -103,7 +103,7 @@ def test_a_key_made_in_python_is_checked_at_once(key_id: object, secret: object,
 def test_the_client_api_refuses_what_is_not_a_key(key: object) -> None:
     from udp_price.client.api import QuoteClient
 
-    with pytest.raises(TypeError, match="key must be a udp_price.auth.Key"):
+    with pytest.raises(TypeError, match=r"key must be a udp_price\.auth\.Key"):
         QuoteClient(("127.0.0.1", 9), key=key)  # type: ignore[arg-type]
 
 

@@ -7,19 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from udp_price.auth.keys import Key
 from udp_price.auth.replay import ReplayWindow
-from udp_price.auth.trailer import AuthFailure, is_signed, open_signed, sign
+from udp_price.auth.trailer import is_signed, sign, verify
 from wire_format import AUTH_WINDOW_S
-
-
-class Opened(NamedTuple):
-    """A request that passed the gate: the plain datagram to answer and the key to sign the reply with."""
-
-    inner: bytes
-    key: Key
 
 
 def _ms(wall_s: float) -> int:
@@ -42,18 +34,18 @@ class ServerAuth:
     def set_keys(self, keys: Mapping[int, Key]) -> None:
         self.keys = dict(keys)
 
-    def admit(self, data: bytes, now: float) -> Opened | str:
-        """The request inside an authenticated datagram, or the reason it is dropped (a counter
-        name): its tag, then its time and freshness. Nothing about it is answered before this."""
-        try:
-            signed = open_signed(data, self.keys)
-        except AuthFailure as e:
-            return e.reason
-        now_ms = int((now + self.wall_offset_s) * 1000)
-        stale = self.replay.check(signed.key_id, signed.fingerprint, signed.timestamp_ms, now_ms)
+    def admit(self, data: bytes, now: float) -> tuple[bytes, Key] | str:
+        """(the plain request, the key to sign its reply with) of an authenticated datagram, or
+        the reason it is dropped (a counter name): its tag, then its time and freshness. Nothing
+        about it is answered before this. A plain tuple, not a named one: this runs per datagram."""
+        verified = verify(data, self.keys)
+        if isinstance(verified, str):
+            return verified
+        inner, key, timestamp_ms, fingerprint = verified
+        stale = self.replay.check(key.key_id, fingerprint, timestamp_ms, int((now + self.wall_offset_s) * 1000))
         if stale is not None:
             return stale
-        return Opened(signed.inner, self.keys[signed.key_id])
+        return inner, key
 
     def sign_reply(self, reply: bytes, key: Key, now: float) -> bytes:
         """The reply, signed with the key its request was signed with."""
@@ -70,12 +62,15 @@ class ClientAuth:
     key: Key
     window_ms: int = AUTH_WINDOW_S * 1000
 
+    _keys: dict[int, Key] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         if not isinstance(self.key, Key):  # a secret, a path or an id given by mistake
             raise TypeError(
                 "key must be a udp_price.auth.Key (Key(key_id, secret) or read_client_key(path)), "
                 f"not {type(self.key).__name__}"
             )
+        self._keys = {self.key.key_id: self.key}
 
     def sign(self, datagram: bytes, wall_s: float) -> bytes:
         return sign(datagram, self.key, _ms(wall_s))
@@ -85,10 +80,10 @@ class ClientAuth:
         else why not (a counter name). An unsigned reply is never believed: no silent downgrade."""
         if not is_signed(data):
             return "unsigned"
-        try:
-            signed = open_signed(data, {self.key.key_id: self.key})
-        except AuthFailure as e:
-            return e.reason
-        if abs(signed.timestamp_ms - _ms(wall_s)) > self.window_ms:
+        verified = verify(data, self._keys)
+        if isinstance(verified, str):
+            return verified
+        inner, _, timestamp_ms, _ = verified
+        if abs(timestamp_ms - _ms(wall_s)) > self.window_ms:
             return "out_of_window"
-        return signed.inner
+        return inner

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from udp_price.auth.keys import Key
-from udp_price.wire import seal
 from udp_price.wire.framing import KIND_OFFSET
 from wire_format import AUTH_FLAG, AUTH_TAG_SIZE, AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAGIC, VERSION
 
@@ -76,28 +75,42 @@ def sign(datagram: bytes, key: Key, timestamp_ms: int) -> bytes:
         + datagram[KIND_OFFSET + 1 : -CRC_SIZE]
         + _SIGNED_FIELDS.pack(key.key_id, timestamp_ms)
     )
-    return seal(body + _tag(key, body))
+    tag = _tag(key, body)
+    return body + tag + _CRC.pack(zlib.crc32(tag, zlib.crc32(body)))
+
+
+def verify(data: bytes, keys: Mapping[int, Key]) -> tuple[bytes, Key, int, int] | str:
+    """(plain datagram, key, timestamp_ms, fingerprint) of an authenticated datagram whose tag is
+    valid under one of ``keys``, else the reason it is not (a counter name). The per-datagram
+    form of open_signed: no exception and no named tuple on the hot path."""
+    size = len(data)
+    if size < _MIN_SIZE:
+        return "bad_length"
+    body_end = size - CRC_SIZE
+    tag_at = body_end - AUTH_TAG_SIZE
+    signed_part = data[:tag_at]
+    tag = data[tag_at:body_end]
+    if zlib.crc32(tag, zlib.crc32(signed_part)) != int.from_bytes(data[body_end:], "big"):
+        return "bad_checksum"
+    if data[:KIND_OFFSET] != _MAGIC_VERSION or not data[KIND_OFFSET] & AUTH_FLAG:
+        return "bad_header"
+    trailer_at = body_end - AUTH_TRAILER_SIZE
+    key_id, timestamp_ms = _SIGNED_FIELDS.unpack_from(data, trailer_at)
+    key = keys.get(key_id)
+    if key is None:
+        return "unknown_key"
+    if not hmac.compare_digest(_tag(key, signed_part), tag):
+        return "bad_tag"
+    inner = data[:KIND_OFFSET] + _BYTE[data[KIND_OFFSET] & _CLEAR_AUTH] + data[KIND_OFFSET + 1 : trailer_at]
+    fingerprint = int.from_bytes(tag[:_FINGERPRINT_SIZE], "big")
+    return inner + _CRC.pack(zlib.crc32(inner)), key, timestamp_ms, fingerprint
 
 
 def open_signed(data: bytes, keys: Mapping[int, Key]) -> Signed:
     """The plain datagram inside an authenticated one whose tag is valid under one of ``keys``;
     AuthFailure otherwise. The timestamp is returned, not judged: that needs a clock."""
-    size = len(data)
-    if size < _MIN_SIZE:
-        raise AuthFailure("bad_length")
-    body_end = size - CRC_SIZE
-    tag_at = body_end - AUTH_TAG_SIZE
-    signed_part = data[:tag_at]
-    if zlib.crc32(data[tag_at:body_end], zlib.crc32(signed_part)) != _CRC.unpack_from(data, body_end)[0]:
-        raise AuthFailure("bad_checksum")
-    if data[:3] != _MAGIC_VERSION or not data[KIND_OFFSET] & AUTH_FLAG:
-        raise AuthFailure("bad_header")
-    trailer_at = body_end - AUTH_TRAILER_SIZE
-    key_id, timestamp_ms = _SIGNED_FIELDS.unpack_from(data, trailer_at)
-    key = keys.get(key_id)
-    if key is None:
-        raise AuthFailure("unknown_key")
-    if not hmac.compare_digest(_tag(key, signed_part), data[tag_at:body_end]):
-        raise AuthFailure("bad_tag")
-    inner = data[:KIND_OFFSET] + _BYTE[data[KIND_OFFSET] & _CLEAR_AUTH] + data[KIND_OFFSET + 1 : trailer_at]
-    return Signed(seal(inner), key_id, timestamp_ms, int.from_bytes(data[tag_at : tag_at + _FINGERPRINT_SIZE], "big"))
+    verified = verify(data, keys)
+    if isinstance(verified, str):
+        raise AuthFailure(verified)
+    inner, key, timestamp_ms, fingerprint = verified
+    return Signed(inner, key.key_id, timestamp_ms, fingerprint)
