@@ -77,6 +77,7 @@ KNOWN_LABELS = {
         "bad_tag",
         "too_old",
         "too_new",
+        "before_start",
         "replay",
         "replay_floor",
         "anonymous",
