@@ -8,6 +8,7 @@ import argparse
 import random
 import time
 import tracemalloc
+import zlib
 
 import pytest
 from helpers import CATALOG
@@ -109,3 +110,18 @@ def test_the_client_api_refuses_what_is_not_a_key(key: object) -> None:
 
 def test_the_edges_of_a_valid_key_are_accepted() -> None:
     assert Key(0, b"\0" * 16).key_id == 0 and Key(2**32 - 1, b"x" * 64).key_id == 2**32 - 1
+
+
+def test_noise_is_counted_apart_from_forgery_though_a_good_datagram_skips_the_crc() -> None:
+    server = server_started_at(WALL - 1)
+    data = ClientAuth(KEY).sign(quote(42), WALL)
+    flipped = data[:20] + bytes([data[20] ^ 1]) + data[21:]  # noise: the CRC32 no longer matches
+    assert server.handle_datagram(flipped, ADDR, 0.0) is None
+    forged = data[:20] + bytes([data[20] ^ 1]) + data[21:-4]
+    forged += zlib.crc32(forged).to_bytes(4, "big")  # a forger fixes the CRC32: the tag still fails
+    assert server.handle_datagram(forged, ADDR, 0.0) is None
+    assert (server.stats["auth.dropped.bad_checksum"], server.stats["auth.dropped.bad_tag"]) == (1, 1)
+    crc_only = data[:-1] + bytes([data[-1] ^ 1])  # every byte the tag covers is intact: answered
+    assert server.handle_datagram(crc_only, ADDR, 0.0) is not None
+    assert server.handle_datagram(data, ADDR, 0.0) is None, "the same tag: a replay"
+    assert server.stats["auth.dropped.replay"] == 1
