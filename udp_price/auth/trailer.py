@@ -77,7 +77,12 @@ def sign(datagram: bytes, key: Key, timestamp_ms: int) -> bytes:
         + datagram[KIND_OFFSET + 1 : -CRC_SIZE]
         + _SIGNED_FIELDS.pack(key.key_id, timestamp_ms)
     )
-    tag = _tag(key, body)
+    inner_pad, outer_pad = key.pads  # _tag(key, body), inlined: this runs per datagram
+    h = inner_pad.copy()
+    h.update(body)
+    o = outer_pad.copy()
+    o.update(h.digest())
+    tag = o.digest()[:AUTH_TAG_SIZE]
     return body + tag + _CRC.pack(zlib.crc32(tag, zlib.crc32(body)))
 
 
@@ -106,7 +111,12 @@ def verify(data: bytes, keys: Mapping[int, Key]) -> tuple[bytes, Key, int, int] 
     key = keys.get(key_id)
     if key is None:
         return _noise_or(data, "unknown_key")
-    if not hmac.compare_digest(_tag(key, signed_part), tag):
+    inner_pad, outer_pad = key.pads  # _tag(key, signed_part), inlined: this runs per datagram
+    h = inner_pad.copy()
+    h.update(signed_part)
+    o = outer_pad.copy()
+    o.update(h.digest())
+    if not hmac.compare_digest(o.digest()[:AUTH_TAG_SIZE], tag):
         return _noise_or(data, "bad_tag")
     inner = data[:KIND_OFFSET] + _BYTE[data[KIND_OFFSET] & _CLEAR_AUTH] + data[KIND_OFFSET + 1 : trailer_at]
     fingerprint = int.from_bytes(tag[:_FINGERPRINT_SIZE], "big")
