@@ -125,3 +125,21 @@ def test_noise_is_counted_apart_from_forgery_though_a_good_datagram_skips_the_cr
     assert server.handle_datagram(crc_only, ADDR, 0.0) is not None
     assert server.handle_datagram(data, ADDR, 0.0) is None, "the same tag: a replay"
     assert server.stats["auth.dropped.replay"] == 1
+
+
+def test_signed_requests_do_not_fill_the_reply_cache_they_could_never_hit() -> None:
+    """A byte-identical signed request is a replay (dropped before the cache) and a retransmission
+    is signed afresh with a new transmission number, so a stored reply could never be served."""
+    from udp_price.server.guards import ReplyCache
+
+    cache = ReplyCache()
+    auth = ServerAuth({7: KEY}, allow_anonymous=True, wall_offset_s=WALL)
+    server = QuoteServer(load_catalog(CATALOG), cache=cache, auth=auth)
+    client = ClientAuth(KEY)
+    for tx in (1, 2):
+        assert server.handle_datagram(client.sign(quote(9, tx), WALL), ADDR, 0.0) is not None
+    assert cache.get((ADDR[0], ADDR[1], 9), quote(9, 2), 0.0) is None
+    unsigned = quote(10)  # --allow-anonymous: an unsigned request is cached as without keys
+    first = server.handle_datagram(unsigned, ADDR, 0.0)
+    assert first is not None and server.handle_datagram(unsigned, ADDR, 0.1) == first
+    assert server.stats["cache_hits"] == 1
