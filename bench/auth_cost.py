@@ -99,21 +99,34 @@ def cpu_cost_us(n: int = 20_000) -> dict[str, float]:
 
     client = ClientAuth(KEY)
     catalog = load_catalog(ROOT / "catalog.csv")
-    plain_core = QuoteServer(catalog, cache=ReplyCache())
-    keyed_core = QuoteServer(catalog, cache=ReplyCache(), auth=ServerAuth({KEY.key_id: KEY}))
+    cores: list[QuoteServer] = []
+
+    def new_plain() -> None:  # an empty reply cache each run, as the signed core gets
+        cores[:] = [QuoteServer(catalog, cache=ReplyCache())]
+
+    def new_keyed() -> None:  # a signed request is answered once: each run needs an empty replay window
+        cores[:] = [QuoteServer(catalog, cache=ReplyCache(), auth=ServerAuth({KEY.key_id: KEY}))]
+
     plain = [encode_request(QuoteRequest(random.getrandbits(64), "apple", 3, 1)) for _ in range(n)]
     wall = time.time()
     signed = [client.sign(d, wall) for d in plain]
 
-    def per_op(fn: object, items: list[bytes]) -> float:
-        start = time.perf_counter()
-        out = [fn(d) for d in items]  # type: ignore[operator]
-        assert all(o is not None for o in out)
-        return (time.perf_counter() - start) / len(items) * 1e6
+    def per_op(fn: object, items: list[bytes], fresh: object = None) -> float:
+        """Best of 5 in this process's CPU time (process_time): on a shared machine wall time
+        mostly measures the other processes. ``fresh`` rebuilds state a run consumed."""
+        best = float("inf")
+        for _ in range(5):
+            if fresh is not None:
+                fresh()  # type: ignore[operator]
+            start = time.process_time()
+            out = [fn(d) for d in items]  # type: ignore[operator]
+            best = min(best, time.process_time() - start)
+            assert all(o is not None for o in out)
+        return best / len(items) * 1e6
 
     return {
-        "server plain": per_op(lambda d: plain_core.handle_datagram(d, ("127.0.0.1", 5000), 0.0), plain),
-        "server signed": per_op(lambda d: keyed_core.handle_datagram(d, ("127.0.0.1", 5000), wall), signed),
+        "server plain": per_op(lambda d: cores[0].handle_datagram(d, ("127.0.0.1", 5000), 0.0), plain, new_plain),
+        "server signed": per_op(lambda d: cores[0].handle_datagram(d, ("127.0.0.1", 5000), wall), signed, new_keyed),
         "client sign": per_op(lambda d: client.sign(d, wall), plain),
         "client open": per_op(lambda d: client.open(d, wall), signed[:1] * n),
     }
@@ -154,7 +167,10 @@ def main() -> int:
         f"  bulk rows/s      unsigned {med['b_plain']:9.0f}  signed {med['b_auth']:9.0f}  "
         f"ratio {med['b_auth'] / med['b_plain']:.2f}x"
     )
-    print("  CPU per datagram, no sockets: " + ", ".join(f"{k} {v:.1f} us" for k, v in cpu.items()))
+    print(
+        "  CPU per datagram, no sockets (best of 5, process time): "
+        + ", ".join(f"{k} {v:.1f} us" for k, v in cpu.items())
+    )
     return 0
 
 

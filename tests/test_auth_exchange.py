@@ -319,3 +319,19 @@ def test_allow_anonymous_serves_both_kinds_of_client(tmp_path: Path) -> None:
     assert signed.returncode == unsigned.returncode == 0, signed.stderr + unsigned.stderr
     assert signed.stdout == unsigned.stdout == "3 x apple @ 0.50 = 1.50\n"
     assert "auth.verified=1 " in out and "status.OK=2" in out, out
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--key-file", ""], {}, "--key-file is set but empty"),
+        ([], {"UDP_PRICE_KEY_FILE": ""}, "UDP_PRICE_KEY_FILE is set but empty"),
+        ([], {"UDP_PRICE_KEY_FILE": "  "}, "UDP_PRICE_KEY_FILE is set but empty"),
+    ],
+)
+def test_an_empty_key_file_setting_is_refused_never_unsigned(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A secret that failed to render (UDP_PRICE_KEY_FILE="") must not quietly send unsigned requests."""
+    r = client("--server", "127.0.0.1:9", "quote", "apple", "1", *args, env=env)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

@@ -35,14 +35,30 @@ class Key:
     once: each tag then costs two copies and two short updates instead of the whole key schedule."""
 
     def __post_init__(self) -> None:
-        block = self.secret.ljust(64, b"\0") if len(self.secret) <= 64 else hashlib.sha256(self.secret).digest()
-        block = block.ljust(64, b"\0")
+        _check_key(self.key_id, self.secret)
+        block = self.secret.ljust(64, b"\0")
         inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
         object.__setattr__(self, "pads", (inner, outer))
 
     def __repr__(self) -> str:  # never print a secret into a log or a traceback
         return f"Key(key_id={self.key_id}, secret=<{len(self.secret)} bytes>)"
+
+
+def _check_key(key_id: object, secret: object) -> None:
+    """The rules of a keys file, for a Key made in Python too: refused at once with a clear
+    message rather than by a struct error at the first send or a silent weak key."""
+    if not isinstance(key_id, int) or isinstance(key_id, bool):
+        raise TypeError(f"Key: the key id must be an int, not {type(key_id).__name__}")
+    if not 0 <= key_id <= MAX_KEY_ID:
+        raise ValueError(f"Key: key id {key_id} is not a whole number from 0 to {MAX_KEY_ID}")
+    if not isinstance(secret, bytes):
+        raise TypeError(f"Key: the secret must be bytes (decoded from base64), not {type(secret).__name__}")
+    if not MIN_SECRET_BYTES <= len(secret) <= MAX_SECRET_BYTES:
+        raise ValueError(
+            f"Key: the secret is {len(secret)} bytes; it must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} "
+            f"(at least 128 bits)"
+        )
 
 
 def parse_key_line(line: str, where: str) -> Key:
@@ -95,9 +111,11 @@ def mode_problem(mode: int, path: str) -> str | None:
 
 
 def _read_protected(path: str) -> str:
-    """The text of a keys file, refused if anyone but its owner may read or change it."""
+    """The text of a keys file, refused if anyone but its owner may read or change it. A symlink is
+    followed (a Kubernetes secret volume is made of them); the mode checked is that of the file
+    actually opened (fstat after open, as ssh does), so a swap between check and read cannot fool it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise KeyFileError(f"cannot read keys file {path}: {e.strerror or e}") from e
     try:

@@ -321,9 +321,15 @@ KEY_FILE_ENV = "UDP_PRICE_KEY_FILE"
 
 
 def load_key(flag_value: str | None) -> Key | None:
-    """The client's key: --key-file, else $UDP_PRICE_KEY_FILE, else None (unsigned); KeyFileError if bad."""
-    path = flag_value or os.environ.get(KEY_FILE_ENV) or None
-    return read_client_key(path) if path is not None else None
+    """The client's key: --key-file, else $UDP_PRICE_KEY_FILE, else None (unsigned); KeyFileError if bad.
+    An empty value is refused, not read as "no key": a deployment whose secret failed to render
+    must not quietly send unsigned requests."""
+    where, path = ("--key-file", flag_value) if flag_value is not None else (KEY_FILE_ENV, os.environ.get(KEY_FILE_ENV))
+    if path is None:
+        return None
+    if not path.strip():
+        raise KeyFileError(f"{where} is set but empty: name a key file, or unset it to send unsigned requests")
+    return read_client_key(path)
 
 
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

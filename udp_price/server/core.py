@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from udp_price.address import Address
-from udp_price.auth import ServerAuth, is_signed
+from udp_price.auth import ServerAuth, is_signed, sign
 from udp_price.catalog import Catalog, price_total, wire_limit_problems
 from udp_price.reflectors import REFLECTOR_PORTS
 from udp_price.server.guards import RateLimiter, ReplyCache, Verdict
 from udp_price.wire import (
+    KIND_OFFSET,
     REPLY_STATUS_OFFSET,
     REQUEST_KINDS,
     BatchReply,
@@ -45,7 +46,7 @@ from udp_price.wire import (
     peek_header,
     peek_quote_request,
 )
-from wire_format import LIST_PAGE_SIZE, MAX_QUANTITY, MAX_RETRY_AFTER_MS, MAX_TOTAL, VERSION
+from wire_format import AUTH_FLAG, LIST_PAGE_SIZE, MAX_QUANTITY, MAX_RETRY_AFTER_MS, MAX_TOTAL, VERSION
 
 _STATUS_KEY_BY_VALUE = {int(status): f"status.{status.name}" for status in Status}
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {
@@ -100,20 +101,24 @@ class QuoteServer:
         """With keys, verification comes first: before the reflector-port check, the rate limiter,
         the reply cache and any status reply, so a datagram without a valid tag (or replayed, or
         outside the time window) never causes a reply nor costs a real client anything."""
-        if not is_signed(data):
+        if len(data) <= KIND_OFFSET or not data[KIND_OFFSET] & AUTH_FLAG:  # is_signed, inlined: per datagram
             if auth.allow_anonymous:
                 return self._checked(data, self._respond(data, addr, now))
             self.stats["auth.dropped.anonymous"] += 1
             return None
         opened = auth.admit(data, now)
         if isinstance(opened, str):
-            self.stats[f"auth.dropped.{opened}"] += 1
+            self.stats["auth.dropped." + opened] += 1
             return None
+        inner, key = opened
         self.stats["auth.verified"] += 1
-        reply = self._checked(opened.inner, self._respond(opened.inner, addr, now))
+        # No reply cache: it serves only a byte-identical request, and an identical signed request
+        # is a replay (dropped above) while a retransmission is signed afresh with a new
+        # transmission number. Storing replies that can never be served cost ~2 us per datagram.
+        reply = self._checked(inner, self._respond(inner, addr, now, cached=False))
         if reply is None:
             return None
-        out = auth.sign_reply(reply, opened.key, now)
+        out = sign(reply, key, int((now + auth.wall_offset_s) * 1000))  # auth.sign_reply, inlined
         # The plain reply is no larger than the plain request, and both gain the same trailer; checked anyway.
         if len(out) > len(data):
             self.stats["dropped.amplification"] += 1
@@ -132,7 +137,7 @@ class QuoteServer:
         self.stats[_STATUS_KEY_BY_VALUE.get(out[REPLY_STATUS_OFFSET], "status.unknown")] += 1
         return out
 
-    def _respond(self, data: bytes, addr: Address, now: float) -> bytes | None:
+    def _respond(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
         if addr[1] in REFLECTOR_PORTS:
             # Checked before the rate limiter, so these cost no tokens of a real client behind the same IP.
             self.stats["refused.source_port"] += 1
@@ -148,7 +153,7 @@ class QuoteServer:
             self.stats["rate_limited.dropped"] += 1
             return None
         if self.fast_path and verdict is Verdict.ALLOW:
-            out = self.quote_fast(data, addr, now) or self.batch_fast(data, addr, now)
+            out = self.quote_fast(data, addr, now, cached) or self.batch_fast(data, addr, now, cached)
             if out is not None:
                 return out
         try:
@@ -161,22 +166,18 @@ class QuoteServer:
             assert self.limiter is not None
             return self._encoded(self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])))
         key = (addr[0], addr[1], request.request_id)
-        if self.cache is not None:
-            cached = self.cache.get(key, data, now)
-            if cached is not None:
+        cache = self.cache if cached else None
+        if cache is not None:
+            stored = cache.get(key, data, now)
+            if stored is not None:
                 self.stats["cache_hits"] += 1
-                return cached
+                return stored
         out = self._encoded(self.answer(request, data))
         # List pages are not cached: they are 670 bytes each (a full listing of a big catalog would
         # fill the cache with them), a retransmitted list request is answered again for the same
         # cost, and a client never mixes pages of two catalog versions anyway.
-        if (
-            out is not None
-            and self.cache is not None
-            and len(out) <= len(data)
-            and not isinstance(request, ListRequest)
-        ):
-            self.cache.put(key, data, out, now)
+        if out is not None and cache is not None and len(out) <= len(data) and not isinstance(request, ListRequest):
+            cache.put(key, data, out, now)
         return out
 
     def _count_unanswerable(self, data: bytes) -> None:
@@ -186,7 +187,7 @@ class QuoteServer:
             self.stats[f"malformed.{e.reason}"] += 1
         return None
 
-    def quote_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
+    def quote_fast(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
         """The common case, profiled at ~2 us instead of ~10: an intact single quote request whose
         item field is byte-identical to a catalog item's and whose total is in range. Returns None
         for anything else, before counting anything, and the general path then handles it."""
@@ -198,18 +199,22 @@ class QuoteServer:
         unit = catalog.price_of_field(item_field)
         if unit is None or not 1 <= quantity <= MAX_QUANTITY or unit * quantity > MAX_TOTAL:
             return None
+        cache = self.cache if cached else None
+        if cache is None:
+            return encode_ok_reply(
+                request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission
+            )
         key = (addr[0], addr[1], request_id)
-        if self.cache is not None:
-            cached = self.cache.get(key, data, now)
-            if cached is not None:
-                self.stats["cache_hits"] += 1
-                return cached
+        stored = cache.get(key, data, now)
+        if stored is not None:
+            self.stats["cache_hits"] += 1
+            return stored
         out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission)
-        if self.cache is not None and len(out) <= len(data):
-            self.cache.put(key, data, out, now)
+        if len(out) <= len(data):
+            cache.put(key, data, out, now)
         return out
 
-    def batch_fast(self, data: bytes, addr: Address, now: float) -> bytes | None:
+    def batch_fast(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
         """quote_fast for an intact batch request whose every line is plain (item field
         byte-identical to a catalog item's, total in range): no decoding to names, no per-line
         objects, one pack. Returns None for anything else, before counting anything."""
@@ -226,15 +231,16 @@ class QuoteServer:
                 return None
             values += (ok, unit, unit * quantity)
         key = (addr[0], addr[1], request_id)
-        if self.cache is not None:
-            cached = self.cache.get(key, data, now)
-            if cached is not None:
+        cache = self.cache if cached else None  # a signed request's reply is never replayed
+        if cache is not None:
+            stored = cache.get(key, data, now)
+            if stored is not None:
                 self.stats["cache_hits"] += 1
-                return cached
+                return stored
         self.stats["batch_lines"] += len(lines)
         out = encode_ok_batch_reply(request_id, len(lines), catalog.version, lines_digest(data), transmission, values)
-        if self.cache is not None and len(out) <= len(data):
-            self.cache.put(key, data, out, now)
+        if cache is not None and len(out) <= len(data):
+            cache.put(key, data, out, now)
         return out
 
     def _encoded(self, reply: Reply | None) -> bytes | None:

@@ -82,6 +82,7 @@ KNOWN_LABELS = {
         "bad_tag",
         "too_old",
         "too_new",
+        "before_start",
         "replay",
         "replay_floor",
         "anonymous",

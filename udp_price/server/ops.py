@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from udp_price.auth import ServerAuth
+from udp_price.auth import ReplayWindow, ServerAuth
 from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
 from udp_price.errors import CatalogError
 from udp_price.server.catalog_child import CHILD_MIN_BYTES, parse_in_child
@@ -406,5 +406,8 @@ def build_server(args: argparse.Namespace, catalog: Catalog) -> QuoteServer:
     limiter = RateLimiter(rate=args.rate, burst=max(1.0, args.burst)) if args.rate > 0 else None
     cache = ReplyCache(max_entries=args.cache_size, max_age_s=args.cache_age) if args.cache_size > 0 else None
     keys = getattr(args, "auth_keys", None)  # read by the command line (udp_price.cli.server) at start
-    auth = ServerAuth(keys, allow_anonymous=args.allow_anonymous) if keys else None
+    # The replay window is in memory: whatever was signed before this process started is refused,
+    # so a request captured before a restart (or a worker's start) is not answered again.
+    started = ReplayWindow(not_before_ms=int(time.time() * 1000))
+    auth = ServerAuth(keys, allow_anonymous=args.allow_anonymous, replay=started) if keys else None
     return QuoteServer(catalog, limiter=limiter, cache=cache, auth=auth)
