@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_fast_path import PRICES, pair
 
 from udp_price.auth import ClientAuth, Key, sign
@@ -61,6 +63,24 @@ def test_a_sealed_batch_whose_count_differs_from_its_length_is_malformed_on_both
     assert (reply.request_id, reply.status, reply.results) == (0x77, Status.MALFORMED, ())
     assert out_fast == out_general
     assert fast.counters() == general.counters()
+
+
+@settings(max_examples=200, deadline=None)  # no timing in a unit test: a cold first example is no failure
+@given(st.integers(1, MAX_BATCH), st.integers(0, 255), st.integers(0, 2**64 - 1))
+def test_any_declared_count_is_answered_alike_and_only_the_true_one_is_ok(
+    lines: int, declared: int, request_id: int
+) -> None:
+    """What tests/test_fast_batch.py's generator rarely makes: plain lines (so the fast path would
+    take them) under a count rewritten and resealed, so only the count check stands in the way."""
+    fast, general = pair()
+    data = wrong_count_batch(request_id, lines, declared)
+    addr = ("127.0.0.1", 1000)
+    out_fast, out_general = fast.handle_datagram(data, addr, 1.0), general.handle_datagram(data, addr, 1.0)
+    assert out_fast == out_general
+    assert out_general is not None
+    reply = decode_any_reply(out_general)
+    assert isinstance(reply, BatchReply)
+    assert reply.status is (Status.OK if declared == lines else Status.MALFORMED)
 
 
 # ------------------------------------------------------------------ the client's time window
