@@ -18,6 +18,7 @@ local CRC_SIZE = 4
 -- timestamp u64 (Unix ms), 16-byte tag (HMAC-SHA256 truncated to 128 bits), before the CRC32.
 local AUTH_TRAILER_SIZE = 28
 local AUTH_TAG_SIZE = 16
+local TAG_NOT_VERIFIED = "not verified: that needs the key's secret, which a capture does not carry"
 local ITEM_SIZE = 32
 
 local KINDS = {
@@ -61,6 +62,7 @@ local f = {
     auth_timestamp = ProtoField.absolute_time("udp_price.auth.timestamp", "Timestamp", base.UTC),
     auth_timestamp_ms = ProtoField.uint64("udp_price.auth.timestamp_ms", "Timestamp (Unix ms)"),
     auth_tag = ProtoField.bytes("udp_price.auth.tag", "Tag (HMAC-SHA256, first 128 bits)"),
+    auth_tag_check = ProtoField.string("udp_price.auth.tag.check", "Tag check"),
     auth_skew = ProtoField.double("udp_price.auth.skew", "Clock skew (s): timestamp minus capture time"),
     body = ProtoField.bytes("udp_price.body", "Body (unknown layout)"),
     line = ProtoField.uint8("udp_price.line", "Line"),
@@ -518,7 +520,7 @@ local function add_trailer(buf, pinfo, t, at)
     at_t:add(f.auth_skew, buf(at + 4, 8), math.floor(skew * 1e6 + 0.5) / 1e6):set_generated()
     local tag = at_t:add(f.auth_tag, buf(at_tag, AUTH_TAG_SIZE))
     tag:append_text(" [not verified: that needs the shared secret]")
-    tag:add(buf(at_tag, AUTH_TAG_SIZE), "Not verified here: checking the tag needs the key's secret, which a capture does not carry")
+    tag:add(f.auth_tag_check, buf(at_tag, AUTH_TAG_SIZE), TAG_NOT_VERIFIED):set_generated()
     return buf(at, 4):uint()
 end
 
