@@ -1,10 +1,13 @@
 """The Wireshark dissector (contrib/wireshark/udp_price.lua) and fault_proxy --pcap, checked with
-tshark: the protocol doc's test vectors dissect to the values the doc states; demo-like traffic
-captured through the proxy dissects to exactly what the client, the server and the proxy reported;
-corrupted and truncated datagrams are flagged. See docs/testing.md (Wireshark)."""
+tshark: the protocol doc's test vectors (plain and authenticated) dissect to the values the doc
+states; demo-like traffic and a signed exchange captured through the proxy dissect to exactly what
+the client, the server and the proxy reported; corrupted and truncated datagrams and authentication
+trailers of the wrong length are flagged. See docs/testing.md (Wireshark)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import signal
 import subprocess
@@ -17,9 +20,11 @@ from pathlib import Path
 import pytest
 from helpers import CATALOG, run_cli, spawn, start_server
 from pcapng_reader import read_pcapng, udp_payload
+from test_auth import doc_vectors as auth_vectors
 from test_protocol_doc import EXPECTED, vectors
 from tsharklib import Frame, dissect, seconds, tshark
 
+from udp_price.auth import new_key_line
 from udp_price.catalog import format_money
 from udp_price.cli.demo import ORDERS
 from udp_price.faults.pcap import PcapWriter
@@ -157,6 +162,7 @@ def test_flags_version_one_unknown_kinds_and_bad_crc(tmp_path: Path) -> None:
     assert (auth.get("udp_price.flags.auth"), auth.get("udp_price.kind")) == ("1", "1")
     assert auth.get("udp_price.item") == "café crème" and auth.get("udp_price.crc32.status") == "1"
     assert auth.get("udp_price.auth_trailer") == ":".join(f"{i:02x}" for i in range(20))
+    assert auth.has("udp_price.auth.bad_length") and not auth.has("udp_price.auth.key_id")  # 20 bytes, not 28
     assert (v1.get("udp_price.version"), v1.get("udp_price.item")) == ("1", "café crème")
     assert not v1.has("udp_price.transmission")
     assert unknown.has("udp_price.unknown") and not unknown.has("udp_price.item")
@@ -464,3 +470,125 @@ def test_items_that_are_not_valid_utf8_are_shown_escaped(tmp_path: Path) -> None
     write_capture(tmp_path / "u.pcapng", packets)
     shown = [frame.get("udp_price.item") for frame in dissect(tmp_path / "u.pcapng")]  # dissect: strict UTF-8
     assert shown == ["\\xff" * 32, "café crème" + "\\xff" * 20, "\\xe9" + "a" * 31, "br\\xc3"]
+
+
+# --- authenticated messages -------------------------------------------------------------------
+
+DOC_SECRET = bytes(range(32))
+"""The key of the authentication test vectors in docs/protocol.md: id 7, secret bytes 00 01 ... 1f."""
+DOC_SIGNED_MS = {"quote-request": 1_700_000_000_000, "quote-reply": 1_700_000_000_250}
+"""The times the doc says each vector was signed at (Unix ms)."""
+
+
+def doc_tag(signed: bytes) -> str:
+    """The tag the doc's key gives ``signed`` (computed here, independently of the project's
+    signing code), as tshark shows bytes."""
+    tag = hmac.new(DOC_SECRET, signed[:-20], hashlib.sha256).digest()[:16]
+    return ":".join(f"{b:02x}" for b in tag)
+
+
+@pytest.mark.parametrize("port", [SERVER[1], 47001], ids=["default-port", "heuristic"])
+def test_auth_vectors_dissect_to_the_documented_values(tmp_path: Path, port: int) -> None:
+    docs = auth_vectors()
+    assert sorted(docs) == ["quote-reply", "quote-request"]
+    server = ("127.0.0.1", port)
+    # Captured 0.5 s after the request was signed and 0.75 s before the reply was: skews -0.5, +0.75.
+    packets = [
+        (1_700_000_000.5, CLIENT, server, docs["quote-request"]),
+        (1_699_999_999.5, server, CLIENT, docs["quote-reply"]),
+    ]
+    write_capture(tmp_path / "a.pcapng", packets)
+    frames = dissect(tmp_path / "a.pcapng")
+    for (name, expected_skew), frame in zip([("quote-request", "-0.5"), ("quote-reply", "0.75")], frames, strict=True):
+        signed = docs[name]
+        assert frame.get("udp_price.crc32.status") == "1" and frame.get("udp_price.flags.auth") == "1", name
+        assert frame.get("udp_price.kind") == str(signed[3] & 0x3F) and frame.get("udp_price.flags.overloaded") == "0"
+        assert_shows(frame, *expected_fields(EXPECTED[name][0]))  # the plain message inside, as the plain vector
+        ms = DOC_SIGNED_MS[name]
+        assert frame.get("udp_price.auth.key_id") == "7"
+        assert frame.get("udp_price.auth.timestamp_ms") == str(ms)
+        assert frame.get("udp_price.auth.timestamp") == f"Nov 14, 2023 22:13:20.{ms % 1000:03d}000000 UTC"
+        assert frame.get("udp_price.auth.tag") == doc_tag(signed)
+        assert (frame.get("udp_price.auth.tag.check") or "").startswith("not verified")
+        assert Decimal(frame.get("udp_price.auth.skew") or "") == Decimal(expected_skew)
+        assert not frame.has("udp_price.auth.bad_length") and not frame.has("udp_price.auth_trailer")
+        assert not frame.has("udp_price.bad_length") and not frame.has("udp_price.unknown")
+
+
+def test_auth_filter_recipes_of_the_testing_doc(tmp_path: Path) -> None:
+    """docs/testing.md's recipes select what they say: signed traffic, one key, a clock far off."""
+    docs = auth_vectors()
+    packets = [
+        (1_700_000_000.0, CLIENT, SERVER, docs["quote-request"]),  # skew 0
+        (1_700_000_400.0, SERVER, CLIENT, docs["quote-reply"]),  # signed 400 s before it was seen
+        (1_700_000_500.0, CLIENT, SERVER, vectors()["quote-request"]),  # unsigned
+    ]
+    write_capture(tmp_path / "r.pcapng", packets)
+
+    def numbers(display_filter: str) -> list[int]:
+        return [f.number for f in dissect(tmp_path / "r.pcapng", "-Y", display_filter)]
+
+    assert numbers("udp_price.flags.auth == 1") == [1, 2]
+    assert numbers("udp_price.auth.key_id == 7") == [1, 2] and numbers("udp_price.auth.key_id == 8") == []
+    assert numbers("abs(udp_price.auth.skew) > 300") == [2]
+    assert numbers("udp_price.auth.skew < -300") == [2] and numbers("udp_price.auth.skew > 300") == []
+
+
+def test_auth_trailers_of_the_wrong_length_are_flagged_never_a_lua_error(tmp_path: Path) -> None:
+    signed = auth_vectors()["quote-request"]
+    batch = bytearray(resealed(vectors()["batch-request"], kind_byte=0x83))
+    batch[12] = 200  # a count whose lines (and trailer) the datagram does not hold
+    packets = [
+        (1.0, CLIENT, SERVER, resealed(signed[:-5] + bytes(4))),  # a 27-byte trailer
+        (2.0, CLIENT, SERVER, resealed(signed[:-4] + bytes(5))),  # 29 bytes
+        (3.0, CLIENT, SERVER, resealed(bytes(batch[:-4]) + bytes(4))),
+        (4.0, CLIENT, SERVER, resealed(signed[:76], kind_byte=0x81)),  # the flag, no trailer at all
+    ]
+    write_capture(tmp_path / "b.pcapng", packets)
+    short, long, batch_frame, bare = dissect(tmp_path / "b.pcapng")  # dissect fails on any Lua error
+    for frame in (short, long, batch_frame, bare):
+        assert frame.has("udp_price.auth.bad_length") and not frame.has("udp_price.auth.key_id")
+        assert frame.get("udp_price.crc32.status") == "1"
+    assert short.get("udp_price.item") == long.get("udp_price.item") == "café crème"  # the plain body still shown
+    assert short.get("udp_price.auth_trailer") == signed[72:-5].hex(":") and len(signed[72:-5]) == 27
+    assert batch_frame.get("udp_price.count") == "200"
+
+
+def test_signed_exchange_through_the_proxy_dissects_with_its_key_and_a_plausible_skew(tmp_path: Path) -> None:
+    tshark()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(new_key_line(11, bytes(range(100, 132))) + "\n")
+    keys.chmod(0o600)
+    server, address = start_server("--catalog", str(CATALOG), "--keys", str(keys), "--log-format", "json")
+    pcap = tmp_path / "signed.pcapng"
+    items = [*ORDERS, ("kiwi", 1)]
+    try:
+        with proxy_with_capture(address, pcap, "--drop", "30%", "--seed", "5") as (proxy, at):
+            quotes = [
+                json.loads(
+                    run_cli(
+                        "udp_client.py", "quote", item, str(qty), "--server", at, "--json", "--key-file", str(keys)
+                    ).stdout
+                )
+                for item, qty in items
+            ]
+            code, _, _ = stop(proxy)
+    finally:
+        _, server_out, _ = stop(server)
+    assert code == 0
+    served = json.loads(server_out.strip().splitlines()[-1])["counters"]
+    frames = dissect(pcap)
+    by_number = {f.number: f for f in frames}
+    assert frames and sum(f.dst_port == address[1] for f in frames) == served["auth.verified"]
+    for frame in frames:
+        assert frame.get("udp_price.crc32.status") == "1" and frame.get("udp_price.flags.auth") == "1"
+        assert frame.get("udp_price.auth.key_id") == "11" and not frame.has("udp_price.auth.bad_length")
+        assert abs(Decimal(frame.get("udp_price.auth.skew") or "")) < 5, frame.number
+    leg = client_leg(frames, int(at.rsplit(":", 1)[1]))
+    assert any(q["attempts"] > 1 for q in quotes)
+    for (item, _), quoted in zip(items, quotes, strict=True):
+        if quoted["status"] == "NO_ANSWER":
+            check_failed_story(leg, quoted)
+        else:
+            assert quoted["status"] == ("UNKNOWN_ITEM" if item == "kiwi" else "OK")
+            check_quote_story(leg, by_number, quoted)

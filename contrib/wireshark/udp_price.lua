@@ -1,6 +1,7 @@
 -- Wireshark / tshark dissector for udp-price (docs/protocol.md): every message kind of
 -- protocol versions 1 and 2, the kind byte's flags, money as decimal, CRC32 verified,
--- request/reply matching with response times and retransmission marks.
+-- request/reply matching with response times and retransmission marks, the authentication
+-- trailer of signed messages (key id, timestamp, clock skew; the tag is shown, not verified).
 --
 --   tshark -X lua_script:contrib/wireshark/udp_price.lua -r capture.pcapng
 --   (or copy this file to ~/.local/lib/wireshark/plugins/)
@@ -13,6 +14,11 @@ local p = Proto("udp_price", "udp-price quote protocol")
 local DEFAULT_PORT = 9999
 local MAGIC = "QP"
 local CRC_SIZE = 4
+-- The authentication trailer (docs/protocol.md, AUTH_TRAILER_DEF in wire_format.py): key id u32,
+-- timestamp u64 (Unix ms), 16-byte tag (HMAC-SHA256 truncated to 128 bits), before the CRC32.
+local AUTH_TRAILER_SIZE = 28
+local AUTH_TAG_SIZE = 16
+local TAG_NOT_VERIFIED = "not verified: that needs the key's secret, which a capture does not carry"
 local ITEM_SIZE = 32
 
 local KINDS = {
@@ -50,7 +56,14 @@ local f = {
     prefix = ProtoField.string("udp_price.prefix", "Prefix"),
     flags_v1 = ProtoField.uint8("udp_price.flags_v1", "Flags (version 1)", base.HEX),
     reserved = ProtoField.bytes("udp_price.reserved", "Reserved"),
-    auth_trailer = ProtoField.bytes("udp_price.auth_trailer", "Auth trailer (raw)"),
+    auth_trailer = ProtoField.bytes("udp_price.auth_trailer", "Auth trailer (raw: its length does not fit)"),
+    auth = ProtoField.none("udp_price.auth", "Authentication trailer"),
+    auth_key_id = ProtoField.uint32("udp_price.auth.key_id", "Key id"),
+    auth_timestamp = ProtoField.absolute_time("udp_price.auth.timestamp", "Timestamp", base.UTC),
+    auth_timestamp_ms = ProtoField.uint64("udp_price.auth.timestamp_ms", "Timestamp (Unix ms)"),
+    auth_tag = ProtoField.bytes("udp_price.auth.tag", "Tag (HMAC-SHA256, first 128 bits)"),
+    auth_tag_check = ProtoField.string("udp_price.auth.tag.check", "Tag check"),
+    auth_skew = ProtoField.double("udp_price.auth.skew", "Clock skew (s): timestamp minus capture time"),
     body = ProtoField.bytes("udp_price.body", "Body (unknown layout)"),
     line = ProtoField.uint8("udp_price.line", "Line"),
     line_quantity = ProtoField.uint32("udp_price.line.quantity", "Quantity"),
@@ -95,8 +108,14 @@ local e = {
         expert.group.SEQUENCE, expert.severity.NOTE),
     failure = ProtoExpert.new("udp_price.failure", "The server did not price this",
         expert.group.RESPONSE_CODE, expert.severity.NOTE),
+    auth_bad_length = ProtoExpert.new("udp_price.auth.bad_length",
+        "AUTH flag set but the trailer is not 28 bytes (key id, timestamp, tag)",
+        expert.group.MALFORMED, expert.severity.ERROR),
 }
-p.experts = { e.bad_crc, e.good_crc, e.bad_length, e.bad_magic, e.unknown, e.retransmission, e.duplicate, e.failure }
+p.experts = {
+    e.bad_crc, e.good_crc, e.bad_length, e.bad_magic, e.unknown, e.retransmission, e.duplicate, e.failure,
+    e.auth_bad_length,
+}
 
 -- CRC32 (zlib / IEEE 802.3, reflected polynomial 0xEDB88320), as the protocol's seal.
 local CRC_TABLE = {}
@@ -484,6 +503,47 @@ local function add_crc(buf, t, len)
     return good
 end
 
+-- The 28-byte trailer of an AUTH message (its start given). The tag cannot be checked here: that
+-- needs the shared secret, which a capture does not carry. The skew (timestamp minus the frame's
+-- capture time, in seconds) is what the receiver's 300 s window judges (RFC 8945's fudge).
+local function add_trailer(buf, pinfo, t, at)
+    local at_tag = at + 12
+    local ms = buf(at + 4, 8):uint64()
+    local seconds = (ms / UInt64(1000)):tonumber()
+    local millis = (ms % UInt64(1000)):tonumber()
+    local at_t = t:add(f.auth, buf(at, AUTH_TRAILER_SIZE))
+    at_t:append_text(string.format(": key id %d", buf(at, 4):uint()))
+    at_t:add(f.auth_key_id, buf(at, 4))
+    at_t:add(f.auth_timestamp, buf(at + 4, 8), NSTime.new(seconds, millis * 1000000))
+    at_t:add(f.auth_timestamp_ms, buf(at + 4, 8))
+    local skew = seconds + millis / 1000 - pinfo.abs_ts
+    at_t:add(f.auth_skew, buf(at + 4, 8), math.floor(skew * 1e6 + 0.5) / 1e6):set_generated()
+    local tag = at_t:add(f.auth_tag, buf(at_tag, AUTH_TAG_SIZE))
+    tag:append_text(" [not verified: that needs the shared secret]")
+    tag:add(f.auth_tag_check, buf(at_tag, AUTH_TAG_SIZE), TAG_NOT_VERIFIED):set_generated()
+    return buf(at, 4):uint()
+end
+
+-- The length of the plain message an AUTH message carries: exactly 28 bytes before the CRC32 are
+-- its trailer when the length fits; otherwise whatever lies past the plain message is not a trailer.
+local function auth_body_len(buf, version, kind)
+    local len, size = buf:len(), size_from_count(version, kind, buf)
+    return (len >= size) and size or len
+end
+
+-- Shows the trailer of an AUTH message whose plain message is body_len bytes (its key id returned),
+-- or, when the length does not fit, the bytes there raw and flagged (never a Lua error).
+local function add_auth(buf, pinfo, t, body_len)
+    local len = buf:len()
+    if len == body_len + AUTH_TRAILER_SIZE then return add_trailer(buf, pinfo, t, body_len - CRC_SIZE) end
+    if len > body_len then
+        t:add(f.auth_trailer, buf(body_len - CRC_SIZE, len - body_len)):add_proto_expert_info(e.auth_bad_length)
+    else
+        t:add_proto_expert_info(e.auth_bad_length)
+    end
+    return nil
+end
+
 local function dissect(buf, pinfo, tree)
     local len = buf:len()
     if len < 16 then return 0 end
@@ -500,18 +560,11 @@ local function dissect(buf, pinfo, tree)
     local request_id = buf(4, 8):uint64()
     t:add(f.request_id, buf(4, 8))
     local good_crc = add_crc(buf, t, len)
-    -- An AUTH message carries a trailer before the CRC whose layout its owner defines: shown raw.
-    local body_len = len
     local body_fn = BODIES[kind]
     local known = (version == 1 or version == 2) and body_fn ~= nil
     local summary, tx, failed = "", nil, false
-    if known and bit32.band(flags, 0x80) ~= 0 then
-        local size = size_from_count(version, kind, buf)
-        if len > size then
-            body_len = size
-            t:add(f.auth_trailer, buf(size - CRC_SIZE, len - size))
-        end
-    end
+    local signed = known and bit32.band(flags, 0x80) ~= 0
+    local body_len, key_id = signed and auth_body_len(buf, version, kind) or len, nil
     if known and size_fits(version, kind, body_len) then
         summary, tx, failed = body_fn(buf, t, version, body_len)
     elseif known then
@@ -521,6 +574,7 @@ local function dissect(buf, pinfo, tree)
         t:add(f.body, buf(12, len - 12 - CRC_SIZE)):add_proto_expert_info(e.unknown)
         summary = string.format("version %d kind %d", version, kind)
     end
+    if signed then key_id = add_auth(buf, pinfo, t, body_len) end
     local is_request = kind % 2 == 1
     if good_crc and known and not pinfo.visited then
         local key = exchange_key(pinfo, request_id, kind)
@@ -529,6 +583,7 @@ local function dissect(buf, pinfo, tree)
     add_matching(t, pinfo.number, is_request)
     if failed then t:add_proto_expert_info(e.failure) end
     local flag_text = (bit32.band(flags, 0x80) ~= 0 and " AUTH" or "") .. (bit32.band(flags, 0x40) ~= 0 and " OVERLOADED" or "")
+    if key_id ~= nil then flag_text = flag_text .. " key=" .. key_id end
     local info = string.format("%s id=%s%s", KINDS[kind] or ("kind " .. kind), request_id:tohex(), flag_text)
     if tx ~= nil then info = info .. " tx=" .. tx end
     info = info .. " " .. summary
@@ -560,7 +615,8 @@ function p.dissector(buf, pinfo, tree)
 end
 
 -- Heuristic, for any other port: our magic, a known version and kind, and a length that fits the
--- kind (or, with the AUTH flag, one at least that long). The CRC32 is not required, so a corrupted
+-- kind (or, with the AUTH flag, one at least that long: a trailer of the wrong length is then
+-- flagged, not hidden). The CRC32 is not required, so a corrupted
 -- datagram is still recognised and flagged bad-CRC. Each datagram must pass this itself: the
 -- heuristic never claims the conversation, so one forged datagram cannot take over another
 -- protocol's conversation; the price is that a datagram truncated or without its magic on a

@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO
 
 from udp_price.address import Address
 from udp_price.faults.guards import (
@@ -37,7 +37,7 @@ from udp_price.faults.guards import (
     flow_limit,
     normalise,
 )
-from udp_price.faults.pcap import ProxyCapture, fault_story, with_held_drops
+from udp_price.faults.pcap import ProxyCapture
 from udp_price.faults.plan import (
     MAX_DATAGRAM,
     MAX_FLOWS,
@@ -49,9 +49,8 @@ from udp_price.faults.plan import (
     decide_step,
     shape,
 )
+from udp_price.faults.story import WILDCARD, StoryRecorder, decision_record
 from udp_price.reflectors import REFLECTOR_PORTS
-
-_WILDCARD = {"0.0.0.0", "::", ""}
 
 
 @dataclass
@@ -60,8 +59,7 @@ class _Flow:
     client: Address
     sock: socket.socket
     local: Address | None = None
-    """The proxy's address as this client sees it (for a capture): the listen address, or, when
-    listening on a wildcard, the source address the kernel routes to this client from."""
+    """The proxy's address as this client sees it, for a capture (StoryRecorder.local_for)."""
     last_active: float = 0.0
     index: dict[Direction, int] = field(default_factory=lambda: {Direction.UP: 0, Direction.DOWN: 0})
     state: dict[Direction, ChannelState] = field(
@@ -87,6 +85,8 @@ class FaultProxy:
         self.plan = plan
         self.capture = capture
         """--pcap: every datagram received and sent, with what was done to it (udp_price.faults.pcap)."""
+        self._story: StoryRecorder | None = None
+        """The capture's hooks (udp_price.faults.story), made at start once the addresses are known."""
         self.max_flows = flow_limit(max_flows, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.flow_idle_s = flow_idle_s
         self.held = HeldBudget(max_held, max_held_bytes)
@@ -129,6 +129,8 @@ class FaultProxy:
         self._sock.bind(self.listen)
         self._remember_own(self._sock)
         self._loop.add_reader(self._sock, self._on_client_readable)
+        if self.capture is not None:
+            self._story = StoryRecorder(self.capture, self.address, self._sock.family, self.upstream)
         self._started = time.monotonic()
         return self
 
@@ -141,9 +143,8 @@ class FaultProxy:
     async def stop(self) -> None:
         for timer, (direction, flow, payload, note) in self._timers.items():
             timer.cancel()
-            if self.capture is not None and self._sock is not None:
-                hop = self._hop(direction, flow, False)
-                self.capture.not_sent(time.monotonic(), hop, note[0], payload, "discarded, the proxy stopped first")
+            if self._story is not None and self._sock is not None:
+                self._story.discarded(time.monotonic(), direction, flow, payload, note[0])
         self._timers.clear()
         self.held.count = self.held.bytes = 0
         if self._loop is None or self._sock is None:
@@ -176,29 +177,13 @@ class FaultProxy:
             if sock is None:
                 return None
             self._remember_own(sock)
-            flow = _Flow(self._flow_count, client, sock, self._local_for(client))
+            local = None if self._story is None else self._story.local_for(client)
+            flow = _Flow(self._flow_count, client, sock, local)
             self._flow_count += 1
             self._loop.add_reader(sock, self._on_upstream_readable, flow)
         flow.last_active = now
         self._flows[client] = flow  # (re)inserted last: the dict is in least-recently-active order
         return flow
-
-    def _local_for(self, client: Address) -> Address | None:
-        """With a capture and a wildcard listen address, the address the kernel would send to
-        ``client`` from (a connected socket's name, no datagram sent): on a host where the client
-        reached us by the route back to it (loopback, one address per family) it is the address
-        the client sent to. Without IP_PKTINFO that is the best knowledge there is; docs/testing.md."""
-        if self.capture is None or self._sock is None:
-            return None
-        host, port = self._sock.getsockname()[:2]
-        if host not in _WILDCARD:
-            return None
-        try:
-            with socket.socket(self._sock.family, socket.SOCK_DGRAM) as probe:
-                probe.connect(client)
-                return probe.getsockname()[0], port
-        except OSError:
-            return None
 
     def _upstream_socket(self) -> socket.socket | None:
         try:
@@ -236,7 +221,7 @@ class FaultProxy:
 
     def _remember_own(self, sock: socket.socket) -> None:
         host, port = normalise(sock.getsockname()[:2])
-        if host in _WILDCARD:
+        if host in WILDCARD:
             # Bound to every address: any local address with this port is us; matching the port
             # alone may refuse a remote client that happens to use the same port, never loops.
             self._own_wildcard_ports.add(port)
@@ -275,8 +260,8 @@ class FaultProxy:
                 refusal = "loop"  # our own datagram come back from another address: see proxy_guards
             if refusal is not None:
                 self.stats[f"up.drop:{refusal}"] += 1
-                if self.capture is not None:
-                    self.capture.received(now, (addr[:2], self.address), "up", data, f"refused ({refusal})")
+                if self._story is not None:
+                    self._story.refused(now, addr[:2], data, refusal)
                 continue
             flow = self._flow_for(addr[:2], now)
             if flow is not None:
@@ -310,10 +295,10 @@ class FaultProxy:
         # Delayed copies take their room in the hold budget now, so the capture's story of the
         # received datagram says which were dropped for it (held_full) rather than "delayed".
         held = [decision.delay_s <= 0 or self._hold(direction, decision.payload) for _ in range(decision.copies)]
-        story = "" if self.capture is None else with_held_drops(fault_story(decision, data), held)
         label = f"{d} #{index} flow {flow.ident}"
-        if self.capture is not None:  # first, so a capture lists each datagram before what became of it
-            self.capture.received(self._started + elapsed, self._hop(direction, flow, True), label, data, story)
+        story = ""  # recorded first, so a capture lists each datagram before what became of it
+        if self._story is not None:
+            story = self._story.received(self._started + elapsed, direction, flow, label, data, decision, held)
         for copy in range(decision.copies):  # forward first: a failing decision log must never cost a datagram
             note = f"{label} copy {copy + 1} of {decision.copies}" if decision.copies > 1 else label
             if decision.delay_s <= 0:
@@ -370,35 +355,17 @@ class FaultProxy:
                 self.loop_guard.sent_down(payload, time.monotonic())
         except OSError as e:
             self.stats[f"{direction.value}.send_errors"] += 1
-            if self.capture is not None:
-                why = f"send error ({e.strerror or e})"
-                self.capture.not_sent(now, self._hop(direction, flow, False), note[0], payload, why)
+            if self._story is not None:
+                self._story.send_failed(now, direction, flow, payload, note[0], e)
             return
         self.stats[f"{direction.value}.sent"] += 1
-        if self.capture is not None:
-            self.capture.sent(now, self._hop(direction, flow, False), note[0], payload, note[1])
-
-    def _hop(self, direction: Direction, flow: _Flow, inbound: bool) -> tuple[Address, Address]:
-        """(source, destination) of a datagram on one of the proxy's two legs, as a capture shows it."""
-        local = flow.local or self.address
-        if direction is Direction.UP:
-            return (flow.client, local) if inbound else (flow.sock.getsockname()[:2], self.upstream)
-        return (self.upstream, flow.sock.getsockname()[:2]) if inbound else (local, flow.client)
+        if self._story is not None:
+            self._story.sent(now, direction, flow, payload, note)
 
     def _log(self, elapsed: float, direction: Direction, flow: _Flow, index: int, size: int, dec: Decision) -> None:
         if self.log is None:
             return
-        record: dict[str, Any] = {
-            "t": round(elapsed, 6),
-            "dir": direction.value,
-            "flow": flow.ident,
-            "client": f"{flow.client[0]}:{flow.client[1]}",
-            "index": index,
-            "size": size,
-            "action": dec.action,
-        }
-        if dec.action == "deliver":
-            record.update(copies=dec.copies, delay_ms=round(dec.delay_s * 1000, 3), tags=list(dec.tags))
+        record = decision_record(elapsed, direction, flow.ident, flow.client, index, size, dec)
         try:
             self.log.write(json.dumps(record) + "\n")
         except (OSError, ValueError) as e:  # reader gone (| head), disk full, closed file
