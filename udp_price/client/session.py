@@ -41,6 +41,7 @@ from udp_price.wire import (
     encode_request,
     lines_digest,
     peek_header,
+    renumbered,
     split_overload_mark,
 )
 from wire_format import MAX_TRANSMISSION, VERSION
@@ -80,11 +81,22 @@ Event = Answered | Failed
 @dataclass(slots=True, kw_only=True)
 class _Pending(Transmissions):
     request: Request
+    datagram: bytes
+    """The request encoded once, as transmission 0; each datagram sent renumbers a copy."""
     digest: int
     started_at: float
     deadline: float
     not_before: float = 0.0
     error_status: Status | None = None
+
+
+def _encoded(request: Request) -> bytes:
+    """``request`` as transmission 0 (EncodeError, a ValueError, if it cannot be encoded)."""
+    if isinstance(request, QuoteRequest):
+        return encode_request(dataclasses.replace(request, transmission=0) if request.transmission else request)
+    if isinstance(request, BatchRequest):
+        return encode_batch_request(dataclasses.replace(request, transmission=0) if request.transmission else request)
+    return encode_list_request(request)
 
 
 def _predates_lists(request: Request, reply: Reply) -> bool:
@@ -168,10 +180,11 @@ class ClientSession:
             raise ValueError(f"request id {request.request_id:016x} is already pending")
         if self.unreachable is not None and self.keep_verdict:
             return [Failed(request.request_id, self.unreachable, 0, 0.0, self.icmp_since_answer > 0)]
-        digest = lines_digest(encode_batch_request(request)) if isinstance(request, BatchRequest) else 0
+        datagram = _encoded(request)
+        digest = lines_digest(datagram) if isinstance(request, BatchRequest) else 0
         if not self._pending:
             self._outstanding_since = now
-        p = _Pending(request=request, digest=digest, started_at=now, deadline=float("inf"))
+        p = _Pending(request=request, datagram=datagram, digest=digest, started_at=now, deadline=float("inf"))
         self._pending[request.request_id] = p
         self.budget.on_request(now)
         if self.congestion is None:
@@ -281,13 +294,8 @@ class ClientSession:
     # ------------------------------------------------------------ sending
 
     def _transmit(self, p: _Pending, now: float, why: str) -> None:
-        tx, request = len(p.sent_at) + 1, p.request
-        if isinstance(request, QuoteRequest):
-            data = encode_request(dataclasses.replace(request, transmission=tx))
-        elif isinstance(request, BatchRequest):
-            data = encode_batch_request(dataclasses.replace(request, transmission=tx))
-        else:
-            data = encode_list_request(request)  # list pages are not numbered (Karn's rule applies)
+        # List pages are not numbered (Karn's rule applies); the rest say which transmission they are.
+        data = p.datagram if isinstance(p.request, ListRequest) else renumbered(p.datagram, len(p.sent_at) + 1)
         p.sent_at.append(now)
         p.why.append(why)
         self.loss.on_sent(p.request.request_id, p)

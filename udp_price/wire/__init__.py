@@ -22,6 +22,7 @@ from udp_price.wire.codec import (
     encode_reply,
     encode_request,
     peek_quote_request,
+    renumbered,
 )
 from udp_price.wire.framing import (
     FLAG_OVERLOADED,
@@ -120,6 +121,7 @@ __all__ = [
     "peek_batch_request",
     "peek_header",
     "peek_quote_request",
+    "renumbered",
     "seal",
     "split_overload_mark",
 ]
