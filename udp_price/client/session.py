@@ -17,7 +17,6 @@ pause and probe) and every give-up decision. The README's client section has the
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
@@ -31,14 +30,11 @@ from udp_price.wire import (
     ListRequest,
     MalformedDatagram,
     QuoteReply,
-    QuoteRequest,
     Reply,
     Request,
     Status,
     decode_any_reply,
-    encode_batch_request,
-    encode_list_request,
-    encode_request,
+    encode_unnumbered,
     lines_digest,
     peek_header,
     renumbered,
@@ -88,15 +84,6 @@ class _Pending(Transmissions):
     deadline: float
     not_before: float = 0.0
     error_status: Status | None = None
-
-
-def _encoded(request: Request) -> bytes:
-    """``request`` as transmission 0 (EncodeError, a ValueError, if it cannot be encoded)."""
-    if isinstance(request, QuoteRequest):
-        return encode_request(dataclasses.replace(request, transmission=0) if request.transmission else request)
-    if isinstance(request, BatchRequest):
-        return encode_batch_request(dataclasses.replace(request, transmission=0) if request.transmission else request)
-    return encode_list_request(request)
 
 
 def _predates_lists(request: Request, reply: Reply) -> bool:
@@ -180,7 +167,7 @@ class ClientSession:
             raise ValueError(f"request id {request.request_id:016x} is already pending")
         if self.unreachable is not None and self.keep_verdict:
             return [Failed(request.request_id, self.unreachable, 0, 0.0, self.icmp_since_answer > 0)]
-        datagram = _encoded(request)
+        datagram = encode_unnumbered(request)
         digest = lines_digest(datagram) if isinstance(request, BatchRequest) else 0
         if not self._pending:
             self._outstanding_since = now

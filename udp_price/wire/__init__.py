@@ -22,7 +22,6 @@ from udp_price.wire.codec import (
     encode_reply,
     encode_request,
     peek_quote_request,
-    renumbered,
 )
 from udp_price.wire.framing import (
     FLAG_OVERLOADED,
@@ -63,6 +62,7 @@ from udp_price.wire.messages import (
     batch_reply_size,
     batch_request_size,
 )
+from udp_price.wire.numbering import encode_unnumbered, renumbered
 
 __all__ = [
     "FLAG_OVERLOADED",
@@ -110,6 +110,7 @@ __all__ = [
     "encode_prefix",
     "encode_reply",
     "encode_request",
+    "encode_unnumbered",
     "is_sealed",
     "item_problem",
     "kind_of",

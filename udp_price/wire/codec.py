@@ -23,15 +23,7 @@ from typing import Any
 from construct import Array, Bytes, Const, FormatField, Struct
 
 from udp_price.errors import EncodeError, MalformedDatagram
-from udp_price.wire.framing import (
-    KIND_OFFSET,
-    ZERO_RESERVED,
-    check_batch_frame,
-    check_frame,
-    check_unsigned,
-    kind_of,
-    seal,
-)
+from udp_price.wire.framing import ZERO_RESERVED, check_batch_frame, check_frame, check_unsigned, kind_of, seal
 from udp_price.wire.items import decode_item, decode_prefix, encode_item, encode_prefix
 from udp_price.wire.messages import (
     BatchReply,
@@ -144,28 +136,6 @@ def _item_or_reason(raw: bytes) -> str | tuple[str, str]:
         return decode_item(raw, 0)
     except MalformedDatagram as e:
         return e.reason, str(e.__cause__ or "")
-
-
-def _field_offset(fmt: struct.Struct, field: str) -> int:
-    """Byte offset of ``field`` in a format made by _derive."""
-    codes = re.findall(r"\d*[a-zA-Z]", fmt.format[1:])
-    return struct.calcsize(">" + "".join(codes[: _FIELD_NAMES[fmt.format].index(field)]))
-
-
-_TRANSMISSION_OFFSET = {
-    MessageKind.QUOTE_REQUEST: _field_offset(_F_REQUEST, "transmission"),
-    MessageKind.BATCH_REQUEST: _field_offset(_F_BATCH_REQUEST, "transmission"),
-}
-
-
-def renumbered(request_datagram: bytes, transmission: int) -> bytes:
-    """An encoded quote or batch request as its transmission number ``transmission``: that one
-    byte changed and the seal recomputed, so a client encodes each request once, not once per
-    datagram it sends (the bytes equal encoding the request with that transmission)."""
-    check_unsigned(transmission, 8, "transmission")
-    body = bytearray(request_datagram[:-CRC_SIZE])
-    body[_TRANSMISSION_OFFSET[MessageKind(request_datagram[KIND_OFFSET])]] = transmission
-    return seal(bytes(body))
 
 
 def _item(raw: bytes, request_id: int) -> str:
