@@ -232,8 +232,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
     p.add_argument("--out", default=str(ROOT / "docs"), help="where bench.json and bench.png go (default docs/)")
+    p.add_argument(
+        "--server-only",
+        action="store_true",
+        help="only the server against the bare echo server (single quotes, limiter and cache on): ~1 minute",
+    )
     args = p.parse_args()
     n, runs, rows = (20_000, 1, 20_000) if args.quick else (100_000, 3, 200_000)
+    if args.server_only:
+        s = server_section(n, runs)
+        print(f"echo {s['echo_requests_per_s']:,} req/s, udp-price {s['server_requests_per_s']:,} req/s: ", end="")
+        print(f"{s['server_vs_echo']:.2f} x echo (goal >= 0.75)")
+        return 0
     t0 = time.perf_counter()
     print(
         f"udp-price benchmark on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

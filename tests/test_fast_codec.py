@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 import zlib
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from udp_price.wire import (
     encode_list_request,
     encode_reply,
     encode_request,
+    renumbered,
 )
 from udp_price.wire.reference import (
     reference_decode_batch_reply,
@@ -170,3 +172,11 @@ def test_list_decoders_only_raise_malformed(data: bytes, pos: int, value: int) -
         for decode in (decode_list_request, decode_list_reply, decode_any_request, decode_any_reply):
             with contextlib.suppress(MalformedDatagram):
                 decode(candidate)
+
+
+@given(st.one_of(requests, batch_requests), u8)
+def test_renumbered_equals_encoding_with_that_transmission(req: QuoteRequest | BatchRequest, tx: int) -> None:
+    """The session encodes each request once and renumbers it per datagram: the bytes must be
+    exactly those of encoding the request with that transmission number."""
+    encode: Callable[[Any], bytes] = encode_request if isinstance(req, QuoteRequest) else encode_batch_request
+    assert renumbered(encode(req), tx) == encode(dataclasses.replace(req, transmission=tx))

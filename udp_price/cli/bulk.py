@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import stat
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from udp_price.bulk.chunks import row_chunks
 from udp_price.bulk.feed import ChunkLines, fd_read
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
             return refused(args, output.name, f"cannot write: {e.strerror or e}", EXIT_OUTPUT)
         state.sink = sink
         try:
-            interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))
+            with fewer_collections():
+                interrupted = asyncio.run(_pipeline(args, reader, header, sink, options, state, bar))
         except Exception as e:  # a bug: still one line, the summary and an exit code, never a traceback
             state.summary.output_error = state.summary.output_error or e
             interrupted = False
@@ -165,6 +168,24 @@ def run(args: argparse.Namespace) -> int:
             stack.pop_all()  # the reader thread may still be in a read on it: leave it to the exit
         close_error = output.close(commit=summary.output_error is None)
     return _report(args, summary, state.stats, interrupted, reader, output, close_error)
+
+
+@contextlib.contextmanager
+def fewer_collections(gen0: int = 50_000) -> Iterator[None]:
+    """Run with the cyclic GC's first generation collected every ``gen0`` allocations instead of
+    CPython's 700. A bulk run allocates a handful of short-lived, acyclic objects per row (rows,
+    results, texts), so the default threshold runs a collection every couple of chunks, each
+    walking everything the read-ahead holds: ~10% of the client's CPU (profiled, 200,000 rows).
+    Reference counting still frees every row at once; cycles are still collected, less often.
+    The objects made at start-up are frozen out of the collections for the same reason."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(gen0, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 async def _pipeline(

@@ -26,7 +26,7 @@ from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.results import BatchResult, NoAnswer, QuoteResult, describe_status
 from udp_price.client.retry import RetryPolicy
 from udp_price.client.session import Answered, ClientSession, Event, Failed
-from udp_price.client.stream import LineQuote, Pair, stream_quotes, wire_item, wire_line
+from udp_price.client.stream import LineQuote, Pair, stream_quotes, wire_line
 from udp_price.errors import EncodeError, QuoteError
 from udp_price.wire import (
     BatchReply,
@@ -38,7 +38,6 @@ from udp_price.wire import (
     QuoteRequest,
     Request,
     Status,
-    check_quantity,
     encode_prefix,
     normalize_prefix,
 )
@@ -176,9 +175,7 @@ class QuoteClient:
         Raises NoAnswer or ValueError like ``quote``."""
         if not 1 <= len(lines) <= MAX_BATCH:
             raise EncodeError(f"a batch holds 1 to {MAX_BATCH} lines, not {len(lines)}")
-        for _, quantity in lines:
-            check_quantity(quantity)
-        request = BatchRequest(self._new_request_id(), tuple((wire_item(i), q) for i, q in lines))
+        request = BatchRequest(self._new_request_id(), tuple(wire_line(i, q) for i, q in lines))
         answered = await self._call(request)
         reply = answered.reply
         assert isinstance(reply, BatchReply)
@@ -197,10 +194,12 @@ class QuoteClient:
 
         Pairs go out ``batch`` per datagram with up to ``window`` datagrams in flight, as the bulk
         command sends them; memory holds at most ``window * batch`` pairs, however long ``lines``
-        is. Nothing is skipped: a pair that cannot be sent (bad quantity, item too long) raises its
-        ValueError when its turn comes, after every pair before it was yielded, and a batch that
-        gets no answer raises NoAnswer the same way. Leaving the loop early (break, an exception)
-        cancels the requests still in flight.
+        is. Nothing is skipped: a pair that cannot be sent (not an (item, quantity) pair, an item
+        that is not a str or too long, a bad quantity) raises a ValueError or TypeError naming its
+        index when its turn comes, after every pair before it was yielded; an exception raised by
+        ``lines`` itself is re-raised the same way, and a batch that gets no answer raises
+        NoAnswer. The stream ends at that point: nothing after it is read from ``lines`` or sent.
+        Leaving the loop early (break, an exception) cancels the requests still in flight.
 
             async for q in client.quote_stream([("apple", 3), ("pear", 1)]):
                 print(q.item, q.quantity, q.status.name, q.total)

@@ -17,7 +17,6 @@ pause and probe) and every give-up decision. The README's client section has the
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
@@ -31,16 +30,14 @@ from udp_price.wire import (
     ListRequest,
     MalformedDatagram,
     QuoteReply,
-    QuoteRequest,
     Reply,
     Request,
     Status,
     decode_any_reply,
-    encode_batch_request,
-    encode_list_request,
-    encode_request,
+    encode_unnumbered,
     lines_digest,
     peek_header,
+    renumbered,
     split_overload_mark,
 )
 from wire_format import MAX_TRANSMISSION, VERSION
@@ -80,6 +77,8 @@ Event = Answered | Failed
 @dataclass(slots=True, kw_only=True)
 class _Pending(Transmissions):
     request: Request
+    datagram: bytes
+    """The request encoded once, as transmission 0; each datagram sent renumbers a copy."""
     digest: int
     started_at: float
     deadline: float
@@ -168,10 +167,11 @@ class ClientSession:
             raise ValueError(f"request id {request.request_id:016x} is already pending")
         if self.unreachable is not None and self.keep_verdict:
             return [Failed(request.request_id, self.unreachable, 0, 0.0, self.icmp_since_answer > 0)]
-        digest = lines_digest(encode_batch_request(request)) if isinstance(request, BatchRequest) else 0
+        datagram = encode_unnumbered(request)
+        digest = lines_digest(datagram) if isinstance(request, BatchRequest) else 0
         if not self._pending:
             self._outstanding_since = now
-        p = _Pending(request=request, digest=digest, started_at=now, deadline=float("inf"))
+        p = _Pending(request=request, datagram=datagram, digest=digest, started_at=now, deadline=float("inf"))
         self._pending[request.request_id] = p
         self.budget.on_request(now)
         if self.congestion is None:
@@ -281,13 +281,8 @@ class ClientSession:
     # ------------------------------------------------------------ sending
 
     def _transmit(self, p: _Pending, now: float, why: str) -> None:
-        tx, request = len(p.sent_at) + 1, p.request
-        if isinstance(request, QuoteRequest):
-            data = encode_request(dataclasses.replace(request, transmission=tx))
-        elif isinstance(request, BatchRequest):
-            data = encode_batch_request(dataclasses.replace(request, transmission=tx))
-        else:
-            data = encode_list_request(request)  # list pages are not numbered (Karn's rule applies)
+        # List pages are not numbered (Karn's rule applies); the rest say which transmission they are.
+        data = p.datagram if isinstance(p.request, ListRequest) else renumbered(p.datagram, len(p.sent_at) + 1)
         p.sent_at.append(now)
         p.why.append(why)
         self.loss.on_sent(p.request.request_id, p)

@@ -4,13 +4,17 @@ line must pass before it is sent (shared with ``quote`` and ``quote_batch``).
 Pairs go out ``batch`` to a datagram with at most ``window`` datagrams in flight, as the bulk
 command sends them, and come back one ``LineQuote`` per pair in input order. Memory is bounded by
 ``window * batch`` pairs however long the input. Nothing is skipped: a pair that cannot be sent
-raises its ValueError in its place, after every pair before it was yielded.
+(wrong shape, wrong types, out of range) raises in its place, naming its index, after every pair
+before it was yielded; an exception from the caller's source is re-raised the same way. The
+stream ends there (an async generator that raised cannot be resumed), so nothing after that
+point is read from the source or sent: no request goes out whose answer nobody could read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import reprlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import NamedTuple, Protocol
@@ -61,9 +65,33 @@ def wire_item(name: str) -> str:
 
 
 def wire_line(item: str, quantity: int) -> tuple[str, int]:
-    """(normalized item, quantity) or the ValueError ``quote`` would raise for it."""
+    """(normalized item, quantity) or the ValueError ``quote`` would raise for it (TypeError
+    for an item that is not a str, which ``normalize_item`` would meet as an AttributeError)."""
     check_quantity(quantity)
+    if not isinstance(item, str):
+        raise TypeError(f"item must be a str, got {type(item).__name__}")
     return wire_item(item), quantity
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+_shown = _repr.repr  # a pair as an error shows it: a 10 MB item name is no error message
+
+
+def checked_pair(index: int, pair: object) -> tuple[str, int]:
+    """``pair`` as a wire line, or a ValueError/TypeError that names its index in the stream:
+    a stream's caller needs to know which of a million pairs was wrong."""
+    item: str
+    quantity: int
+    try:
+        item, quantity = pair  # type: ignore[misc]
+    except (TypeError, ValueError) as e:
+        kind = ValueError if isinstance(e, ValueError) else TypeError
+        raise kind(f"pair {index} is not an (item, quantity) pair: {_shown(pair)}") from None
+    try:
+        return wire_line(item, quantity)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"pair {index} {_shown(pair)}: {e}") from e
 
 
 async def stream_quotes(
@@ -75,20 +103,18 @@ async def stream_quotes(
     """See QuoteClient.quote_stream; ``quote_batch`` sends one batch and waits for its answer."""
     if not 1 <= batch <= MAX_BATCH or window < 1:
         raise ValueError(f"quote_stream: batch must be 1 to {MAX_BATCH} and window at least 1")
-    source = _pairs(lines)
+    source = _Source(lines)
     pending: deque[asyncio.Future[BatchResult]] = deque()
-    more = True
     try:
         while True:
-            while more and len(pending) < window:
-                chunk, error, more = await _take(source, batch)
+            while source.more and len(pending) < window:
+                chunk, error = await source.take(batch)
                 if chunk:
                     pending.append(asyncio.ensure_future(quote_batch(chunk)))
-                if error is not None:
+                if error is not None:  # raised in its place, once the batches ahead are yielded
                     failed: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
                     failed.set_exception(error)
                     pending.append(failed)
-                    more = True  # the pairs after a bad one are still quoted
             if not pending:
                 return
             b = await pending.popleft()
@@ -102,6 +128,36 @@ async def stream_quotes(
             f.cancel()
 
 
+class _Source:
+    """The caller's pairs, checked and counted; ``more`` turns False at their end, at the first
+    bad pair and at an exception from the source, after which nothing more is read."""
+
+    def __init__(self, lines: Iterable[Pair] | AsyncIterable[Pair]) -> None:
+        self._pairs = _pairs(lines)
+        self.taken = 0
+        self.more = True
+
+    async def take(self, n: int) -> tuple[list[Pair], Exception | None]:
+        """Up to ``n`` valid pairs: (pairs, the exception that ended them early or None)."""
+        chunk: list[Pair] = []
+        while len(chunk) < n:
+            try:
+                pair = await anext(self._pairs)
+            except StopAsyncIteration:
+                self.more = False
+                return chunk, None
+            except Exception as e:  # the caller's own error, re-raised in its place
+                self.more = False
+                return chunk, e
+            try:
+                chunk.append(checked_pair(self.taken, pair))
+            except (TypeError, ValueError) as e:
+                self.more = False
+                return chunk, e
+            self.taken += 1
+        return chunk, None
+
+
 async def _pairs(lines: Iterable[Pair] | AsyncIterable[Pair]) -> AsyncIterator[Pair]:
     if isinstance(lines, AsyncIterable):
         async for pair in lines:
@@ -109,19 +165,3 @@ async def _pairs(lines: Iterable[Pair] | AsyncIterable[Pair]) -> AsyncIterator[P
     else:
         for pair in lines:
             yield pair
-
-
-async def _take(source: AsyncIterator[Pair], n: int) -> tuple[list[Pair], ValueError | None, bool]:
-    """Up to ``n`` valid pairs from ``source``: (pairs, the ValueError of a bad pair that ended
-    them early or None, whether ``source`` may hold more)."""
-    chunk: list[Pair] = []
-    while len(chunk) < n:
-        try:
-            item, quantity = await anext(source)
-        except StopAsyncIteration:
-            return chunk, None, False
-        try:
-            chunk.append(wire_line(item, quantity))
-        except ValueError as e:
-            return chunk, e, True
-    return chunk, None, True

@@ -62,6 +62,7 @@ from udp_price.wire.messages import (
     batch_reply_size,
     batch_request_size,
 )
+from udp_price.wire.numbering import encode_unnumbered, renumbered
 
 __all__ = [
     "FLAG_OVERLOADED",
@@ -109,6 +110,7 @@ __all__ = [
     "encode_prefix",
     "encode_reply",
     "encode_request",
+    "encode_unnumbered",
     "is_sealed",
     "item_problem",
     "kind_of",
@@ -120,6 +122,7 @@ __all__ = [
     "peek_batch_request",
     "peek_header",
     "peek_quote_request",
+    "renumbered",
     "seal",
     "split_overload_mark",
 ]
