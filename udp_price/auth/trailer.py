@@ -4,11 +4,11 @@ An authenticated datagram is the plain message with AUTH_FLAG (0x80) set in its 
 AUTH_TRAILER_DEF (key id u32, timestamp u64 ms, 16-byte tag), then the CRC32 of everything before
 it, so the seal's rule (the last 4 bytes are the CRC32 of the rest) holds unchanged. The tag is
 HMAC-SHA256 under the key over every byte before the tag, truncated to 128 bits, as DNS TSIG
-(RFC 8945 section 4.3) signs the whole message with its time, except the OVERLOADED bit (0x40) of
-the kind byte: the server's serving loop sets that mark on a reply after it is built and signed,
-so it is a hint outside the tag, as ECN's CE mark sits outside the packet protection of QUIC
-(RFC 9000 section 13.4): someone on the path can set it (and slow a client down, which dropping
-datagrams would do as well) but can never change a price. Checks run cheapest first: length,
+(RFC 8945 section 4.3) signs the whole message with its time. Every byte, the OVERLOADED bit
+(0x40) of the kind byte included: the server decides the mark before it encodes and signs a reply,
+so the mark is authenticated too. A mark set on the path fails the tag, and the reply is dropped
+like any forgery: an on-path party can then do no more than drop replies, which a client's
+congestion control does not take for congestion. Checks run cheapest first: length,
 CRC32, magic, version, flag, known key, tag (constant-time compare); the caller then judges the time.
 """
 
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from udp_price.auth.keys import Key
 from udp_price.wire import seal
-from udp_price.wire.framing import FLAG_OVERLOADED, KIND_OFFSET
+from udp_price.wire.framing import KIND_OFFSET
 from wire_format import AUTH_FLAG, AUTH_TAG_SIZE, AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAGIC, VERSION
 
 _SIGNED_FIELDS = struct.Struct(">IQ")
@@ -31,7 +31,6 @@ _CRC = struct.Struct(">I")
 _MIN_SIZE = HEADER_SIZE + AUTH_TRAILER_SIZE + CRC_SIZE
 _MAGIC_VERSION = MAGIC + bytes((VERSION,))
 _CLEAR_AUTH = 0xFF ^ AUTH_FLAG
-_CLEAR_OVERLOADED = 0xFF ^ FLAG_OVERLOADED
 _BYTE = [bytes((value,)) for value in range(256)]
 """One-byte bytes objects by value: rebuilding a datagram around a changed kind byte by slicing
 and concatenation is cheaper than going through a bytearray."""
@@ -60,11 +59,7 @@ def is_signed(data: bytes) -> bool:
 
 def _tag(key: Key, signed_bytes: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104) from the key's precomputed pad states: the same bytes as
-    hmac.digest(secret, data, "sha256"), at about half the cost for a short message. The
-    OVERLOADED bit is taken as 0 (see the module's docstring)."""
-    kind = signed_bytes[KIND_OFFSET]
-    if kind & FLAG_OVERLOADED:
-        signed_bytes = signed_bytes[:KIND_OFFSET] + _BYTE[kind & _CLEAR_OVERLOADED] + signed_bytes[KIND_OFFSET + 1 :]
+    hmac.digest(secret, data, "sha256"), at about half the cost for a short message."""
     inner, outer = key.pads
     h = inner.copy()
     h.update(signed_bytes)

@@ -156,6 +156,12 @@ class ReplyCache:
     would not do: anyone can choose 4 free bytes of a small request so that its CRC32 equals a
     big request's, and be sent the big request's reply (an amplifier). The key is random per
     process, so no one can even search for a collision offline.
+
+    The OVERLOADED mark (0x40) is part of the stored bytes: a replay is exactly the reply first
+    sent, marked if the server was overloaded when it built it, unmarked otherwise, whatever the
+    server's state at the replay. Re-marking a replay would need a copy and a new CRC32 (the
+    work the mark must not add while overloaded) and would break the byte-for-byte promise; a
+    replay answers a retransmission, and the fresh replies around it carry the current state.
     """
 
     max_entries: int = 100_000
