@@ -58,7 +58,8 @@ class RateLimiter:
     replies carry the OVERLOADED mark, so a client with congestion control slows down before
     the bucket runs dry and requests go unanswered."""
     near_limit: bool = field(default=False, repr=False)
-    """Whether the source of the latest ``check`` is near its limit (read by the serving loop)."""
+    """Whether the source of the latest ``check`` is near its limit (read by the core right after
+    the check, to mark the reply it then builds)."""
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
     _newcomers: _Bucket | None = field(default=None, repr=False)
     """One shared pool (``rate`` per second, up to NEWCOMER_BURSTS x ``burst``) from which every
