@@ -102,13 +102,18 @@ def wrong_price_signed_with_a_guessed_key(data: bytes) -> list[bytes]:
 
 def genuine_reply_with_the_total_changed(upstream: tuple[str, int]) -> Callable[[bytes], list[bytes]]:
     """A relay that asks the real server and changes the total in its signed reply (CRC fixed up)."""
+    return genuine_reply_with_byte_changed(upstream, 63, 0x01)  # the low byte of the total
+
+
+def genuine_reply_with_byte_changed(upstream: tuple[str, int], at: int, xor: int) -> Callable[[bytes], list[bytes]]:
+    """A relay that asks the real server and flips bits of one byte of its signed reply (CRC fixed up)."""
 
     def relay(data: bytes) -> list[bytes]:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(2)
             s.sendto(data, upstream)
             reply = bytearray(s.recv(2048))
-        reply[63] ^= 0x01  # the low byte of the total
+        reply[at] ^= xor
         return [seal(bytes(reply[:-CRC_SIZE]))]
 
     return relay
@@ -146,7 +151,9 @@ def fake_server() -> Iterator[Callable[[Callable[[bytes], list[bytes]]], tuple[s
     sock.close()
 
 
-@pytest.mark.parametrize("mode", ["unsigned", "guessed key", "tampered genuine reply"])
+@pytest.mark.parametrize(
+    "mode", ["unsigned", "guessed key", "tampered genuine reply", "genuine reply marked OVERLOADED"]
+)
 def test_on_path_fake_server_with_a_wrong_price_is_never_accepted(
     mode: str, keyed: RunningServer, fake_server: Callable[[Callable[[bytes], list[bytes]]], tuple[str, int]]
 ) -> None:
@@ -154,6 +161,8 @@ def test_on_path_fake_server_with_a_wrong_price_is_never_accepted(
         "unsigned": wrong_price_unsigned,
         "guessed key": wrong_price_signed_with_a_guessed_key,
         "tampered genuine reply": genuine_reply_with_the_total_changed(keyed.address),
+        # the OVERLOADED bit (0x40 of the kind byte) set on the path: the tag covers it too
+        "genuine reply marked OVERLOADED": genuine_reply_with_byte_changed(keyed.address, 3, 0x40),
     }[mode]
     fake = fake_server(answer)
 
@@ -167,7 +176,7 @@ def test_on_path_fake_server_with_a_wrong_price_is_never_accepted(
     rejected = {k: v for k, v in stats.items() if k.startswith("auth.rejected.")}
     assert sum(rejected.values()) >= 1 and "accepted" not in stats, stats
     assert "no authenticated reply with key id 11" in str(failure) and "refused" in str(failure)
-    if mode == "tampered genuine reply":
+    if mode.startswith(("tampered", "genuine")):
         assert rejected == {"auth.rejected.bad_tag": failure.attempts}
         assert keyed.core.stats["auth.verified"] == failure.attempts
 

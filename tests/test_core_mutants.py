@@ -69,6 +69,7 @@ from udp_price.wire import (
     encode_request,
     lines_digest,
     parse_quantity,
+    split_overload_mark,
 )
 from udp_price.wire.items import check_quantity, decode_prefix, encode_prefix, normalize_prefix
 from wire_format import MAX_QUANTITY, PREFIX_SIZE
@@ -323,18 +324,26 @@ def core_with(limiter: RateLimiter | None = None, cache: ReplyCache | None = Non
     return QuoteServer(Catalog.from_prices({"apple": 50, "apricot": 120, "pear": 55}), limiter=limiter, cache=cache)
 
 
+def _marked(reply: bytes | None) -> bytes:
+    """``reply`` without its OVERLOADED mark, which it must carry (a BUSY reply goes to a source
+    at its rate limit, so the core marks it as it encodes it)."""
+    plain, marked = split_overload_mark(reply or b"")
+    assert marked, "a BUSY reply carries the OVERLOADED mark"
+    return plain
+
+
 def test_busy_replies_of_every_kind_carry_what_binds_them_to_the_request() -> None:
     core = core_with(limiter=RateLimiter(rate=1, burst=1, slip=1))
     version = core.catalog.version
     assert core.handle_datagram(encode_request(QUOTE_REQUEST), CORE_ADDR, 0.0) is not None  # the one token
-    quote = decode_reply(core.handle_datagram(encode_request(QUOTE_REQUEST), CORE_ADDR, 0.0) or b"")
+    quote = decode_reply(_marked(core.handle_datagram(encode_request(QUOTE_REQUEST), CORE_ADDR, 0.0)))
     assert quote == QuoteReply(1, Status.BUSY, "apple", 3, 0, 0, version, 1000, 2)
     batch_data = encode_batch_request(BATCH_REQUEST)
-    batch = decode_batch_reply(core.handle_datagram(batch_data, CORE_ADDR, 0.0) or b"")
+    batch = decode_batch_reply(_marked(core.handle_datagram(batch_data, CORE_ADDR, 0.0)))
     assert batch == BatchReply(1, Status.BUSY, lines_digest(batch_data), (), version, 2000, 2)
-    listed = decode_list_reply(core.handle_datagram(encode_list_request(LIST_REQUEST), CORE_ADDR, 0.0) or b"")
+    listed = decode_list_reply(_marked(core.handle_datagram(encode_list_request(LIST_REQUEST), CORE_ADDR, 0.0)))
     assert listed == ListReply(1, Status.BUSY, 3, 0, (), version)
-    assert core.stats["rate_limited.busy"] == 3
+    assert core.stats["rate_limited.busy"] == 3 and core.stats["overload.marked"] == 3
 
 
 def test_error_replies_of_every_kind_name_the_request_and_the_catalog() -> None:

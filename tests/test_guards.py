@@ -16,6 +16,7 @@ from udp_price.wire import (
     decode_reply,
     encode_batch_request,
     encode_request,
+    split_overload_mark,
 )
 
 
@@ -120,13 +121,16 @@ def test_server_answers_busy_with_retry_after_and_never_amplifies() -> None:
     assert decode_reply(core.handle_datagram(data, ADDR, 0.0) or b"").status is Status.OK
     busy = core.handle_datagram(data, ADDR, 0.0)
     assert busy is not None and len(busy) <= len(data)
-    reply = decode_reply(busy)
+    plain, marked = split_overload_mark(busy)
+    assert marked, "a source at its limit gets the OVERLOADED mark, set by the core as it encodes"
+    reply = decode_reply(plain)
     assert (reply.status, reply.item, reply.quantity, reply.retry_after_ms) == (Status.BUSY, "apple", 1, 100)
     batch = encode_batch_request(BatchRequest(2, (("apple", 1),)))
     batch_busy = core.handle_datagram(batch, ADDR, 0.0)
     assert batch_busy is not None and len(batch_busy) < len(batch)
-    assert decode_batch_reply(batch_busy).status is Status.BUSY
-    assert core.stats["rate_limited.busy"] == 2
+    batch_plain, batch_marked = split_overload_mark(batch_busy)
+    assert batch_marked and decode_batch_reply(batch_plain).status is Status.BUSY
+    assert core.stats["rate_limited.busy"] == 2 and core.stats["overload.marked"] == 2
 
 
 def test_retransmission_gets_the_same_reply_across_a_reload() -> None:

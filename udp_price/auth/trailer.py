@@ -4,8 +4,11 @@ An authenticated datagram is the plain message with AUTH_FLAG (0x80) set in its 
 AUTH_TRAILER_DEF (key id u32, timestamp u64 ms, 16-byte tag), then the CRC32 of everything before
 it, so the seal's rule (the last 4 bytes are the CRC32 of the rest) holds unchanged. The tag is
 HMAC-SHA256 under the key over every byte before the tag, truncated to 128 bits, as DNS TSIG
-(RFC 8945 section 4.3) signs the whole message with its time, except the OVERLOADED bit (0x40) of
-the kind byte, which the serving loop sets after a reply is signed (taken as 0). Checks run cheapest first: length,
+(RFC 8945 section 4.3) signs the whole message with its time. Every byte, the OVERLOADED bit
+(0x40) of the kind byte included: the server decides the mark before it encodes and signs a reply,
+so the mark is authenticated too. A mark set on the path fails the tag, and the reply is dropped
+like any forgery: an on-path party can then do no more than drop replies, which a client's
+congestion control does not take for congestion. Checks run cheapest first: length,
 magic, version, flag, known key, tag (constant-time compare); the caller then judges the time. The
 CRC32 is checked only when one of them fails, to count noise apart from forgeries: a valid tag
 proves every byte but the CRC32's own, so a good datagram does not pay for it.
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from udp_price.auth.keys import Key
-from udp_price.wire.framing import FLAG_OVERLOADED, KIND_OFFSET
+from udp_price.wire.framing import KIND_OFFSET
 from wire_format import AUTH_FLAG, AUTH_TAG_SIZE, AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAGIC, VERSION
 
 _SIGNED_FIELDS = struct.Struct(">IQ")
@@ -30,7 +33,6 @@ _FINGERPRINT_SIZE = 7
 _MIN_SIZE = HEADER_SIZE + AUTH_TRAILER_SIZE + CRC_SIZE
 _MAGIC_VERSION = MAGIC + bytes((VERSION,))
 _CLEAR_AUTH = 0xFF ^ AUTH_FLAG
-_CLEAR_OVERLOADED = 0xFF ^ FLAG_OVERLOADED
 _BYTE = [bytes((value,)) for value in range(256)]
 """One-byte bytes objects by value: rebuilding a datagram around a changed kind byte by slicing
 and concatenation is cheaper than going through a bytearray."""
@@ -60,20 +62,12 @@ def is_signed(data: bytes) -> bool:
     return len(data) > KIND_OFFSET and bool(data[KIND_OFFSET] & AUTH_FLAG)
 
 
-def _unmarked(signed_bytes: bytes) -> bytes:
-    """The bytes the tag covers: the OVERLOADED bit taken as 0 (see the module's docstring)."""
-    kind = signed_bytes[KIND_OFFSET]
-    if kind & FLAG_OVERLOADED:
-        return signed_bytes[:KIND_OFFSET] + _BYTE[kind & _CLEAR_OVERLOADED] + signed_bytes[KIND_OFFSET + 1 :]
-    return signed_bytes
-
-
 def _tag(key: Key, signed_bytes: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104) from the key's precomputed pad states: the same bytes as
     hmac.digest(secret, data, "sha256"), at about half the cost for a short message."""
     inner, outer = key.pads
     h = inner.copy()
-    h.update(_unmarked(signed_bytes))
+    h.update(signed_bytes)
     o = outer.copy()
     o.update(h.digest())
     return o.digest()[:AUTH_TAG_SIZE]
@@ -89,7 +83,7 @@ def sign(datagram: bytes, key: Key, timestamp_ms: int) -> bytes:
     )
     inner_pad, outer_pad = key.pads  # _tag(key, body), inlined: this runs per datagram
     h = inner_pad.copy()
-    h.update(_unmarked(body))
+    h.update(body)
     o = outer_pad.copy()
     o.update(h.digest())
     tag = o.digest()[:AUTH_TAG_SIZE]
@@ -123,7 +117,7 @@ def verify(data: bytes, keys: Mapping[int, Key]) -> tuple[bytes, Key, int, int] 
         return _noise_or(data, "unknown_key")
     inner_pad, outer_pad = key.pads  # _tag(key, signed_part), inlined: this runs per datagram
     h = inner_pad.copy()
-    h.update(_unmarked(signed_part))
+    h.update(signed_part)
     o = outer_pad.copy()
     o.update(h.digest())
     if not hmac.compare_digest(o.digest()[:AUTH_TAG_SIZE], tag):

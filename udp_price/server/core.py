@@ -17,6 +17,7 @@ from udp_price.catalog import Catalog, price_total, wire_limit_problems
 from udp_price.reflectors import REFLECTOR_PORTS
 from udp_price.server.guards import RateLimiter, ReplyCache, Verdict
 from udp_price.wire import (
+    FLAG_OVERLOADED,
     KIND_OFFSET,
     REPLY_STATUS_OFFSET,
     REQUEST_KINDS,
@@ -49,7 +50,7 @@ from udp_price.wire import (
 from wire_format import AUTH_FLAG, LIST_PAGE_SIZE, MAX_QUANTITY, MAX_RETRY_AFTER_MS, MAX_TOTAL, VERSION
 
 _STATUS_KEY_BY_VALUE = {int(status): f"status.{status.name}" for status in Status}
-_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+_ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
     QuoteReply: encode_reply,
     BatchReply: encode_batch_reply,
     ListReply: encode_list_reply,
@@ -74,6 +75,11 @@ class QuoteServer:
     auth: ServerAuth | None = None
     """With keys (--keys): every request is verified before anything else (see _authenticated);
     None: no keys, and a signed request is dropped (counted auth.dropped.no_keys), never answered unsigned."""
+    overloaded: bool = False
+    """Set by the serving loop once per wake-up (udp_price.server.overload): while True, every reply
+    built carries the OVERLOADED flag (0x40), set by the encoder in the kind byte as the reply is
+    built, so it costs no second copy and, with keys, the tag covers it. Replies to a source near
+    its rate limit carry it whatever this says."""
 
     def __post_init__(self) -> None:
         self.set_catalog(self.catalog)
@@ -133,8 +139,11 @@ class QuoteServer:
         if len(out) > len(data):
             self.stats["dropped.amplification"] += 1
             return None
-        self.stats["replies"] += 1
-        self.stats[_STATUS_KEY_BY_VALUE.get(out[REPLY_STATUS_OFFSET], "status.unknown")] += 1
+        stats = self.stats
+        stats["replies"] += 1
+        stats[_STATUS_KEY_BY_VALUE.get(out[REPLY_STATUS_OFFSET], "status.unknown")] += 1
+        if out[KIND_OFFSET] & FLAG_OVERLOADED:
+            stats["overload.marked"] += 1
         return out
 
     def _respond(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
@@ -152,27 +161,31 @@ class QuoteServer:
         if verdict is Verdict.DROP:
             self.stats["rate_limited.dropped"] += 1
             return None
+        # The mark is decided here, before any reply is encoded (and signed): the server is
+        # overloaded (this wake-up), or this source is close to its rate limit (the check above).
+        flags = FLAG_OVERLOADED if self.overloaded or (self.limiter is not None and self.limiter.near_limit) else 0
         if self.fast_path and verdict is Verdict.ALLOW:
-            out = self.quote_fast(data, addr, now, cached) or self.batch_fast(data, addr, now, cached)
+            out = self.quote_fast(data, addr, now, cached, flags) or self.batch_fast(data, addr, now, cached, flags)
             if out is not None:
                 return out
         try:
             request = decode_any_request(data)
         except MalformedDatagram as e:
             self.stats[f"malformed.{e.reason}"] += 1
-            return self._encoded(self._error_reply(e, data) if verdict is Verdict.ALLOW else None)
+            return self._encoded(self._error_reply(e, data) if verdict is Verdict.ALLOW else None, flags)
         if verdict is Verdict.SLIP:
             self.stats["rate_limited.busy"] += 1
             assert self.limiter is not None
-            return self._encoded(self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])))
+            return self._encoded(self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])), flags)
         key = (addr[0], addr[1], request.request_id)
         cache = self.cache if cached else None
         if cache is not None:
+            # A replay is the reply as first sent, its mark (or none) included (see ReplyCache).
             stored = cache.get(key, data, now)
             if stored is not None:
                 self.stats["cache_hits"] += 1
                 return stored
-        out = self._encoded(self.answer(request, data))
+        out = self._encoded(self.answer(request, data), flags)
         # List pages are not cached: they are 670 bytes each (a full listing of a big catalog would
         # fill the cache with them), a retransmitted list request is answered again for the same
         # cost, and a client never mixes pages of two catalog versions anyway.
@@ -187,10 +200,11 @@ class QuoteServer:
             self.stats[f"malformed.{e.reason}"] += 1
         return None
 
-    def quote_fast(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
+    def quote_fast(self, data: bytes, addr: Address, now: float, cached: bool = True, flags: int = 0) -> bytes | None:
         """The common case, profiled at ~2 us instead of ~10: an intact single quote request whose
         item field is byte-identical to a catalog item's and whose total is in range. Returns None
-        for anything else, before counting anything, and the general path then handles it."""
+        for anything else, before counting anything, and the general path then handles it.
+        ``flags``: FLAG_OVERLOADED or 0, for the kind byte of the reply."""
         peeked = peek_quote_request(data)
         if peeked is None:
             return None
@@ -202,19 +216,21 @@ class QuoteServer:
         cache = self.cache if cached else None
         if cache is None:
             return encode_ok_reply(
-                request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission
+                request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission, flags
             )
         key = (addr[0], addr[1], request_id)
         stored = cache.get(key, data, now)
         if stored is not None:
             self.stats["cache_hits"] += 1
             return stored
-        out = encode_ok_reply(request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission)
+        out = encode_ok_reply(
+            request_id, item_field, quantity, unit, unit * quantity, catalog.version, transmission, flags
+        )
         if len(out) <= len(data):
             cache.put(key, data, out, now)
         return out
 
-    def batch_fast(self, data: bytes, addr: Address, now: float, cached: bool = True) -> bytes | None:
+    def batch_fast(self, data: bytes, addr: Address, now: float, cached: bool = True, flags: int = 0) -> bytes | None:
         """quote_fast for an intact batch request whose every line is plain (item field
         byte-identical to a catalog item's, total in range): no decoding to names, no per-line
         objects, one pack. Returns None for anything else, before counting anything."""
@@ -238,17 +254,19 @@ class QuoteServer:
                 self.stats["cache_hits"] += 1
                 return stored
         self.stats["batch_lines"] += len(lines)
-        out = encode_ok_batch_reply(request_id, len(lines), catalog.version, lines_digest(data), transmission, values)
+        out = encode_ok_batch_reply(
+            request_id, len(lines), catalog.version, lines_digest(data), transmission, values, flags
+        )
         if cache is not None and len(out) <= len(data):
             cache.put(key, data, out, now)
         return out
 
-    def _encoded(self, reply: Reply | None) -> bytes | None:
-        """The bytes of ``reply``; None (silence, counted) if there is none."""
+    def _encoded(self, reply: Reply | None, flags: int = 0) -> bytes | None:
+        """The bytes of ``reply`` with ``flags`` in its kind byte; None (silence, counted) if there is none."""
         if reply is None:
             self.stats["dropped"] += 1
             return None
-        return _ENCODERS[type(reply)](reply)
+        return _ENCODERS[type(reply)](reply, flags)
 
     def answer(self, request: Request, data: bytes) -> Reply:
         """The reply to a well-formed request of any kind."""

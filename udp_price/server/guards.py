@@ -58,7 +58,8 @@ class RateLimiter:
     replies carry the OVERLOADED mark, so a client with congestion control slows down before
     the bucket runs dry and requests go unanswered."""
     near_limit: bool = field(default=False, repr=False)
-    """Whether the source of the latest ``check`` is near its limit (read by the serving loop)."""
+    """Whether the source of the latest ``check`` is near its limit (read by the core right after
+    the check, to mark the reply it then builds)."""
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict, repr=False)
     _newcomers: _Bucket | None = field(default=None, repr=False)
     """One shared pool (``rate`` per second, up to NEWCOMER_BURSTS x ``burst``) from which every
@@ -156,6 +157,12 @@ class ReplyCache:
     would not do: anyone can choose 4 free bytes of a small request so that its CRC32 equals a
     big request's, and be sent the big request's reply (an amplifier). The key is random per
     process, so no one can even search for a collision offline.
+
+    The OVERLOADED mark (0x40) is part of the stored bytes: a replay is exactly the reply first
+    sent, marked if the server was overloaded when it built it, unmarked otherwise, whatever the
+    server's state at the replay. Re-marking a replay would need a copy and a new CRC32 (the
+    work the mark must not add while overloaded) and would break the byte-for-byte promise; a
+    replay answers a retransmission, and the fresh replies around it carry the current state.
     """
 
     max_entries: int = 100_000

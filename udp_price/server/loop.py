@@ -19,7 +19,6 @@ from typing import Protocol
 from udp_price.server.core import QuoteServer
 from udp_price.server.overload import OverloadDetector
 from udp_price.server.timing import DurationHistogram
-from udp_price.wire import mark_overloaded
 
 log = logging.getLogger("udp_price.server")
 RECV_BUFFER = 2048
@@ -165,13 +164,15 @@ def _drain(
 ) -> tuple[int, int | None]:
     """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, and the socket's
     SO_RXQ_OVFL drop counter (None: not available). ``marking``: the server is overloaded, so
-    every reply carries the OVERLOADED flag (replies to a source near its rate limit always do).
+    every reply carries the OVERLOADED flag (replies to a source near its rate limit always do);
+    the core sets it as it encodes each reply (QuoteServer.overloaded), never here after the fact.
     ``want_drops``: read the first datagram with recvmsg for the drop counter."""
+    server.overloaded = marking
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
     recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
     observe = timing.observe if timing is not None else None
-    limiter, drops, plain = server.limiter, None, SO_RXQ_OVFL is None or not want_drops
+    drops, plain = None, SO_RXQ_OVFL is None or not want_drops
     for i in range(DRAIN_LIMIT):
         if control.stopped:
             return i, drops
@@ -197,9 +198,6 @@ def _drain(
         if observe is not None:
             observe(clock() - now)
         if reply is not None:
-            if marking or (limiter is not None and limiter.near_limit):
-                reply = mark_overloaded(reply)
-                stats["overload.marked"] += 1
             try:
                 sendto(reply, addr)
             except OSError as e:  # a full buffer or a vanished peer loses one reply, not the server

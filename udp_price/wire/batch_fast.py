@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib
 
-from udp_price.wire.codec import _F_BATCH_LINE, _F_BATCH_REQUEST, _F_CRC, _batch_reply_format
+from udp_price.wire.codec import _BATCH_REPLY, _F_BATCH_LINE, _F_BATCH_REQUEST, _F_CRC, _batch_reply_format
 from udp_price.wire.framing import seal
 from udp_price.wire.messages import MessageKind, Status
 from wire_format import BATCH_REQUEST_FIXED, BATCH_REQUEST_LINE, CRC_SIZE, MAGIC, MAX_BATCH, VERSION
@@ -33,14 +33,21 @@ def peek_batch_request(data: bytes) -> tuple[int, int, list[tuple[int, bytes]]] 
 
 
 def encode_ok_batch_reply(
-    request_id: int, count: int, catalog_version: int, digest: int, transmission: int, results: list[int]
+    request_id: int,
+    count: int,
+    catalog_version: int,
+    digest: int,
+    transmission: int,
+    results: list[int],
+    flags: int = 0,
 ) -> bytes:
-    """An OK batch reply from flat (status, unit_price, total) values, checked by the caller (the fast path)."""
+    """An OK batch reply from flat (status, unit_price, total) values, checked by the caller (the
+    fast path); ``flags`` (FLAG_OVERLOADED or 0) is or-ed into the kind byte, as encode_reply does."""
     return seal(
         _batch_reply_format(count).pack(
             MAGIC,
             VERSION,
-            MessageKind.BATCH_REPLY,
+            _BATCH_REPLY | flags,
             request_id,
             Status.OK,
             count,

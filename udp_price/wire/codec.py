@@ -121,6 +121,10 @@ _F_LIST_ENTRY = _derive(_array_element(LIST_REPLY_DEF), ("item", "unit_price"))
 _LIST_RESERVED = bytes(LIST_REQUEST_RESERVED)
 _F_CRC = struct.Struct(">I")
 _STATUS = {s.value: s for s in Status}
+_QUOTE_REPLY = int(MessageKind.QUOTE_REPLY)
+"""The reply kinds as plain ints: ``kind | flags`` is then one int operation per reply."""
+_BATCH_REPLY = int(MessageKind.BATCH_REPLY)
+_LIST_REPLY = int(MessageKind.LIST_REPLY)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,15 +181,17 @@ def encode_request(req: QuoteRequest) -> bytes:
     )
 
 
-def encode_reply(rep: QuoteReply) -> bytes:
-    """Bytes of a quote reply. Raises EncodeError (a ValueError) for values that cannot be encoded."""
+def encode_reply(rep: QuoteReply, flags: int = 0) -> bytes:
+    """Bytes of a quote reply. Raises EncodeError (a ValueError) for values that cannot be encoded.
+    ``flags``: FLAG_OVERLOADED or 0, or-ed into the kind byte as the reply is built, so a marked
+    reply costs no second copy or CRC32 and a signature made afterwards covers the mark."""
     item = _item_field(rep.item) if rep.item else bytes(ITEM_SIZE)
     return seal(
         _pack(
             _F_REPLY,
             MAGIC,
             VERSION,
-            MessageKind.QUOTE_REPLY,
+            _QUOTE_REPLY | flags,
             rep.request_id,
             rep.status,
             rep.transmission,
@@ -226,13 +232,15 @@ def encode_ok_reply(
     total: int,
     catalog_version: int,
     transmission: int = 0,
+    flags: int = 0,
 ) -> bytes:
-    """An OK quote reply for an item field already in wire form (as peek_quote_request gave it)."""
+    """An OK quote reply for an item field already in wire form (as peek_quote_request gave it);
+    ``flags`` as for encode_reply."""
     return seal(
         _F_REPLY.pack(
             MAGIC,
             VERSION,
-            MessageKind.QUOTE_REPLY,
+            _QUOTE_REPLY | flags,
             request_id,
             Status.OK,
             transmission,
@@ -288,8 +296,9 @@ def _batch_request_format(count: int) -> struct.Struct:
     return struct.Struct(_F_BATCH_REQUEST.format + _F_BATCH_LINE.format[1:] * count)
 
 
-def encode_batch_reply(rep: BatchReply) -> bytes:
-    """Bytes of a batch reply. Raises EncodeError (a ValueError) for values that cannot be encoded."""
+def encode_batch_reply(rep: BatchReply, flags: int = 0) -> bytes:
+    """Bytes of a batch reply. Raises EncodeError (a ValueError) for values that cannot be encoded;
+    ``flags`` as for encode_reply."""
     check_unsigned(rep.request_id, 64, "request_id")
     check_unsigned(rep.catalog_version, 32, "catalog_version")
     check_unsigned(rep.lines_digest, 32, "lines_digest")
@@ -297,7 +306,7 @@ def encode_batch_reply(rep: BatchReply) -> bytes:
     check_unsigned(rep.transmission, 8, "transmission")
     if len(rep.results) > MAX_BATCH:
         raise EncodeError(f"a batch reply holds at most {MAX_BATCH} results")
-    values: list[Any] = [MAGIC, VERSION, MessageKind.BATCH_REPLY, rep.request_id, int(rep.status), len(rep.results)]
+    values: list[Any] = [MAGIC, VERSION, _BATCH_REPLY | flags, rep.request_id, int(rep.status), len(rep.results)]
     values += (rep.retry_after_ms, rep.catalog_version, rep.lines_digest, rep.transmission)
     for r in rep.results:
         if not (0 <= r.unit_price <= _U64 and 0 <= r.total <= _U64):
@@ -369,8 +378,9 @@ def decode_list_request(data: bytes) -> ListRequest:
     return ListRequest(request_id, page, decode_prefix(prefix, request_id))
 
 
-def encode_list_reply(rep: ListReply) -> bytes:
-    """Bytes of one catalog page. Raises EncodeError (a ValueError) for values that cannot be encoded."""
+def encode_list_reply(rep: ListReply, flags: int = 0) -> bytes:
+    """Bytes of one catalog page. Raises EncodeError (a ValueError) for values that cannot be
+    encoded; ``flags`` as for encode_reply."""
     if len(rep.entries) > LIST_PAGE_SIZE:
         raise EncodeError(f"a list page holds at most {LIST_PAGE_SIZE} entries")
     parts = [
@@ -378,7 +388,7 @@ def encode_list_reply(rep: ListReply) -> bytes:
             _F_LIST_REPLY,
             MAGIC,
             VERSION,
-            MessageKind.LIST_REPLY,
+            _LIST_REPLY | flags,
             rep.request_id,
             rep.status,
             len(rep.entries),

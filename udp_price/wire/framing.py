@@ -110,7 +110,10 @@ RFC 3168). Never valid in a request: a request carrying it is malformed and neve
 
 
 def mark_overloaded(reply: bytes) -> bytes:
-    """``reply`` (a sealed datagram we built) with the OVERLOADED flag set and the seal renewed."""
+    """``reply`` (a sealed datagram) with the OVERLOADED flag set and the seal renewed: what an
+    on-path party can do to an unsigned reply. The server never uses it: it sets the flag as it
+    encodes a reply (the encoders' ``flags``), at no extra copy, and before a signature that then
+    covers it; a signed reply marked afterwards fails its tag."""
     body = bytearray(reply[:-CRC_SIZE])
     body[KIND_OFFSET] |= FLAG_OVERLOADED
     return seal(bytes(body))
