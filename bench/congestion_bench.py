@@ -12,8 +12,9 @@ Scenarios:
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
 - ``server``: straight at the server, more offered load than it can serve. One server's capacity
-  is taken as the best aggregate goodput measured at that N (either mode): the ratio shows how
-  much of it each mode keeps.
+  is measured on its own first, by saturating runs that are not in the table (2 clients,
+  ``--cc none``, ``--window`` 64 and 128; the best of them): the ratio shows how much of it each
+  mode keeps.
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
   congestion (its goodput is compared with ``--cc none``'s).
 
@@ -271,6 +272,19 @@ HEADER = (
 )
 
 
+CAPACITY_RUNS = ((2, 64), (2, 128))
+"""(clients, --window) of the --cc none runs that saturate the server to measure its capacity."""
+
+
+def measure_capacity(rows: int) -> float:
+    """One server's capacity, requests/s: the best of a few saturating ``--cc none`` runs."""
+    runs = [run_scenario(Scenario("server", n, max(100, 3 * rows // n), "none", window=w)) for n, w in CAPACITY_RUNS]
+    best = max(r.goodput for r in runs)
+    shown = ", ".join(f"{r.scenario.clients} x --window {r.scenario.window}: {r.goodput:,.0f}/s" for r in runs)
+    print(f"server capacity: {best:,.0f} requests/s (best of --cc none runs {shown})", flush=True)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -283,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
         f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
     )
+    capacity = measure_capacity(args.rows) if "server" in args.only else 0.0
     print(HEADER)
     for kind in args.only:
         for n in args.clients if kind != "loss30" else [1]:
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             pair = [
                 run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
             ]
-            reference = float(args.rate) if kind == "bottleneck" else max(r.goodput for r in pair)
+            reference = float(args.rate) if kind == "bottleneck" else capacity
             if kind == "loss30":
                 reference = pair[1].goodput
             for r in pair:
