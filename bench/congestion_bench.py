@@ -12,9 +12,10 @@ Scenarios:
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
 - ``server``: straight at the server, more offered load than it can serve. One server's capacity
-  is measured on its own first, by saturating runs that are not in the table (2 clients,
-  ``--cc none``, ``--window`` 64 and 128; the best of them): the ratio shows how much of it each
-  mode keeps.
+  is measured on its own, by a saturating run that is not in the table (2 clients, ``--cc none``,
+  ``--window 128``): the ratio shows how much of it each mode keeps. On a shared host single
+  runs move by +-30%, so this scenario runs ``--rounds`` rounds of (capacity, auto, none),
+  interleaved, and each figure is the median of its runs (its row shows the median run).
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
   congestion (its goodput is compared with ``--cc none``'s).
 
@@ -272,17 +273,30 @@ HEADER = (
 )
 
 
-CAPACITY_RUNS = ((2, 64), (2, 128))
-"""(clients, --window) of the --cc none runs that saturate the server to measure its capacity."""
+CAPACITY = (2, 128)
+"""(clients, --window) of the --cc none run that saturates the server to measure its capacity."""
 
 
-def measure_capacity(rows: int) -> float:
-    """One server's capacity, requests/s: the best of a few saturating ``--cc none`` runs."""
-    runs = [run_scenario(Scenario("server", n, max(100, 3 * rows // n), "none", window=w)) for n, w in CAPACITY_RUNS]
-    best = max(r.goodput for r in runs)
-    shown = ", ".join(f"{r.scenario.clients} x --window {r.scenario.window}: {r.goodput:,.0f}/s" for r in runs)
-    print(f"server capacity: {best:,.0f} requests/s (best of --cc none runs {shown})", flush=True)
-    return best
+def median_run(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.goodput)[len(results) // 2]
+
+
+def server_rows(n: int, rows: int, rounds: int) -> None:
+    """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
+    runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
+    for _ in range(rounds):
+        runs["capacity"].append(run_scenario(Scenario("server", CAPACITY[0], rows, "none", window=CAPACITY[1])))
+        for cc in ("auto", "none"):
+            runs[cc].append(run_scenario(Scenario("server", n, rows, cc)))
+    capacity = median_run(runs["capacity"]).goodput
+    for cc in ("auto", "none"):
+        print(row(median_run(runs[cc]), capacity), flush=True)
+    every = " ".join(f"{k}=" + "/".join(f"{r.goodput:,.0f}" for r in v) for k, v in runs.items())
+    print(
+        f"|            | {n} | capacity {capacity:,.0f}/s (median; {CAPACITY[0]} x --cc none --window "
+        f"{CAPACITY[1]}); every run: {every} |||||||",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,20 +306,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=8000, help="rows per scenario, shared among the clients")
     p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the server scenario (medians)")
     args = p.parse_args(argv)
     print(
         f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
         f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
     )
-    capacity = measure_capacity(args.rows) if "server" in args.only else 0.0
     print(HEADER)
     for kind in args.only:
+        if kind == "server":
+            for n in args.clients:
+                server_rows(n, max(100, 3 * args.rows // n), args.rounds)
+            continue
         for n in args.clients if kind != "loss30" else [1]:
             rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
             pair = [
                 run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
             ]
-            reference = float(args.rate) if kind == "bottleneck" else capacity
+            reference = float(args.rate)
             if kind == "loss30":
                 reference = pair[1].goodput
             for r in pair:
