@@ -12,8 +12,8 @@ Scenarios:
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
 - ``server``: straight at the server, more offered load than it can serve. One server's capacity
-  is measured on its own, by a saturating run that is not in the table (2 clients, ``--cc none``,
-  ``--window 128``): the ratio shows how much of it each mode keeps. On a shared host single
+  is measured on its own, by a saturating run that is not in the table (the same N clients,
+  ``--cc none --window 128``): the ratio shows how much of it each mode keeps. On a shared host single
   runs move by +-30%, so this scenario runs ``--rounds`` rounds of (capacity, auto, none),
   interleaved, and each figure is the median of its runs (its row shows the median run).
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
@@ -273,8 +273,8 @@ HEADER = (
 )
 
 
-CAPACITY = (2, 128)
-"""(clients, --window) of the --cc none run that saturates the server to measure its capacity."""
+CAPACITY_WINDOW = 128
+"""--window of the --cc none runs that saturate the server to measure its capacity."""
 
 
 def median_run(results: list[Result]) -> Result:
@@ -285,7 +285,7 @@ def server_rows(n: int, rows: int, rounds: int) -> None:
     """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
     runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
     for _ in range(rounds):
-        runs["capacity"].append(run_scenario(Scenario("server", CAPACITY[0], rows, "none", window=CAPACITY[1])))
+        runs["capacity"].append(run_scenario(Scenario("server", n, rows, "none", window=CAPACITY_WINDOW)))
         for cc in ("auto", "none"):
             runs[cc].append(run_scenario(Scenario("server", n, rows, cc)))
     capacity = median_run(runs["capacity"]).goodput
@@ -293,8 +293,8 @@ def server_rows(n: int, rows: int, rounds: int) -> None:
         print(row(median_run(runs[cc]), capacity), flush=True)
     every = " ".join(f"{k}=" + "/".join(f"{r.goodput:,.0f}" for r in v) for k, v in runs.items())
     print(
-        f"|            | {n} | capacity {capacity:,.0f}/s (median; {CAPACITY[0]} x --cc none --window "
-        f"{CAPACITY[1]}); every run: {every} |||||||",
+        f"|            | {n} | capacity {capacity:,.0f}/s (median; {n} x --cc none --window "
+        f"{CAPACITY_WINDOW}); every run: {every} |||||||",
         flush=True,
     )
 

@@ -109,18 +109,9 @@ def test_queueing_delay_above_the_target_shrinks_the_window() -> None:
     # RTT 10 ms -> 30 ms: 20 ms of queue is under the 25 ms target, the window still grows.
     answer_round(c, 0.1, rtt=0.03)
     assert c.window == 64
-    # 10 ms -> 40 ms: 30 ms of queue for every latest sample, over the target: trimmed in
-    # proportion, 64 x 25 / 30, back to the target rather than halved.
+    # 10 ms -> 40 ms: 30 ms of queue for every latest sample, over the target.
     for i in range(4):
         c.on_answered(0.3 + i * 0.001, 0.26 + i * 0.001, 0.04, in_flight=64)
-    assert c.window == 53 and c.stats["cc.reductions.delay"] == 1
-    # A queue of twice the target or more (10 ms -> 70 ms: 60 ms) halves it, no less (beta).
-    c = cc()
-    for k in range(4):
-        answer_round(c, k * RTT)
-    assert c.window == 64
-    for i in range(4):
-        c.on_answered(0.3 + i * 0.001, 0.23 + i * 0.001, 0.07, in_flight=64)
     assert c.window == 32 and c.stats["cc.reductions.delay"] == 1
 
 

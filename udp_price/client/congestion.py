@@ -40,8 +40,6 @@ class CongestionConfig:
     min_window: int = 1
     beta: float = 0.5
     """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
-    proportional_delay: bool = True
-    """A delay signal shrinks the window by target / delay (at least ``beta``) rather than ``beta``."""
     target_floor_s: float = 0.025
     """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
     most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
@@ -170,22 +168,10 @@ class CongestionController:
         if self.next_slowdown_at is None:
             self.next_slowdown_at = now + self.config.slowdown_rtts * self._rtt()
         self.recovery_start = now
-        self.ssthresh = max(float(self.config.min_window), self.cwnd * self._decrease(why))
+        self.ssthresh = max(float(self.config.min_window), self.cwnd * self.config.beta)
         self.cwnd = self.ssthresh
         self.stats[f"cc.reductions.{why}"] += 1
         return True
-
-    def _decrease(self, why: str) -> float:
-        """The factor a signal multiplies the window by. A mark or BUSY: ``beta``. Delay: in
-        proportion to how far over the target it is, target / delay, but at least ``beta``
-        (LEDBAT++'s multiplicative decrease, draft-irtf-iccrg-ledbat-plus-plus 4.2, is likewise
-        proportional to the excess): a queue just over the target is trimmed back to it instead of
-        halved, so a server that is the bottleneck keeps a queue to work from (halving emptied it
-        and cost 10-25% of its capacity straight at the server)."""
-        if why != DELAY or not self.config.proportional_delay:
-            return self.config.beta
-        delay = self.queueing_delay()
-        return max(self.config.beta, min(1.0, self.target() / delay)) if delay > 0 else self.config.beta
 
     def _rtt(self) -> float:
         """The current (standing) RTT; 0 before any sample."""
