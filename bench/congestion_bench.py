@@ -12,8 +12,10 @@ Scenarios:
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
 - ``server``: straight at the server, more offered load than it can serve. One server's capacity
-  is taken as the best aggregate goodput measured at that N (either mode): the ratio shows how
-  much of it each mode keeps.
+  is measured on its own, by a saturating run that is not in the table (the same N clients,
+  ``--cc none --window 128``): the ratio shows how much of it each mode keeps. On a shared host single
+  runs move by +-30%, so this scenario runs ``--rounds`` rounds of (capacity, auto, none),
+  interleaved, and each figure is the median of its runs (its row shows the median run).
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
   congestion (its goodput is compared with ``--cc none``'s).
 
@@ -271,6 +273,32 @@ HEADER = (
 )
 
 
+CAPACITY_WINDOW = 128
+"""--window of the --cc none runs that saturate the server to measure its capacity."""
+
+
+def median_run(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.goodput)[len(results) // 2]
+
+
+def server_rows(n: int, rows: int, rounds: int) -> None:
+    """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
+    runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
+    for _ in range(rounds):
+        runs["capacity"].append(run_scenario(Scenario("server", n, rows, "none", window=CAPACITY_WINDOW)))
+        for cc in ("auto", "none"):
+            runs[cc].append(run_scenario(Scenario("server", n, rows, cc)))
+    capacity = median_run(runs["capacity"]).goodput
+    for cc in ("auto", "none"):
+        print(row(median_run(runs[cc]), capacity), flush=True)
+    every = " ".join(f"{k}=" + "/".join(f"{r.goodput:,.0f}" for r in v) for k, v in runs.items())
+    print(
+        f"|            | {n} | capacity {capacity:,.0f}/s (median; {n} x --cc none --window "
+        f"{CAPACITY_WINDOW}); every run: {every} |||||||",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -278,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=8000, help="rows per scenario, shared among the clients")
     p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the server scenario (medians)")
     args = p.parse_args(argv)
     print(
         f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
@@ -285,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(HEADER)
     for kind in args.only:
+        if kind == "server":
+            for n in args.clients:
+                server_rows(n, max(100, 3 * args.rows // n), args.rounds)
+            continue
         for n in args.clients if kind != "loss30" else [1]:
             rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
             pair = [
                 run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
             ]
-            reference = float(args.rate) if kind == "bottleneck" else max(r.goodput for r in pair)
+            reference = float(args.rate)
             if kind == "loss30":
                 reference = pair[1].goodput
             for r in pair:

@@ -215,6 +215,35 @@ def test_blackhole_for_two_seconds_then_everything_completes() -> None:
     assert len(s.sent_at) - 64 <= 64 + 10, "one probe per RTO in the hole, then each lost request once"
 
 
+def test_the_last_requests_of_a_run_escape_a_loss_burst_counted_in_datagrams() -> None:
+    """The fault proxy's burst loss (a Gilbert-Elliott channel) lasts a number of datagrams, not
+    seconds. When the last 16 requests of a run fall into a burst of 40 datagrams, nothing answers,
+    so RACK cannot help; one probe per backed-off RTO (1 s at most) needed about 25 s to use up the
+    burst and the 10 s deadline failed them (about 3 attempts each). Every overdue request goes
+    out on each RTO, as if each had a timer of its own, and all are answered in time."""
+    s = sim(lambda d, i, now: [] if d == "up" and 40 <= i < 80 else [0.001])
+    quotes(s, 40)  # answered: the path is known
+    s.run(1.0)
+    quotes(s, 16, first_id=100)
+    s.run(15.0)
+    assert not s.failed(), [(e.outcome, e.attempts) for e in s.failed()][:4]
+    assert len(s.answered()) == 56 and s.session.stats["timeouts"] <= 6
+    # ...and each request at most once per RTO: 56 + 40 lost + the 16 that got through.
+    assert len(s.sent_at) == 40 + 40 + 16
+
+
+def test_a_server_that_answered_then_fell_silent_is_not_flooded() -> None:
+    """Resending every overdue request per RTO is one datagram per request per backed-off RTO,
+    within the retry budget, and the silence still fails everything at the deadline."""
+    s = sim(lambda d, i, now: [] if d == "up" and i >= 10 else [0.001], RetryPolicy(deadline_s=10.0))
+    quotes(s, 10)
+    s.run(0.5)
+    quotes(s, 64, first_id=100)
+    s.run(12.0)
+    assert len(s.failed()) == 64
+    assert len(s.sent_at) - 74 <= 0.2 * 74 + 10 * 12.0 + 3 * 10, "the retry budget bounds it"
+
+
 def test_retry_budget_is_a_rate() -> None:
     b = RetryBudget()
     b.start(0.0)

@@ -333,3 +333,49 @@ def test_the_drop_counter_is_read_when_a_queue_builds_and_now_and_then() -> None
     assert wants.count(True) == 2  # every 64th wake-up only: recvmsg costs more than recvfrom
     detector.after_burst(16, None, 0.0)
     assert detector.next_burst(0.0)[1]
+
+
+# ---------------------------------------------------------------- the base delay can rise
+
+
+def closed_loop(c: CongestionController, start: float, base_rtt: float, seconds: float) -> list[tuple[float, int]]:
+    """A sender with rows to spare on a path with no queue: each reply comes exactly ``base_rtt``
+    after its request, and the window is refilled at once. Returns (time, window) per reply."""
+    in_flight: list[float] = []
+    now, seen = start, []
+    while now < start + seconds:
+        while len(in_flight) < c.window:
+            in_flight.append(now)
+        sent = in_flight.pop(0)
+        now = max(now, sent + base_rtt)
+        c.on_reply(now, [sent], 1, busy=False, marked=False, in_flight=len(in_flight))
+        seen.append((now, c.window))
+    return seen
+
+
+def test_a_permanent_rise_of_the_base_rtt_is_accepted_within_seconds_not_read_as_queue() -> None:
+    """A route change or an added proxy takes the path from 10 ms to 50 ms for good. Reading the
+    whole 40 ms as queue forever pinned the window at 1-2 (28 req/s where 1,280/s were possible);
+    the base-delay history forgets the old minimum and the window comes back near the maximum."""
+    c = cc(max_window=64)
+    before = closed_loop(c, 0.0, 0.010, 2.0)
+    shifted_at = before[-1][0]
+    assert before[-1][1] == 64
+    after = closed_loop(c, shifted_at, 0.050, 20.0)
+    assert c.stats["cc.reductions.delay"] > 0, "the rise looks like a queue at first"
+    pinned = next(i for i, (_, w) in enumerate(after) if w <= 2)
+    recovered = next((t for t, w in after[pinned:] if w >= 58), None)
+    assert recovered is not None and recovered - shifted_at <= 12.0, "the window came back within 12 s"
+    late = [w for t, w in after if t >= shifted_at + 15.0]
+    assert sum(late) / len(late) >= 0.9 * 64
+    assert c.min_rtt == pytest.approx(0.050)
+
+
+def test_the_base_rtt_still_falls_at_once_and_a_short_queue_does_not_become_the_base() -> None:
+    c = cc()
+    closed_loop(c, 0.0, 0.020, 2.0)
+    assert c.min_rtt == pytest.approx(0.020)
+    closed_loop(c, 2.0, 0.005, 0.5)
+    assert c.min_rtt == pytest.approx(0.005), "a lower RTT is the new base at once"
+    closed_loop(c, 2.6, 0.040, 2.0)  # 2 s of a higher RTT: shorter than the history
+    assert c.min_rtt == pytest.approx(0.005)

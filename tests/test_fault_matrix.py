@@ -59,19 +59,11 @@ SEEDS = (0, 1000, 2000)
 """Each scenario runs with several seeds: a pass that depends on one lucky seed is not a pass."""
 
 
-KNOWN_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="known client bug (docs/testing.md, 'Known failures'): at the end of a run, requests stuck in a "
-    "loss burst get one RTO probe per backed-off RTO between them, about 3 attempts in the 10 s deadline",
-)
-
-
 def cases() -> list[Any]:
     out = []
     for name in COMPLETE:
         for offset in SEEDS:
-            bug = name.startswith("burst loss") and offset == 2000
-            out.append(pytest.param(name, offset, id=f"{name}-{offset}", marks=[KNOWN_BUG] if bug else []))
+            out.append(pytest.param(name, offset, id=f"{name}-{offset}"))
     return out
 
 

@@ -55,15 +55,26 @@ class CongestionConfig:
     slowdown_gap: float = 9.0
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
     slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
+    base_interval_s: float = 1.0
+    """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
+    smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
+    base_interval_rtts: float = 16.0
+    base_history: int = 4
+    """...for the current interval and this many before it: a base delay that rose for good (a
+    route change, a proxy added) is accepted 4-5 intervals later instead of being read as queue
+    forever; 5 intervals of at least 16 RTTs outlast two periodic slowdowns (about 36 RTTs
+    apart), which drain every queue and re-measure the true base."""
     delay_filter: int = 4
-    standing_s: float = 0.05
-    """...and of every sample of the last ``standing_s`` seconds, or half an SRTT if longer."""
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
     late reply, or a burst of replies read late because this process was not scheduled, is not
     a queue."""
+    standing_s: float = 0.05
+    """...and of every sample of the last ``standing_s`` seconds, or half an SRTT if longer."""
 
     def __post_init__(self) -> None:
+        if self.base_interval_s <= 0 or self.base_history < 1:
+            raise ValueError("base_interval_s > 0 and base_history >= 1 are required")
         if not 1 <= self.min_window <= self.initial_window or self.max_window < self.min_window:
             raise ValueError("1 <= min_window <= initial_window and min_window <= max_window are required")
         if not 0 < self.beta < 1 or self.target_floor_s <= 0 or self.delay_filter < 1:
@@ -78,6 +89,7 @@ class CongestionController:
     cwnd: float = 0.0
     ssthresh: float = float("inf")
     min_rtt: float | None = None
+    """The path's base RTT: the minimum of the base history's interval minima (RFC 6817 2.4.1)."""
     recovery_start: float = float("-inf")
     """When the last reduction began: signals about earlier transmissions are the same episode."""
     next_slowdown_at: float | None = None
@@ -91,6 +103,8 @@ class CongestionController:
     """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
     _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     """(when, RTT) of the latest samples, oldest first."""
+    _base: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
+    """(interval start, minimum RTT in it), oldest first; the last one is the current interval."""
 
     def __post_init__(self) -> None:
         self.cwnd = float(min(self.config.initial_window, self.config.max_window))
@@ -187,10 +201,23 @@ class CongestionController:
 
     def _sample(self, now: float, rtt_s: float) -> None:
         rtt_s = max(rtt_s, 0.0)
-        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
+        self._update_base(now, rtt_s)
         self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
         recent = self._recent
         recent.append((now, rtt_s))
         horizon = now - max(self.config.standing_s, self.srtt / 2)
         while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
             recent.popleft()
+
+    def _update_base(self, now: float, rtt_s: float) -> None:
+        """RFC 6817 2.4.1's base-delay history with short intervals: a minimum per interval, the
+        oldest forgotten as a new one starts, so the base delay can rise as well as fall."""
+        base, cfg = self._base, self.config
+        interval = max(cfg.base_interval_s, cfg.base_interval_rtts * (self.srtt or 0.0))
+        if base and now < base[-1][0] + interval:
+            base[-1] = (base[-1][0], min(base[-1][1], rtt_s))
+        else:
+            base.append((now, rtt_s))
+            while len(base) > cfg.base_history + 1:
+                base.popleft()
+        self.min_rtt = min(m for _, m in base)

@@ -146,19 +146,34 @@ class LossDetection:
             wait = max(wait, self.initial_rto_s)
         return float(min(wait * 2**earlier, max(wait, self.rtt.rto)))
 
-    def on_rto(self, now: float, answered_lately: bool) -> list[int]:
-        """If the RTO timer has fired: back off (RFC 6298 5.5) and return the oldest request (5.4)
-        and, while the server is answering, every other one sent more than the backed-off RTO ago
-        (RFC 8985 6.3), oldest first. Requests sent together are not all resent on the first timeout
-        of a slow path (the backed-off RTO is longer than their age); a silent server gets only
-        the one probe per RTO."""
+    def on_rto(self, now: float, answered_lately: bool, probe_only: bool = False) -> list[int]:
+        """If the RTO timer has fired: back off (RFC 6298 5.5) and return the requests to resend,
+        oldest first: the oldest one (5.4) and
+
+        - while the server is answering, every other one sent more than the backed-off RTO ago
+          (RFC 8985 6.3): requests sent together are not all resent on the first timeout of a
+          slow path (the backed-off RTO is longer than their age), RACK repairs the rest;
+        - when it has answered this session but not lately, every one whose own timer expired
+          (sent an RTO ago, before this backoff), as if each had a timer of its own (RFC 6298,
+          CoAP RFC 7252 4.2) and as RFC 9002 6.2.4 declares lost what is overdue: no answers
+          means no RACK, and one probe per backed-off RTO leaves the last requests of a run in a
+          loss burst that is counted in datagrams (the fault proxy's, a Gilbert-Elliott
+          channel's) with about 3 attempts in a 10 s deadline. The retry budget bounds them;
+        - a server never heard from, or one being probed after a restart (``probe_only``), gets
+          only the one probe per RTO."""
         if not self.in_flight or now < self.rto_at():
             return []
+        expired_before = now - self.rtt.rto  # each request's own timer, before the backoff
         self._rto_restarted_at = now
         self.rtt.on_timeout(self.backoff_cap_s)
         oldest = next(iter(self.in_flight))
-        stale = [r for r, t in self.in_flight.items() if r != oldest and t.sent_at[-1] <= now - self.rtt.rto]
-        lost = [oldest, *stale] if answered_lately else [oldest]
+        if probe_only or self.rtt.srtt is None:
+            due = now - float("inf")
+        elif answered_lately:
+            due = now - self.rtt.rto
+        else:
+            due = expired_before
+        lost = [oldest, *(r for r, t in self.in_flight.items() if r != oldest and t.sent_at[-1] <= due)]
         for rid in lost:
             del self.in_flight[rid]
         return lost

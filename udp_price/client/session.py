@@ -319,10 +319,10 @@ class ClientSession:
             self._lost[rid] = "rack"
 
     def _on_rto(self, now: float) -> None:
-        """The RTO resends the oldest request (and stale ones while the server answers); while
-        probing a restarted server with nothing in flight, a held request goes out as the probe."""
+        """The RTO resends the oldest request and the overdue ones (LossDetection.on_rto says which);
+        while probing a restarted server with nothing in flight, a held request goes out as the probe."""
         lately = self.last_answer_at is not None and now - self.last_answer_at < self.rtt.rto
-        lost = self.loss.on_rto(now, answered_lately=lately and not self.probing)
+        lost = self.loss.on_rto(now, answered_lately=lately, probe_only=self.probing)
         if lost:
             self.stats["timeouts"] += 1
             for rid in reversed(lost):
