@@ -21,6 +21,7 @@ def test_retry_budget_next_token() -> None:
     budget.on_reply(5.0)
     assert budget.next_token_at() == 5.0, "a whole token in hand: now"
     assert RetryBudget(per_second=0.0).next_token_at() == 3600.0
+    assert RetryBudget(per_second=0.5).next_token_at() == 2.0
     assert budget.try_spend(5.0) and budget.spent == 1
     budget.refund()
     assert budget.tokens == pytest.approx(3.2)

@@ -13,6 +13,7 @@ from udp_price.faults.plan import (
     FaultPlan,
     Faults,
     LinkState,
+    _rng_for,
     decide_step,
     gemodel_step,
     gilbert_step,
@@ -75,8 +76,14 @@ def test_decide_step_uses_the_gemodel_and_the_drop_correlation() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"gemodel": (0.1, 1.5, 1.0, 0.0)}, "gemodel=(0.1, 1.5, 1.0, 0.0) holds values that are not probabilities"),
-        ({"gemodel": (0.1, 0.2, 1.0, 0.0), "burst_loss": 0.1}, "gemodel and burst_loss are two settings of one"),
+        (
+            {"gemodel": (0.1, 1.5, 1.0, 0.0)},
+            "gemodel=(0.1, 1.5, 1.0, 0.0) holds values that are not probabilities in [0, 1]",
+        ),
+        (
+            {"gemodel": (0.1, 0.2, 1.0, 0.0), "burst_loss": 0.1},
+            "gemodel and burst_loss are two settings of one channel; give one",
+        ),
         ({"rate_bps": -1.0}, "rate, limit and reorder gap must be >= 0"),
         ({"limit": -1}, "rate, limit and reorder gap must be >= 0"),
         ({"reorder_gap": -1}, "rate, limit and reorder gap must be >= 0"),
@@ -85,14 +92,16 @@ def test_decide_step_uses_the_gemodel_and_the_drop_correlation() -> None:
         ({"burst_loss": 1.0}, "burst_loss must be below 1"),
         ({"burst_len": 0.99}, "burst_len is a mean number of datagrams, at least 1"),
         ({"jitter_s": -0.01}, "delays must be >= 0"),
+        ({"delay_s": -0.01}, "delays must be >= 0"),
+        ({"reorder_delay_s": -0.01}, "delays must be >= 0"),
         ({"delay_s": float("nan")}, "fault values must be finite numbers (not nan or inf)"),
-        ({"blackhole": ((0.0, float("inf")),)}, "fault values must be finite numbers"),
+        ({"blackhole": ((0.0, float("inf")),)}, "fault values must be finite numbers (not nan or inf)"),
     ],
 )
 def test_faults_refuse_nonsense_by_name(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as info:
         Faults(**settings)
-    assert message in str(info.value)
+    assert str(info.value) == message
 
 
 def test_faults_at_their_limits_are_accepted() -> None:
@@ -121,3 +130,56 @@ def test_delivered_datagrams_are_tagged_with_what_was_done() -> None:
     gap_three = FaultPlan(up=Faults(reorder=1.0, reorder_gap=3, delay_s=0.1))
     d, state = decide_step(gap_three, Direction.UP, 0, 0, DATA, 0.0, ChannelState(since_reorder=1))
     assert (d.delay_s, d.tags, state.since_reorder) == (0.1, (), 2)
+
+
+def test_default_seed_is_zero() -> None:
+    assert FaultPlan.both(drop=0.5).seed == 0 == FaultPlan().seed
+
+
+def draws(index: int) -> list[float]:
+    """The eight draws of datagram ``index`` of flow 0 upward under seed 0, in their documented order:
+    state, drop, duplicate, reorder, jitter, corrupt, truncate, gemodel loss."""
+    rng = _rng_for(0, Direction.UP, 0, index)
+    return [rng.random() for _ in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("fault", "draw", "tag"),
+    [("drop", 1, "drop:random"), ("duplicate", 2, "duplicate"), ("reorder", 3, "reorder"),
+     ("corrupt", 5, "corrupt"), ("truncate", 6, "truncate")],
+)  # fmt: skip
+def test_a_fault_happens_when_its_draw_is_below_its_probability(fault: str, draw: int, tag: str) -> None:
+    """Probability p means draws in [0, p): a draw equal to p is not a hit (else p = 0 could hit)."""
+    u = draws(3)[draw]
+
+    def outcome(p: float) -> tuple[str, ...]:
+        d, _ = decide_step(FaultPlan(up=Faults(**{fault: p})), Direction.UP, 0, 3, DATA, 0.0, ChannelState())
+        return (d.action, *d.tags)
+
+    assert tag not in outcome(u)
+    assert tag in outcome(min(1.0, u + 1e-12))
+
+
+def test_gilbert_elliott_boundaries() -> None:
+    assert not gilbert_step(True, 0.9, 0.0, 2.0), "no loss configured: never stay in the bad state"
+    assert gemodel_step(True, 0.5, 0.5, (0.0, 0.5, 0.5, 0.0)) == (True, False), "r = 0.5: u = 0.5 stays bad"
+    assert gemodel_step(False, 0.5, 0.5, (0.5, 0.0, 0.0, 0.5)) == (False, False), "p = 0.5: u = 0.5 stays good"
+    u_loss = draws(0)[7]
+    lossy = FaultPlan(up=Faults(gemodel=(1.0, 0.0, 0.0, u_loss)))  # to bad at once; good loses below u_loss
+    d, state = decide_step(lossy, Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert d.action == "deliver" and state.bad
+
+
+def test_the_reorder_gap_keeps_the_channel_state() -> None:
+    u_drop = draws(0)[1]
+    to_bad = {"gemodel": (1.0, 0.0, 0.0, 0.0), "reorder": 1.0, "delay_s": 0.5}
+    d, state = decide_step(FaultPlan(up=Faults(reorder_gap=1, **to_bad)), Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert (d.tags, state) == (("reorder",), ChannelState(True, u_drop, 0))
+    d, state = decide_step(FaultPlan(up=Faults(reorder_gap=3, **to_bad)), Direction.UP, 0, 0, DATA, 0.0, ChannelState())
+    assert (d.tags, state) == ((), ChannelState(True, u_drop, 1))
+
+
+def test_shape_boundaries() -> None:
+    assert shape(LinkState(0.0, (1.0,)), 1.0, 100, 0.0, 0.0, 1) == (0.0, LinkState(0.0, ())), "left at 1.0: not held"
+    assert shape(LinkState(), 0.0, 1, 0.0, 0.5, 0) == (16.0, LinkState(16.0, (16.0,))), "8 bits at 0.5 bit/s"
+    assert shape(LinkState(0.0, (5.0,)), 1.0, 100, 0.0, 0.0, 0) == (0.0, LinkState(0.0, (5.0,)))
