@@ -153,7 +153,8 @@ def test_a_fault_happens_when_its_draw_is_below_its_probability(fault: str, draw
     u = draws(3)[draw]
 
     def outcome(p: float) -> tuple[str, ...]:
-        d, _ = decide_step(FaultPlan(up=Faults(**{fault: p})), Direction.UP, 0, 3, DATA, 0.0, ChannelState())
+        settings: dict[str, Any] = {fault: p}
+        d, _ = decide_step(FaultPlan(up=Faults(**settings)), Direction.UP, 0, 3, DATA, 0.0, ChannelState())
         return (d.action, *d.tags)
 
     assert tag not in outcome(u)
@@ -172,7 +173,7 @@ def test_gilbert_elliott_boundaries() -> None:
 
 def test_the_reorder_gap_keeps_the_channel_state() -> None:
     u_drop = draws(0)[1]
-    to_bad = {"gemodel": (1.0, 0.0, 0.0, 0.0), "reorder": 1.0, "delay_s": 0.5}
+    to_bad: dict[str, Any] = {"gemodel": (1.0, 0.0, 0.0, 0.0), "reorder": 1.0, "delay_s": 0.5}
     d, state = decide_step(FaultPlan(up=Faults(reorder_gap=1, **to_bad)), Direction.UP, 0, 0, DATA, 0.0, ChannelState())
     assert (d.tags, state) == (("reorder",), ChannelState(True, u_drop, 0))
     d, state = decide_step(FaultPlan(up=Faults(reorder_gap=3, **to_bad)), Direction.UP, 0, 0, DATA, 0.0, ChannelState())
