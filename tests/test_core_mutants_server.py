@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-# ---------------------------------------------------------------- the server core's error and busy replies
 from mutantlib import BATCH_REQUEST, LIST_REQUEST, QUOTE_REQUEST, Decoder, reseal
 
 from udp_price.catalog import (
@@ -41,6 +39,9 @@ from udp_price.wire import (
     encode_request,
     lines_digest,
 )
+
+# ---------------------------------------------------------------- the server core's error and busy replies
+from udp_price.wire.framing import REPLY_STATUS_OFFSET
 
 CORE_ADDR = ("127.0.0.1", 40001)
 DATA = bytes(range(76))
@@ -216,3 +217,39 @@ def test_money_text() -> None:
         with pytest.raises(ValueError) as info:
             parse_price(bad)
         assert why in str(info.value)
+
+
+def test_every_datagram_and_reply_is_counted_exactly() -> None:
+    """The counters are what operators alert on (docs/operations.md): each is exact, not 'nonzero'."""
+    core = core_with(limiter=RateLimiter(rate=1, burst=2, slip=0), cache=ReplyCache())
+    request = encode_request(QUOTE_REQUEST)
+    replies = [core.handle_datagram(request, CORE_ADDR, 0.0) for _ in range(4)]
+    assert [r is not None for r in replies] == [True, True, False, False], "two tokens, then silence (slip 0)"
+    assert replies[0] == replies[1], "the second is the cached reply"
+    assert core.counters() == {
+        "requests": 4,
+        "replies": 2,
+        "status.OK": 2,
+        "cache_hits": 1,
+        "rate_limited.dropped": 2,
+        "cache_evictions": 0,
+    }
+
+
+def test_cache_hits_on_the_fast_path_are_counted_each_time() -> None:
+    core = core_with(cache=ReplyCache())
+    request = encode_request(QUOTE_REQUEST)
+    first = core.handle_datagram(request, CORE_ADDR, 0.0)
+    assert [core.handle_datagram(request, CORE_ADDR, 0.0) for _ in range(2)] == [first, first]
+    assert core.counters()["cache_hits"] == 2
+
+
+def test_the_last_check_drops_an_amplifying_reply_and_counts_unknown_statuses() -> None:
+    core = core_with()
+    assert core._checked(bytes(10), bytes(11)) is None
+    assert core._checked(bytes(10), None) is None
+    unknown = bytearray(76)
+    unknown[REPLY_STATUS_OFFSET] = 200
+    assert core._checked(bytes(76), bytes(unknown)) == bytes(unknown)
+    assert core._checked(bytes(76), bytes(76)) == bytes(76)
+    assert core.counters() == {"dropped.amplification": 1, "replies": 2, "status.unknown": 1, "status.OK": 1}
