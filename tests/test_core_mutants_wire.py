@@ -49,8 +49,16 @@ from udp_price.wire import (
     encode_request,
     parse_quantity,
 )
-from udp_price.wire.items import check_quantity, decode_prefix, encode_prefix, normalize_prefix
-from wire_format import MAX_QUANTITY, PREFIX_SIZE
+from udp_price.wire.framing import is_sealed, peek_header, seal
+from udp_price.wire.items import (
+    check_quantity,
+    decode_item,
+    decode_prefix,
+    encode_item,
+    encode_prefix,
+    normalize_prefix,
+)
+from wire_format import HEADER_SIZE, ITEM_SIZE, MAX_QUANTITY, PREFIX_SIZE
 
 MESSAGES: list[tuple[Any, Encoder, Decoder]] = [
     (QUOTE_REQUEST, encode_request, decode_request),
@@ -299,3 +307,50 @@ def test_prefix_fields() -> None:
         decode_prefix(b"\xff".ljust(PREFIX_SIZE, b"\0"), 4)
     assert (info.value.reason, info.value.request_id) == ("bad_utf8", 4)
     assert normalize_prefix("  cafe\u0301 ") == "café ", "NFC, leading spaces dropped, a trailing one kept"
+
+
+# ---------------------------------------------------------------- items, quantities and framing at the edges
+
+
+def test_item_errors_carry_the_request_id_so_the_error_reply_can_echo_it() -> None:
+    rid = 2**63 + 5
+    cases = {
+        "empty_item": bytes(ITEM_SIZE),
+        "nul_in_item": b"a\0b".ljust(ITEM_SIZE, b"\0"),
+        "bad_utf8": b"\xff".ljust(ITEM_SIZE, b"\0"),
+        "item_not_canonical": b" apple".ljust(ITEM_SIZE, b"\0"),
+    }
+    for why, raw in cases.items():
+        with pytest.raises(MalformedDatagram) as info:
+            decode_item(raw, rid)
+        assert (info.value.reason, info.value.request_id) == (why, rid)
+
+
+def test_only_nul_padding_is_stripped_from_items_and_prefixes() -> None:
+    assert decode_item(encode_item("XX"), 1) == "XX"
+    assert decode_prefix(encode_prefix("XX"), 1) == "XX"
+
+
+def test_quantity_messages_quote_at_most_twenty_characters_and_twenty_digits() -> None:
+    with pytest.raises(BadQuantity, match=r"^quantity 'aaaaaaaaaaaaaaaaaaaa' has 20 characters"):
+        parse_quantity("a" * 20)
+    with pytest.raises(BadQuantity, match=r"^quantity 'aaaaaaaaaaaaaaaaaaaa\.\.\.' "):
+        parse_quantity("a" * 21)
+    with pytest.raises(BadQuantity, match=r"^quantity 'X3' is not a whole number"):
+        parse_quantity("X3")
+    with pytest.raises(BadQuantity, match=r"^quantity '3\\n' is not a whole number"):
+        parse_quantity("3\n")
+    assert parse_quantity(" \t3\t ") == 3
+    for shown, value in ((str(1 - 10**20), 1 - 10**20), ("with more than 20 digits", -(10**20))):
+        with pytest.raises(BadQuantity, match=f"^quantity {shown} is out of range"):
+            check_quantity(value)
+
+
+def test_sealing_needs_a_whole_header_and_peeking_needs_our_magic() -> None:
+    assert is_sealed(seal(bytes(HEADER_SIZE)))
+    assert not is_sealed(seal(bytes(HEADER_SIZE - 1)))
+    assert not is_sealed(seal(bytes(4)))
+    rid = 2**63 + 5
+    request = encode_request(replace(QUOTE_REQUEST, request_id=rid))
+    assert peek_header(request) == (2, rid)
+    assert peek_header(seal(b"XX" + request[2:-4])) is None, "sealed but not our magic"
