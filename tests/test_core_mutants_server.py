@@ -253,3 +253,30 @@ def test_the_last_check_drops_an_amplifying_reply_and_counts_unknown_statuses() 
     assert core._checked(bytes(76), bytes(unknown)) == bytes(unknown)
     assert core._checked(bytes(76), bytes(76)) == bytes(76)
     assert core.counters() == {"dropped.amplification": 1, "replies": 2, "status.unknown": 1, "status.OK": 1}
+
+
+# ---------------------------------------------------------------- the guards at their edges
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"rate": 0.0}, {"burst": 0.5}, {"slip": -1}, {"max_sources": 0}],
+)
+def test_rate_limiter_refuses_each_bad_setting_alone(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"^rate > 0, burst >= 1, slip >= 0 and max_sources >= 1 are required$"):
+        RateLimiter(**settings)
+
+
+def test_rate_limiter_at_its_limits_and_retry_after() -> None:
+    tiny = RateLimiter(rate=1000.0, burst=1.0, slip=0, max_sources=1)
+    assert tiny.retry_after_ms("10.0.0.1") == 1, "an unknown source: the minimum"
+    assert len(tiny) == 0
+
+
+def test_reply_cache_keeps_a_reply_exactly_max_age() -> None:
+    cache = ReplyCache(max_age_s=1.0)
+    cache.put(("10.0.0.1", 1, 7), b"request", b"reply", 10.0)
+    assert cache.get(("10.0.0.1", 1, 7), b"request", 11.0) == b"reply", "1 s old: still fresh"
+    assert cache.get(("10.0.0.1", 1, 7), b"request", 11.5) is None
+    assert len(cache.digest(b"request")) == 16
+    assert cache.digest(b"request") != ReplyCache().digest(b"request"), "keyed per cache: not predictable"
