@@ -115,3 +115,11 @@ def test_a_long_header_is_quoted_cut_to_forty_characters() -> None:
     with pytest.raises(CatalogError) as info:
         parse_catalog_exactly("a" * 37 + "\n")  # 41: cut to 37 and '...'
     assert info.value.problems[0].endswith("got ['" + "a" * 35 + "...")
+
+
+def test_the_version_covers_every_name_and_every_price() -> None:
+    base = Catalog.from_prices({"apple": 1, "pear": 2}).version
+    assert Catalog.from_prices({"apricot": 1, "pear": 2}).version != base, "the first name"
+    assert Catalog.from_prices({"apple": 1, "plum": 2}).version != base, "the last name"
+    assert Catalog.from_prices({"apple": 1, "pear": 3}).version != base
+    assert Catalog.from_prices({"pear": 2, "apple": 1}).version == base, "order of the file does not matter"

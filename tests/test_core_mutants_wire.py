@@ -354,3 +354,16 @@ def test_sealing_needs_a_whole_header_and_peeking_needs_our_magic() -> None:
     request = encode_request(replace(QUOTE_REQUEST, request_id=rid))
     assert peek_header(request) == (2, rid)
     assert peek_header(seal(b"XX" + request[2:-4])) is None, "sealed but not our magic"
+
+
+def test_reply_decoding_errors_carry_the_request_id() -> None:
+    rid = 2**63 + 9
+    reply = encode_reply(replace(QUOTE_REPLY, request_id=rid))
+    for offset, new, why in ((12, b"\xc8", "unknown_status"), (24, b"\xff", "bad_utf8")):
+        with pytest.raises(MalformedDatagram) as info:
+            decode_reply(reseal(reply, offset, new))
+        assert (info.value.reason, info.value.request_id) == (why, rid)
+    listed = encode_list_reply(replace(LIST_REPLY, request_id=rid))
+    with pytest.raises(MalformedDatagram) as info:
+        decode_list_reply(reseal(listed, 12, b"\xc8"))
+    assert (info.value.reason, info.value.request_id) == ("unknown_status", rid)
