@@ -96,10 +96,12 @@ rows = [(n, s) for n, s in rows if not patterns or any(fnmatch.fnmatch(n, p) for
 UNFINISHED = ("not checked", "check was interrupted by user")
 unfinished = sorted(n for n, s in rows if s in UNFINISHED)
 rows = [(n, s) for n, s in rows if s not in UNFINISHED]
-if stopped:
-    print(f"mutation: STOPPED at the time limit of {stopped} s; {len(unfinished)} mutants NOT CHECKED (not in the score):")
+if unfinished:
+    why = f"STOPPED at the time limit of {stopped} s" if stopped else "INCOMPLETE (mutmut was interrupted)"
+    print(f"mutation: {why}; {len(unfinished)} mutants NOT CHECKED (not in the score):")
     for name in unfinished:
         print(f"  NOT CHECKED: {name}")
+if stopped:
     if not rows:
         print("mutation: the time limit struck before any mutant was checked (see mutants.log)")
         sys.exit(0)
