@@ -160,20 +160,20 @@ def test_watch_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path = tmp_path / "catalog.csv"
     write_catalog(path, "1.00")
     proc, addr = start_server("--catalog", str(path), "--watch")
+    log = LineWatcher(proc)
     try:
-        time.sleep(0.2)
-        write_catalog(path, "3.00", pear="0.99")
+        assert quote(addr).total == 100
+        new = write_catalog(path, "3.00", pear="0.99")
         os.utime(path, (time.time() + 5, time.time() + 5))  # mtime must differ even on coarse clocks
-        totals = []
-        for _ in range(60):
-            totals.append(quote(addr).total)
-            if totals[-1] == 300:
-                break
-            time.sleep(0.1)
-        assert totals[-1] == 300
+        # Rewritten in place, so loaded once it stayed unchanged for the settle interval: wait for
+        # the server to say so (bounded) instead of polling quotes against a clock.
+        log.wait(lambda line: "catalog reloaded" in line, "the watcher to load the changed file", timeout_s=30)
+        after = quote(addr)
+        assert (after.total, after.catalog_version) == (300, new.version)
     finally:
         proc.terminate()
-        proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=10)
+    assert "reloads.ok=1" in out and "reloads.failed" not in out
 
 
 def ipv6_available() -> bool:
