@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, LineWatcher, start_server
+from helpers import ROOT, LineWatcher, start_server, wait_until
 
 from udp_price.catalog import Catalog, load_catalog
 from udp_price.client.api import QuoteClient, QuoteResult
@@ -33,48 +33,91 @@ def write_catalog(path: Path, apple: str, pear: str = "0.55") -> Catalog:
     return load_catalog(path)
 
 
+RELOAD_OUTCOMES = ("reloads.ok", "reloads.failed", "reloads.unchanged", "reloads.no_final_newline")
+
+
+def reload_outcomes(core: QuoteServer) -> int:
+    """How many reloads the server has finished and counted, whatever their result."""
+    return sum(core.stats[name] for name in RELOAD_OUTCOMES)
+
+
 def test_reloads_under_load_never_give_a_wrong_quote(tmp_path: Path) -> None:
     path = tmp_path / "catalog.csv"
     versions = {c.version: c for c in (write_catalog(path, "1.00"), write_catalog(path, "2.00"))}
     first = write_catalog(path, "1.00")
     core = QuoteServer(first)
-    ops = Operations(core, str(path))
     sock, control = bind_socket("127.0.0.1", 0), Control()
+    # As the command line does: the reload worker wakes the loop when a result is ready, so it is
+    # counted (and swapped in) even when no datagram arrives.
+    ops = Operations(core, str(path), wake=control.wake)
     thread = threading.Thread(target=serve, args=(sock, core, control), kwargs={"duties": ops}, daemon=True)
     thread.start()
+    reloads_done, reloader_failed = threading.Event(), []
+    steps = ("2.00", "1.00", "2.00", "bad", "2.00", "1.00")
+    results: list[QuoteResult] = []
 
-    async def load() -> list[QuoteResult]:
-        async with QuoteClient(sock.getsockname()[:2]) as client:
-            sem = asyncio.Semaphore(16)
-
-            async def one(q: int) -> QuoteResult:
-                async with sem:
-                    return await client.quote("apple", q)
-
-            return list(await asyncio.gather(*(one(q % 50 + 1) for q in range(3000))))
+    def reload_and_see(done: int) -> None:
+        control.request_reload()
+        wait_until(lambda: reload_outcomes(core) == done, f"reload {done} to be counted")
+        # Swapped in (or refused) before it is counted: a quote from now on shows it in use.
+        serving, since = core.catalog.version, len(results)
+        wait_until(lambda: any(r.catalog_version == serving for r in results[since:]), f"quotes after {done}")
 
     def reloader() -> None:
-        for i in range(6):
-            time.sleep(0.05)
-            if i == 3:
-                path.write_text("item,price\napple,-1\n", encoding="utf-8")  # a bad file mid-run
-            else:
-                write_catalog(path, "2.00" if i % 2 == 0 else "1.00")
-            control.request_reload()
+        # One reload at a time, each awaited: requests made while a reload runs are merged into one
+        # more run by design (udp_price.server.ops), and a file rewritten while the worker reads it
+        # is a torn read - either would make the count below depend on thread timing.
+        try:
+            for done, step in enumerate(steps, start=1):
+                if step == "bad":
+                    path.write_text("item,price\napple,-1\n", encoding="utf-8")  # a bad file mid-run
+                else:
+                    write_catalog(path, step)
+                reload_and_see(done)
+        except AssertionError as e:  # a thread's failure would only be a warning: the test reports it
+            reloader_failed.append(e)
+        finally:
+            reloads_done.set()
+
+    async def load() -> None:
+        # At least 3000 quotes, and on until every reload is done, so all of them happen under load
+        # (bounded: 30000 quotes or 60 s).
+        deadline = time.monotonic() + 60
+
+        def more() -> bool:
+            if len(results) >= 30000 or time.monotonic() > deadline:
+                return False
+            return len(results) < 3000 or not reloads_done.is_set()
+
+        async with QuoteClient(sock.getsockname()[:2]) as client:
+
+            async def worker() -> None:
+                while more():
+                    results.append(await client.quote("apple", len(results) % 50 + 1))
+
+            await asyncio.gather(*(worker() for _ in range(16)))
 
     side = threading.Thread(target=reloader)
     side.start()
-    results = asyncio.run(load())
-    side.join()
-    control.stop()
-    thread.join(5)
-    sock.close()
-    control.close()
-    assert len(results) == 3000 and all(r.ok for r in results)
+    try:
+        asyncio.run(load())
+        load_over_after_reloads = reloads_done.is_set()
+        side.join(30)
+    finally:
+        control.stop()
+        thread.join(5)
+        ops.close()  # as the command line does after serving: counts a reload still in flight
+        sock.close()
+        control.close()
+    assert not reloader_failed and not side.is_alive() and not thread.is_alive(), reloader_failed
+    assert load_over_after_reloads, "the load ran out (30000 quotes or 60 s) before the reloads were done"
+    assert len(results) >= 3000 and all(r.ok for r in results)
     for r in results:
         assert r.total == versions[r.catalog_version].prices["apple"] * r.quantity
     assert {r.catalog_version for r in results} == set(versions), "both catalogs served during the run"
-    assert core.stats["reloads.ok"] >= 4 and core.stats["reloads.failed"] >= 1
+    outcomes = {name: core.stats[name] for name in RELOAD_OUTCOMES}
+    assert outcomes == {"reloads.ok": 5, "reloads.failed": 1, "reloads.unchanged": 0, "reloads.no_final_newline": 0}
+    assert core.catalog.prices["apple"] == 100, "the last good file (1.00) is what is served"
 
 
 def quote(addr: tuple[str, int], item: str = "apple", qty: int = 1) -> QuoteResult:
@@ -117,20 +160,20 @@ def test_watch_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path = tmp_path / "catalog.csv"
     write_catalog(path, "1.00")
     proc, addr = start_server("--catalog", str(path), "--watch")
+    log = LineWatcher(proc)
     try:
-        time.sleep(0.2)
-        write_catalog(path, "3.00", pear="0.99")
+        assert quote(addr).total == 100
+        new = write_catalog(path, "3.00", pear="0.99")
         os.utime(path, (time.time() + 5, time.time() + 5))  # mtime must differ even on coarse clocks
-        totals = []
-        for _ in range(60):
-            totals.append(quote(addr).total)
-            if totals[-1] == 300:
-                break
-            time.sleep(0.1)
-        assert totals[-1] == 300
+        # Rewritten in place, so loaded once it stayed unchanged for the settle interval: wait for
+        # the server to say so (bounded) instead of polling quotes against a clock.
+        log.wait(lambda line: "catalog reloaded" in line, "the watcher to load the changed file", timeout_s=30)
+        after = quote(addr)
+        assert (after.total, after.catalog_version) == (300, new.version)
     finally:
         proc.terminate()
-        proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=10)
+    assert "reloads.ok=1" in out and "reloads.failed" not in out
 
 
 def ipv6_available() -> bool:
