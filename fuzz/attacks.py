@@ -43,6 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WINDOW_S = 3.0
 """How long traffic is counted after an attack: a loop would keep it growing all along."""
+PROBE_DEADLINE_S = 30.0
+"""How long a liveness probe keeps asking: a dead server never answers, a live one on a machine
+loaded by other work may take seconds to be scheduled."""
+PROBE_MAX_RESEND_S = 4.0
+"""The probe resends after 1, 2, 4, 4... s: a doubling timer with a ceiling (RFC 6298's RTO backoff)."""
 REFLECTOR_PORTS = (0, 7, 13, 17, 19, 37, 53, 123, 161, 1900, 11211)
 
 
@@ -83,24 +88,35 @@ class Server:
         self.probes = 0
         self.stderr = ""
 
-    def probe(self, sock: socket.socket | None = None, timeout_s: float = 5.0) -> tuple[bool, list[bytes]]:
-        """Ask for a quote and wait for its answer. The server handles datagrams in order, so once
-        the answer is here, whatever it sent to ``sock`` for earlier datagrams is here too: returns
-        (answered, those earlier datagrams)."""
-        self.probes += 1
+    def probe(
+        self, sock: socket.socket | None = None, deadline_s: float = PROBE_DEADLINE_S
+    ) -> tuple[bool, list[bytes]]:
+        """Ask for a quote as a client would: resend the same request on a doubling timer (1, 2,
+        4, 4... s) until answered or ``deadline_s`` passes, then wait for the answers to every copy
+        sent, so the server's counters hold exactly the probe traffic ``stop`` takes out. The server
+        handles datagrams in order, so once the answer is here, whatever it sent to ``sock`` for
+        earlier datagrams is here too: returns (answered, those other datagrams)."""
         s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        rid = secrets.randbits(64)
-        s.sendto(encode_request(QuoteRequest(rid, "apple", 1)), self.address)
-        s.settimeout(timeout_s)
-        before: list[bytes] = []
+        request = encode_request(QuoteRequest(secrets.randbits(64), "apple", 1))
+        next_send = time.monotonic()
+        deadline = next_send + deadline_s
+        sent = answers = 0
+        others: list[bytes] = []
         try:
-            while True:
-                data = s.recv(65535)
-                if len(data) >= 12 and int.from_bytes(data[4:12], "big") == rid:
-                    return True, before
-                before.append(data)
-        except TimeoutError:
-            return False, before
+            while time.monotonic() < deadline and (answers == 0 or answers < sent):
+                if answers == 0 and time.monotonic() >= next_send:
+                    s.sendto(request, self.address)
+                    self.probes += 1
+                    sent += 1
+                    next_send = time.monotonic() + min(PROBE_MAX_RESEND_S, 2.0 ** (sent - 1))
+                data = _recv_before(s, min(deadline, next_send) if answers == 0 else deadline)
+                if data is None:
+                    continue
+                if data[4:12] == request[4:12]:
+                    answers += 1
+                else:
+                    others.append(data)
+            return answers > 0, others
         finally:
             s.settimeout(None)
             if sock is None:
@@ -116,6 +132,15 @@ class Server:
         for key, per_probe in (("requests", 1), ("replies", 1), ("bytes_received", 76), ("bytes_sent", 76)):
             counters[key] = counters.get(key, 0) - per_probe * self.probes
         return counters
+
+
+def _recv_before(s: socket.socket, until: float) -> bytes | None:
+    """One datagram from ``s`` before the monotonic time ``until``, or None."""
+    s.settimeout(max(0.001, until - time.monotonic()))
+    try:
+        return s.recv(65535)
+    except TimeoutError:
+        return None
 
 
 def udp_socket() -> socket.socket:

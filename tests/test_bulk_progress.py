@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -71,6 +72,9 @@ def test_summary_rate_counts_rows_attempted_only() -> None:
     assert "2 rows/s (4 rows sent) in 2.00 s" in s.lines(Counter())[2]
 
 
+SUMMARY = "udp_client: bulk: "
+
+
 def visible_lines(transcript: str) -> list[str]:
     """What a terminal shows: per line, the text after the last carriage return, erase codes removed."""
     lines = []
@@ -116,13 +120,30 @@ def test_bar_on_a_terminal_never_glues_to_rows(server: RunningServer, tmp_path: 
     transcript = b"".join(chunks).decode("utf-8")
     assert "Traceback" not in transcript
     shown = visible_lines(transcript)
-    rows = [line for line in shown if not line.startswith("udp_client: bulk: ")]
+    rows, summary = shown[:13], [line.removeprefix(SUMMARY) for line in shown[13:] if line.startswith(SUMMARY)]
+    assert len(rows) + len(summary) == len(shown), "rows, then the summary, and no bar left over"
+    assert not any("ETA" in line for line in shown), "no bar left over, nor glued to a row"
     assert rows[0] == "id,item,quantity,unit_price,total,status,attempts,error,catalog_version"
     version = server.core.catalog.version
-    assert rows[1:] == [
-        f"{i},apple,{i + 1},0.50,{(i + 1) * 50 // 100}.{(i + 1) * 50 % 100:02d},OK,1,,{version}" for i in range(12)
+    cells = [row.split(",") for row in rows[1:]]
+    assert [c[:6] + c[7:] for c in cells] == [
+        [str(i), "apple", str(i + 1), "0.50", f"{(i + 1) * 50 // 100}.{(i + 1) * 50 % 100:02d}", "OK", "", str(version)]
+        for i in range(12)
     ]
-    assert len(shown) == 13 + 4, "rows, then the summary, and no bar left over"
+    # A retransmission is no bar artefact: the attempts column and the summary account for it alike.
+    retransmissions = sum(int(c[6]) - 1 for c in cells)
+    assert summary[0] == "rows=12 ok=12 failed=0 (none)"
+    counts = re.fullmatch(
+        r"requests=12 retransmissions=(\d+) duplicates_ignored=(\d+) other_replies_ignored=0", summary[1]
+    )
+    assert counts is not None, summary[1]
+    assert int(counts[1]) == retransmissions and int(counts[2]) <= retransmissions, (
+        "a duplicate answers a retransmission"
+    )
+    assert summary[2].startswith("latency p50=") and summary[3] == "grand total of ok rows: 39.00"
+    # One more line only when congestion control shrank its window: the scheduling delay of a
+    # loaded machine is a delay signal (delay=1) that an idle one never gives.
+    assert summary[4:] == [] or (len(summary) == 5 and summary[4].startswith("congestion window reductions: "))
     assert transcript.count("ETA") >= 2, "the bar was drawn, with an ETA, more than once"
 
 

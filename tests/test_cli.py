@@ -37,7 +37,9 @@ def test_quote_prints_the_total(server_addr: str) -> None:
 
 
 def test_quote_json(server_addr: str) -> None:
-    r = run_cli("udp_client.py", "--server", server_addr, "--json", "quote", "apple", "3")
+    # A 30 s first timer: on a loaded machine the default 0.25 s can fire before a live server is
+    # scheduled, and a second attempt would be right; here one datagram on loopback must do.
+    r = run_cli("udp_client.py", "--server", server_addr, "--timeout", "30", "--json", "quote", "apple", "3")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert {k: out[k] for k in ("item", "quantity", "unit_price", "total", "status", "attempts")} == {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultlib import PRICES, Report, run_scenario
+from faultlib import PRICES, Report, run_scenario, wait_for
 from helpers import ROOT, RunningServer
 
 from udp_price.client.api import NoAnswer, QuoteClient
@@ -146,17 +146,25 @@ def test_permanent_blackhole_fails_cleanly_by_the_deadline(server: RunningServer
 def test_scripted_drop_of_attempts_one_and_two(server: RunningServer) -> None:
     plan = FaultPlan(up=Faults(drop_indices=frozenset({0, 1})), seed=14)
 
-    async def run() -> tuple[list[int], dict[str, int]]:
+    async def run() -> tuple[list[int], dict[str, int], dict[str, int]]:
         async with FaultProxy(plan, upstream=server.address) as proxy, QuoteClient(proxy.address) as client:
             first = await client.quote("mango", 2)
             assert first.total == 360
-            rest = [(await client.quote("mango", 1)).attempts for _ in range(3)]
-            return [first.attempts, *rest], dict(proxy.stats)
+            rest = [await client.quote("mango", 1) for _ in range(3)]
+            assert [r.total for r in rest] == [180] * 3
+            # Every datagram but the two dropped reaches the server, the late copies of a
+            # retransmission included (the client does not wait for those).
+            sent = client.stats["sent"]
+            await wait_for(lambda: server.core.stats["requests"] == sent - 2, "the server to see what passed")
+            return [first.attempts, *(r.attempts for r in rest)], dict(client.stats), dict(proxy.stats)
 
-    attempts, proxy_stats = asyncio.run(run())
-    assert attempts == [3, 1, 1, 1]
+    attempts, stats, proxy_stats = asyncio.run(run())
     assert proxy_stats["up.drop:scripted"] == 2
-    assert server.core.stats["requests"] == 4, "the server saw only the third attempt of the first request"
+    # The first request needs a third attempt; on a loaded machine the timer may also fire for
+    # any request before its answer arrives: every attempt is one the client counted as sent.
+    assert attempts[0] >= 3 and min(attempts[1:]) >= 1
+    assert sum(attempts) == stats["sent"] == 4 + stats["retransmissions"]
+    assert server.core.stats["requests"] == stats["sent"] - 2, "the server saw all but the two dropped"
 
 
 def lies_about(req: QuoteRequest) -> list[tuple[QuoteReply, str]]:

@@ -35,12 +35,23 @@ from udp_price.wire import (
 from wire_format import LIST_PAGE_SIZE
 
 
-def ask(addr: tuple[str, int], item: str, rid: int, timeout_s: float = 5.0) -> tuple[Status, int, int]:
-    """(status, total in cents, catalog version) of one quote of 1 ``item``."""
+def ask(addr: tuple[str, int], item: str, rid: int, deadline_s: float = 30.0) -> tuple[Status, int, int]:
+    """(status, total in cents, catalog version) of one quote of 1 ``item``, asked as a client
+    asks: the same request again after 1, 2, 4, 4... s (RFC 6298's doubling timer) until answered.
+    A dead server never answers; a live one on a loaded machine may take seconds to be scheduled."""
+    request = encode_request(QuoteRequest(rid, item, 1))
+    deadline, wait_s = time.monotonic() + deadline_s, 1.0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout_s)
-        s.sendto(encode_request(QuoteRequest(rid, item, 1)), addr)
-        reply = decode_reply(s.recv(2048))
+        while True:
+            s.sendto(request, addr)
+            s.settimeout(max(0.001, min(wait_s, deadline - time.monotonic())))
+            try:
+                reply = decode_reply(s.recv(2048))
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, f"{addr} did not answer within {deadline_s} s"
+                wait_s = min(4.0, 2 * wait_s)
+    assert reply.request_id == rid
     return reply.status, reply.total, reply.catalog_version
 
 
