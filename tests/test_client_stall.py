@@ -19,14 +19,16 @@ STALL_S = 1.2
 PERIOD_S = 2.0
 
 
-def stalling(start: float = 1.0) -> Fate:
-    """Up for 0.8 s, then stalled for 1.2 s, every 2 s from ``start``: a datagram that arrives in a
-    stall is served when it ends."""
+def stalling(start: float = 1.0, serve_s: float = 0.0002) -> Fate:
+    """Up for 0.8 s, then stalled for 1.2 s, every 2 s from ``start``: the datagrams that arrive in
+    a stall are served when it ends, in order, one per ``serve_s``."""
+    queued: dict[int, int] = {}
 
     def fate(direction: str, index: int, now: float) -> list[float]:
-        phase = (now - start) % PERIOD_S
+        stall, phase = divmod(now - start, PERIOD_S)
         if direction == "up" and now >= start and phase < STALL_S:
-            return [STALL_S - phase + 0.001]
+            queued[int(stall)] = position = queued.get(int(stall), 0) + 1
+            return [STALL_S - phase + position * serve_s]
         return [0.001]
 
     return fate

@@ -56,6 +56,7 @@ class LossDetection:
         restarted when it fires (RFC 6298 5.6), so one timeout costs one retransmission, not one per
         request sent at the same moment. Replies to other requests do not restart it: they
         acknowledge those requests only (like SACK blocks, not a cumulative ACK)."""
+        self._rto_fired_in_silence = False
         self._learning_until: float | None = None
         """Until then (the initial RTO after the first reply) RACK waits at least the initial RTO and
         every sample's excess over min_RTT counts as reordering seen: the evidence a reorder window
@@ -91,6 +92,12 @@ class LossDetection:
         if tx == 0 and len(t.sent_at) != 1:
             return False  # unnumbered and retransmitted: which one it answers is ambiguous (Karn)
         k = tx or 1
+        if self._rto_fired_in_silence:
+            # The first answer after a timeout restarts the timer (RFC 6298 5.3, new data
+            # acknowledged): a server resuming from a stall answers its backlog in order, and the
+            # sample ends the backoff, so an RTO due at once would resend every request still queued.
+            self._rto_fired_in_silence = False
+            self._rto_restarted_at = now
         sample = now - t.sent_at[k - 1]
         self._learn(sample, now)
         self.rtt.on_sample(sample, per_rtt)
@@ -178,6 +185,7 @@ class LossDetection:
             return []
         expired_before = now - self.rtt.rto  # each request's own timer, before the backoff
         self._rto_restarted_at = now
+        self._rto_fired_in_silence = True
         self.rtt.on_timeout(self.backoff_cap_s)
         oldest = next(iter(self.in_flight))
         limit = len(self.in_flight)
