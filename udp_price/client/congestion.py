@@ -63,7 +63,9 @@ class CongestionConfig:
     """...for the current interval and this many before it: a base delay that rose for good (a
     route change, a proxy added) is accepted 4-5 intervals later instead of being read as queue
     forever; 5 intervals of at least 16 RTTs outlast two periodic slowdowns (about 36 RTTs
-    apart), which drain every queue and re-measure the true base."""
+    apart). A slowdown drains the queue only if the other senders sharing it slow down too:
+    with several unsynchronised senders a standing queue can outlive the history and creep into
+    each one's base (LEDBAT's base drift, docs/congestion.md says how far)."""
     delay_filter: int = 4
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one

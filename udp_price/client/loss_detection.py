@@ -17,6 +17,17 @@ TIME_THRESHOLD = 9 / 8
 """RACK waits at least this many SRTTs (QUIC's kTimeThreshold, RFC 9002 6.1.2): replies queue behind
 each other in the socket buffer, and one fast sample says little about the rest."""
 
+TAIL_REQUESTS = 16
+"""An RTO after the server fell silent resends every overdue request only while at most this many
+are in flight: the tail of a run, whose last requests a loss burst counted in datagrams would
+otherwise strand. With more in flight the silence is as likely a stall (a server stopped, in a GC
+pause or reloading, that keeps what it receives and answers it later) as a loss, and resending
+everything would make it serve each pending request twice; then the RTO sends PTO_PROBES."""
+
+PTO_PROBES = 2
+"""Requests an RTO resends when the server fell silent with many in flight: QUIC's probe
+timeout sends one or two probes (RFC 9002 6.2.4), enough to learn whether the path is back."""
+
 
 @dataclass(slots=True)
 class Transmissions:
@@ -45,6 +56,7 @@ class LossDetection:
         restarted when it fires (RFC 6298 5.6), so one timeout costs one retransmission, not one per
         request sent at the same moment. Replies to other requests do not restart it: they
         acknowledge those requests only (like SACK blocks, not a cumulative ACK)."""
+        self._rto_fired_in_silence = False
         self._learning_until: float | None = None
         """Until then (the initial RTO after the first reply) RACK waits at least the initial RTO and
         every sample's excess over min_RTT counts as reordering seen: the evidence a reorder window
@@ -80,6 +92,12 @@ class LossDetection:
         if tx == 0 and len(t.sent_at) != 1:
             return False  # unnumbered and retransmitted: which one it answers is ambiguous (Karn)
         k = tx or 1
+        if self._rto_fired_in_silence:
+            # The first answer after a timeout restarts the timer (RFC 6298 5.3, new data
+            # acknowledged): a server resuming from a stall answers its backlog in order, and the
+            # sample ends the backoff, so an RTO due at once would resend every request still queued.
+            self._rto_fired_in_silence = False
+            self._rto_restarted_at = now
         sample = now - t.sent_at[k - 1]
         self._learn(sample, now)
         self.rtt.on_sample(sample, per_rtt)
@@ -153,27 +171,32 @@ class LossDetection:
         - while the server is answering, every other one sent more than the backed-off RTO ago
           (RFC 8985 6.3): requests sent together are not all resent on the first timeout of a
           slow path (the backed-off RTO is longer than their age), RACK repairs the rest;
-        - when it has answered this session but not lately, every one whose own timer expired
-          (sent an RTO ago, before this backoff), as if each had a timer of its own (RFC 6298,
-          CoAP RFC 7252 4.2) and as RFC 9002 6.2.4 declares lost what is overdue: no answers
-          means no RACK, and one probe per backed-off RTO leaves the last requests of a run in a
-          loss burst that is counted in datagrams (the fault proxy's, a Gilbert-Elliott
-          channel's) with about 3 attempts in a 10 s deadline. The retry budget bounds them;
+        - when it has answered this session but not lately, and at most TAIL_REQUESTS are in
+          flight, every one whose own timer expired (sent an RTO ago, before this backoff), as if
+          each had a timer of its own (RFC 6298, CoAP RFC 7252 4.2) and as RFC 9002 6.2.4 declares
+          lost what is overdue: no answers means no RACK, and one probe per backed-off RTO leaves
+          the last requests of a run in a loss burst that is counted in datagrams (the fault
+          proxy's, a Gilbert-Elliott channel's) with about 3 attempts in a 10 s deadline. With
+          more in flight, the PTO_PROBES oldest overdue ones: a stalled server answers all of
+          them late, and resending each would double its work at every resume;
         - a server never heard from, or one being probed after a restart (``probe_only``), gets
           only the one probe per RTO."""
         if not self.in_flight or now < self.rto_at():
             return []
         expired_before = now - self.rtt.rto  # each request's own timer, before the backoff
         self._rto_restarted_at = now
+        self._rto_fired_in_silence = True
         self.rtt.on_timeout(self.backoff_cap_s)
         oldest = next(iter(self.in_flight))
+        limit = len(self.in_flight)
         if probe_only or self.rtt.srtt is None:
             due = now - float("inf")
         elif answered_lately:
             due = now - self.rtt.rto
         else:
             due = expired_before
-        lost = [oldest, *(r for r, t in self.in_flight.items() if r != oldest and t.sent_at[-1] <= due)]
+            limit = limit if limit <= TAIL_REQUESTS else PTO_PROBES
+        lost = [oldest, *(r for r, t in self.in_flight.items() if r != oldest and t.sent_at[-1] <= due)][:limit]
         for rid in lost:
             del self.in_flight[rid]
         return lost
