@@ -339,14 +339,15 @@ class Operations:
 
     def _reject(self, error: CatalogError) -> None:
         self._post(["reloads.failed"])
+        # One record with every problem: separate records could be cut off by a shutdown that
+        # lands between them, leaving "rejected" without the reason.
         log.error(
-            "catalog reload rejected, still serving version %d: %s",
+            "catalog reload rejected, still serving version %d: %s%s",
             self.server.catalog.version,
             self.catalog_path,
+            "".join(f"\n  {problem}" for problem in error.problems),
             extra={"event": "reload_rejected", "problems": error.problems},
         )
-        for problem in error.problems:
-            log.error("  %s", problem, extra={"event": "reload_problem"})
 
     def _watch(self, now: float) -> None:
         """One --watch look at the file (policy in watch_decision)."""
