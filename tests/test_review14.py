@@ -199,7 +199,11 @@ def test_a_rejected_reload_logs_a_bounded_number_of_lines(tmp_path: Path, caplog
         ops.close()
     assert server.stats["reloads.failed"] == 1 and server.catalog.prices["apple"] == 100
     logged = [r for r in caplog.records if r.name == "udp_price.server"]
-    assert len(logged) == 1 + MAX_LISTED_PROBLEMS + 1 and "4,999 in all" in logged[-1].getMessage()
+    assert len(logged) == 1, "the refusal and its reasons are one record (a shutdown cannot split them)"
+    lines = logged[0].getMessage().splitlines()
+    assert len(lines) == 1 + MAX_LISTED_PROBLEMS + 1 and "4,999 in all" in lines[-1]
+    assert lines[0].startswith("catalog reload rejected")
+    assert lines[1] == "  line 3: duplicate item 'a' (first on line 2)"
 
 
 def test_items_with_a_prefix_of_only_spaces_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
