@@ -13,6 +13,14 @@ from udp_price.address import format_address
 from udp_price.auth import Key, read_client_key
 from udp_price.catalog import format_money
 from udp_price.cli import bulk as bulk_command
+from udp_price.cli.client_args import (
+    at_least_one,
+    batch_arg,
+    deadline_arg,
+    parse_quantity,
+    retries_arg,
+    timeout_arg,
+)
 from udp_price.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_NO_ANSWER,
@@ -31,14 +39,12 @@ from udp_price.cli.common import (
     listen_address_arg,
     policy_from_args,
     prog_name,
-    seconds,
     verbosity,
     wants_json,
 )
 from udp_price.client.api import NoAnswer, describe_status, list_once, quote_once
 from udp_price.client.retry import RetryPolicy
-from udp_price.errors import BadQuantity, KeyFileError, QuoteError
-from udp_price.wire import parse_quantity as quantity_rule
+from udp_price.errors import KeyFileError, QuoteError
 from wire_format import MAX_BATCH, MAX_QUANTITY
 
 EXAMPLES = f"""\
@@ -84,47 +90,6 @@ exit codes: {EXIT_OK} all rows OK, {EXIT_STATUS} some rows failed, {EXIT_USAGE} 
 """
 
 
-def parse_quantity(text: str) -> int:
-    """The quantity rule (udp_price.wire.items): a whole number from 1 to MAX_QUANTITY, else a usage error (exit 2)."""
-    try:
-        return quantity_rule(text)
-    except BadQuantity as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _digits(text: str, limit: int = 9) -> bool:
-    """Whole number of at most ``limit`` digits: checked before int() so 5,000 digits cost nothing."""
-    return text.isascii() and text.isdigit() and len(text) <= limit
-
-
-def _timeout(text: str) -> float:
-    return seconds(text, "--timeout", 0.0, MAX_TIMEOUT_S, low_included=False)
-
-
-def _deadline(text: str) -> float:
-    return seconds(text, "--deadline", 0.0, MAX_SECONDS, low_included=False)
-
-
-def _at_least_one(text: str) -> int:
-    if not _digits(text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text[:32]!r} must be a whole number >= 1 (at most 9 digits)")
-    return int(text)
-
-
-def _batch(text: str) -> int:
-    """Checked here, so a bad --batch is a usage error naming the flag, before any file is opened."""
-    value = _at_least_one(text)
-    if value > MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"--batch must be 1 to {MAX_BATCH}, not {value}")
-    return value
-
-
-def _retries(text: str) -> int:
-    if not _digits(text):
-        raise argparse.ArgumentTypeError(f"--retries {text[:32]!r} must be a whole number >= 0 (at most 9 digits)")
-    return int(text)
-
-
 def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) -> None:
     """The flags every subcommand shares. The top-level parser carries the defaults; each
     subcommand gets the same flags with default SUPPRESS, so ``quote apple 3 --json`` and
@@ -144,7 +109,7 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--timeout",
-        type=_timeout,
+        type=timeout_arg,
         default=default(defaults.initial_timeout_s),
         metavar="SECONDS",
         help=f"first attempt's timeout in seconds, later ones adapt to the measured round trip "
@@ -152,14 +117,14 @@ def add_global_flags(p: argparse.ArgumentParser, on_subcommand: bool = False) ->
     )
     g.add_argument(
         "--retries",
-        type=_retries,
+        type=retries_arg,
         default=default(defaults.max_attempts - 1),
         metavar="N",
         help=f"retransmissions after the first attempt (default {defaults.max_attempts - 1}) - dig +retry",
     )
     g.add_argument(
         "--deadline",
-        type=_deadline,
+        type=deadline_arg,
         default=default(defaults.deadline_s),
         metavar="SECONDS",
         help=f"overall seconds per request, all attempts included (default {defaults.deadline_s:g}, "
@@ -217,7 +182,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="only items whose name starts with PREFIX (the server filters; leading spaces are dropped, "
         "a PREFIX of only spaces is refused)",
     )
-    it.add_argument("--limit", type=_at_least_one, default=None, help="at most N items (only the pages needed)")
+    it.add_argument("--limit", type=at_least_one, default=None, help="at most N items (only the pages needed)")
     w = _subcommand(
         sub,
         "web",
@@ -250,7 +215,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--window",
-        type=_at_least_one,
+        type=at_least_one,
         default=64,
         metavar="N",
         help="requests in flight at most (default 64; with --cc none, always this many)",
@@ -264,7 +229,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--batch",
-        type=_batch,
+        type=batch_arg,
         default=32,
         metavar="N",
         help=f"rows per request, 1 to {MAX_BATCH}; 1 sends single quote requests (default 32)",
