@@ -7,16 +7,24 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import CATALOG, RunningServer, serving
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from udp_price.catalog import load_catalog
 from udp_price.server.core import QuoteServer
 
 # A loaded CI machine must not turn a slow example into a failure: no per-example deadline there.
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# scripts/mutate.sh: the same examples for every mutant (derandomized), fewer of them, no database.
+# scripts/mutate.sh: the same examples for every mutant (derandomized), fewer of them, no database,
+# and no shrinking: a mutant needs one failing example to be killed, not the smallest one, and
+# shrinking under mutmut's trampolines took longer than the tests (mutants timed out instead).
 settings.register_profile(
-    "mutation", deadline=None, derandomize=True, max_examples=10, database=None, suppress_health_check=list(HealthCheck)
+    "mutation",
+    deadline=None,
+    derandomize=True,
+    max_examples=10,
+    database=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=list(HealthCheck),
 )
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
