@@ -35,6 +35,8 @@ class Report:
     client: Counter[str] = field(default_factory=Counter)
     proxy: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """Each explicit failure: its outcome and attempts (what an assertion on ``completed`` shows)."""
 
     @property
     def mean_attempts(self) -> float:
@@ -44,6 +46,7 @@ class Report:
         return (
             f"{self.name}: sent={self.sent} completed={self.completed} failed={self.failed} "
             f"wrong={self.wrong} mean_attempts={self.mean_attempts:.2f}"
+            + "".join(f"\n  failed: {f}" for f in self.failures[:5])
         )
 
 
@@ -58,6 +61,7 @@ def judge(report: Report, order: tuple[str, int], outcome: QuoteResult | NoAnswe
     if isinstance(outcome, NoAnswer):
         report.failed += 1
         report.attempts.append(outcome.attempts)
+        report.failures.append(f"{qty} x {item!r}: {outcome.outcome.value}: {outcome}")
         return
     report.attempts.append(outcome.attempts)
     if (outcome.item, outcome.quantity, outcome.status, outcome.total) != (item, qty, Status.OK, PRICES[item] * qty):
