@@ -5,24 +5,32 @@ request id, even across a reload; the counters operators read are exact on every
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
 
 import pytest
+from mutantlib import reseal
 
+from udp_price.auth import ClientAuth, Key, ServerAuth
 from udp_price.catalog import Catalog
 from udp_price.server.core import QuoteServer
-from udp_price.server.guards import ReplyCache
+from udp_price.server.guards import ENTRY_OVERHEAD, NEWCOMER_BURSTS, RateLimiter, ReplyCache, Verdict
 from udp_price.wire import (
     BatchRequest,
+    ListRequest,
     QuoteRequest,
     Status,
     decode_any_reply,
     decode_batch_reply,
+    decode_list_reply,
     decode_reply,
     encode_batch_request,
+    encode_list_request,
     encode_request,
 )
-from wire_format import MAX_QUANTITY, MAX_TOTAL
+from udp_price.wire.framing import KIND_OFFSET
+from wire_format import MAX_QUANTITY, MAX_TOTAL, VERSION
 
 EXACT_UNIT, EXACT_QTY = 42_128_471_623, 218_934_409  # product: MAX_TOTAL exactly (tests/test_money_limits.py)
 POW_UNIT, POW_QTY = 2**40, 2**23  # product: MAX_TOTAL + 1
@@ -171,3 +179,189 @@ def test_an_expired_entry_is_answered_afresh(fast: bool) -> None:
         assert server.handle_datagram(make(1), ADDR, 5.0) == first, "5 s old: still the first reply"
         later = server.handle_datagram(make(1), ADDR, 5.5)
         assert later is not None and later != first and server.counters()["cache_hits"] == 1
+
+
+# ---------------------------------------------------------------- limits, keys and counters on the other paths
+
+KEY = Key(1, b"k" * 32)
+WALL = 1_800_000_000.0
+
+
+def keyed(limiter: RateLimiter | None = None, cache: ReplyCache | None = None, anonymous: bool = False) -> QuoteServer:
+    auth = ServerAuth({KEY.key_id: KEY}, allow_anonymous=anonymous, wall_offset_s=WALL)
+    return QuoteServer(Catalog.from_prices(PRICES), limiter=limiter, cache=cache, auth=auth)
+
+
+def test_a_keyed_server_counts_each_drop_and_never_raises_on_a_short_datagram() -> None:
+    server = keyed()
+    for size in range(KIND_OFFSET + 2):  # shorter than the kind byte, then the kind byte itself
+        assert server.handle_datagram(bytes(size), ADDR, 0.0) is None
+    client = ClientAuth(KEY)
+    assert all(server.handle_datagram(client.sign(_quote(rid), WALL), ADDR, 0.0) for rid in (1, 2))
+    assert server.counters() == {
+        "requests": 7,
+        "auth.dropped.anonymous": 5,
+        "auth.verified": 2,
+        "replies": 2,
+        "status.OK": 2,
+    }
+
+
+def test_a_server_without_keys_counts_every_signed_request_it_drops() -> None:
+    server = core()
+    client = ClientAuth(KEY)
+    assert [server.handle_datagram(client.sign(_quote(rid), WALL), ADDR, 0.0) for rid in (1, 2)] == [None, None]
+    assert server.counters() == {"requests": 2, "auth.dropped.no_keys": 2, "refused.not_a_request": 2}
+
+
+def test_signed_requests_pay_the_rate_limit_after_verification() -> None:
+    server = keyed(limiter=RateLimiter(rate=1.0, burst=1.0, slip=0))
+    client = ClientAuth(KEY)
+    answered = [
+        server.handle_datagram(client.sign(_quote(rid), WALL), ADDR, now) is not None
+        for rid, now in [(1, 0.0), (2, 0.0), (3, 1.0)]
+    ]
+    assert answered == [True, False, True]
+    assert server.counters()["rate_limited.dropped"] == 1 and server.counters()["auth.verified"] == 3
+
+
+@pytest.mark.parametrize("make", [_quote, _batch, _unknown], ids=["quote", "batch", "unknown item"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "general path"])
+def test_replies_to_signed_requests_never_enter_the_reply_cache(make: Make, fast: bool) -> None:
+    """A signed request is never served from the cache (a byte-identical one is a replay, dropped;
+    a retransmission is signed afresh), so its reply must not take the cache's memory."""
+    cache = ReplyCache()
+    server = keyed(cache=cache)
+    server.fast_path = fast
+    client = ClientAuth(KEY)
+    for transmission in (1, 2):
+        data = client.sign(make(1), WALL + transmission)
+        assert server.handle_datagram(data, ADDR, float(transmission)) is not None
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_a_known_source_pays_its_own_bucket_for_junk_and_a_new_one_pays_nothing() -> None:
+    """Unsealed bytes from a source the limiter knows cost that source a token (as before the
+    newcomers' pool); from an unknown source they are dropped before the limiter sees them."""
+    server = QuoteServer(Catalog.from_prices(PRICES), limiter=RateLimiter(rate=1.0, burst=2.0, slip=0))
+    assert server.handle_datagram(_quote(1), ADDR, 0.0) is not None  # known now, 1 token left
+    junk = b"QP" + bytes(74)
+    assert server.handle_datagram(junk, ADDR, 0.0) is None  # pays the last token
+    assert server.handle_datagram(_quote(2), ADDR, 0.0) is None, "no token left"
+    newcomer = ("127.0.0.9", 40001)
+    assert server.handle_datagram(junk, newcomer, 0.0) is None
+    assert server.limiter is not None and not server.limiter.knows(newcomer[0])
+    assert server.counters() == {
+        "requests": 4,
+        "replies": 1,
+        "status.OK": 1,
+        "malformed.bad_checksum": 2,
+        "dropped": 1,  # the known source's junk went through the limiter and the general path
+        "rate_limited.dropped": 1,
+    }
+
+
+def test_a_malformed_request_over_the_limit_gets_silence_not_an_error_reply() -> None:
+    server = QuoteServer(Catalog.from_prices(PRICES), limiter=RateLimiter(rate=1.0, burst=1.0, slip=1))
+    assert server.handle_datagram(_quote(1), ADDR, 0.0) is not None
+    malformed = reseal(_quote(2), len(_quote(2)) - 5, b"\x01")  # a reserved byte set: MALFORMED when allowed
+    assert server.handle_datagram(malformed, ADDR, 0.0) is None, "over the limit: only BUSY replies, to requests"
+    assert server.counters()["dropped"] == 1 and server.counters()["malformed.reserved_not_zero"] == 1
+    assert "rate_limited.busy" not in server.counters()
+
+
+def test_our_version_undecodable_is_dropped_and_another_version_told_whatever_its_request_id() -> None:
+    server = core()
+    body = _quote(VERSION)[:-4] + b"\0"  # our version, one byte too long: no request id to trust
+    assert server.handle_datagram(body + struct.pack(">I", zlib.crc32(body)), ADDR, 0.0) is None
+    other = reseal(_quote(VERSION), 2, bytes([VERSION + 1]))  # request id equal to our version number
+    reply = decode_reply(server.handle_datagram(other, ADDR, 0.0) or b"")
+    assert (reply.status, reply.request_id) == (Status.UNSUPPORTED_VERSION, VERSION)
+
+
+def test_a_page_past_the_end_names_the_catalog_version() -> None:
+    server = core()
+    reply = decode_list_reply(server.handle_datagram(encode_list_request(ListRequest(4, 9)), ADDR, 0.0) or b"")
+    assert (reply.status, reply.page, reply.pages, reply.catalog_version) == (
+        Status.BAD_PAGE,
+        9,
+        1,
+        server.catalog.version,
+    )
+
+
+def test_new_sources_refused_are_counted_exactly() -> None:
+    """The newcomers' pool holds NEWCOMER_BURSTS full bursts: exactly that many new sources start
+    at once (the last one on the pool's last token), the next ones are refused and counted."""
+    server = QuoteServer(Catalog.from_prices(PRICES), limiter=RateLimiter(rate=2.0, burst=1.0, slip=0))
+    sources = [(f"10.0.{n // 250}.{n % 250 + 1}", 40001) for n in range(NEWCOMER_BURSTS + 2)]
+    answered = [server.handle_datagram(_quote(1), source, 0.0) is not None for source in sources]
+    assert answered == [True] * NEWCOMER_BURSTS + [False, False]
+    assert server.counters()["rate_limited.new_sources_refused"] == 2
+    # One second later the pool has refilled at `rate`: two more new sources start, a third does not.
+    later = [server.handle_datagram(_quote(1), (f"10.1.0.{n}", 40001), 1.0) is not None for n in (1, 2, 3)]
+    assert later == [True, True, False]
+    assert server.counters()["rate_limited.new_sources_refused"] == 3
+    assert server.counters()["rate_limited.dropped"] == 3
+
+
+# ---------------------------------------------------------------- the guards' documented edges
+
+
+def test_the_least_recently_seen_source_is_forgotten_first() -> None:
+    limiter = RateLimiter(max_sources=2)
+    for source in ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3"):
+        limiter.check(source, 0.0)
+    assert [limiter.knows(s) for s in ("10.0.0.1", "10.0.0.2", "10.0.0.3")] == [True, False, True]
+
+
+def test_near_the_limit_means_less_than_the_near_fraction_of_a_burst() -> None:
+    limiter = RateLimiter(rate=1.0, burst=10.0, near_fraction=0.1)  # near: under 1 token of 10
+    near = []
+    for _ in range(11):
+        limiter.check("10.0.0.1", 0.0)
+        near.append(limiter.near_limit)
+    assert near == [False] * 10 + [True], "the 10th request finds exactly 1 token: not yet near"
+
+
+def test_retry_after_counts_the_missing_part_of_a_token_at_least_one_millisecond() -> None:
+    limiter = RateLimiter(rate=4.0, burst=1.0, slip=1)
+    assert limiter.check("10.0.0.1", 0.0) is Verdict.ALLOW
+    assert limiter.check("10.0.0.1", 0.125) is Verdict.SLIP  # half a token back: 0.5 / 4 per s = 125 ms
+    assert limiter.retry_after_ms("10.0.0.1") == 125
+    fast = RateLimiter(rate=1024.0, burst=1.0, slip=1)
+    assert fast.check("10.0.0.1", 0.0) is Verdict.ALLOW
+    assert fast.check("10.0.0.1", 2**-11) is Verdict.SLIP  # half a token missing: 0.49 ms
+    assert fast.retry_after_ms("10.0.0.1") == 1
+
+
+def test_a_cache_smaller_than_one_entry_keeps_the_latest_reply_and_no_more() -> None:
+    tiny = ReplyCache(max_bytes=100)
+    tiny.put(("a", 1, 1), b"req", b"x" * 200, 0.0)
+    assert tiny.get(("a", 1, 1), b"req", 0.0) == b"x" * 200, "the latest reply stays, whatever its size"
+    small = ReplyCache(max_bytes=ENTRY_OVERHEAD + 15)  # room for one entry of a 10-byte reply
+    for n in range(3):
+        small.put(("a", 1, n), b"req", b"y" * 10, 0.0)
+    assert len(small) == 1 and small.bytes <= small.max_bytes and small.evictions == 2
+    assert small.get(("a", 1, 2), b"req", 0.0) == b"y" * 10
+
+
+def test_every_64th_put_sweeps_out_what_is_older_than_max_age() -> None:
+    """Old entries leave memory at the latest on the 64th put after they expire; an entry exactly
+    max_age old is still fresh (get serves it), so the sweep keeps it too."""
+    cache = ReplyCache(max_age_s=1.0)
+    for n in range(63):
+        cache.put(("a", 1, n), b"req", b"r", 0.0)
+    cache.put(("a", 1, 63), b"req", b"r", 1.0)  # the 64th put: everything is exactly 1 s old at most
+    assert len(cache) == 64 and cache.evictions == 0
+    for n in range(64, 127):
+        cache.put(("a", 1, n), b"req", b"r", 1.0)
+    cache.put(("a", 1, 127), b"req", b"r", 2.5)  # the 128th: all but itself older than 1 s
+    assert len(cache) == 1 and cache.evictions == 127 and cache.bytes == ENTRY_OVERHEAD + 1
+
+
+def test_the_sweep_of_a_full_cache_keeps_max_entries_young_entries() -> None:
+    cache = ReplyCache(max_entries=10)
+    for n in range(64):
+        cache.put(("a", 1, n), b"req", b"r", 0.0)
+    assert len(cache) == 10 and cache.evictions == 54
