@@ -272,7 +272,7 @@ def test_a_malformed_request_over_the_limit_gets_silence_not_an_error_reply() ->
 
 def test_our_version_undecodable_is_dropped_and_another_version_told_whatever_its_request_id() -> None:
     server = core()
-    body = _quote(VERSION)[:-4] + b"\0"  # our version, one byte too long: no request id to trust
+    body = _quote(1)[:-4] + b"\0"  # our version, one byte too long: no request id to trust
     assert server.handle_datagram(body + struct.pack(">I", zlib.crc32(body)), ADDR, 0.0) is None
     other = reseal(_quote(VERSION), 2, bytes([VERSION + 1]))  # request id equal to our version number
     reply = decode_reply(server.handle_datagram(other, ADDR, 0.0) or b"")
@@ -365,3 +365,13 @@ def test_the_sweep_of_a_full_cache_keeps_max_entries_young_entries() -> None:
     for n in range(64):
         cache.put(("a", 1, n), b"req", b"r", 0.0)
     assert len(cache) == 10 and cache.evictions == 54
+
+
+def test_another_versions_short_request_is_not_answered_with_a_longer_reply() -> None:
+    """Another version may have shorter requests; the UNSUPPORTED_VERSION reply (76 bytes for a
+    quote) to one shorter than that would amplify: dropped, and counted each time."""
+    server = core()
+    short = b"QP" + bytes([VERSION + 1, 1]) + (7).to_bytes(8, "big") + bytes(8)
+    short += struct.pack(">I", zlib.crc32(short))
+    assert [server.handle_datagram(short, ADDR, 0.0) for _ in range(2)] == [None, None]
+    assert server.counters() == {"requests": 2, "malformed.bad_length": 2, "dropped.amplification": 2}
