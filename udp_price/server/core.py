@@ -126,8 +126,9 @@ class QuoteServer:
             return None
         out = sign(reply, key, int((now + auth.wall_offset_s) * 1000))  # auth.sign_reply, inlined
         # The plain reply is no larger than the plain request, and both gain the same trailer; checked anyway.
+        # (So the counter below is unreachable, and a mutant of it cannot be told from it.)
         if len(out) > len(data):
-            self.stats["dropped.amplification"] += 1
+            self.stats["dropped.amplification"] += 1  # pragma: no mutate
             return None
         return out
 
