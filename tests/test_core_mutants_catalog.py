@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -148,10 +149,12 @@ def test_a_plain_catalog_never_goes_through_the_row_by_row_parser(monkeypatch: p
     assert dict(parse_catalog("item,price\napple,0.50\npear,1\n").prices) == {"apple": 50, "pear": 100}
 
 
-def test_a_quoted_line_break_in_a_name_is_kept_as_written() -> None:
-    """RFC 4180 2.6: a quoted field may hold CR LF; the reader must see it untranslated."""
-    text = 'item,price\n"a\r\nb",1\n'
-    assert dict(parse_catalog_exactly(text).prices) == {"a\r\nb": 100} == dict(parse_catalog(text).prices)
+def test_every_line_ending_is_read_and_a_quoted_line_break_kept_as_written() -> None:
+    """CR LF, LF and a lone CR (old Mac files) end rows; RFC 4180 2.6: a quoted field may hold CR LF."""
+    for text in ("item,price\r\napple,1\r\n", "item,price\napple,1\n", "item,price\rapple,1\r"):
+        assert dict(parse_catalog_exactly(text).prices) == {"apple": 100} == dict(parse_catalog(text).prices)
+    quoted = 'item,price\n"a\r\nb",1\n'
+    assert dict(parse_catalog_exactly(quoted).prices) == {"a\r\nb": 100} == dict(parse_catalog(quoted).prices)
 
 
 def test_a_refused_catalog_still_names_its_item_count_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,3 +212,32 @@ def test_unreadable_catalog_files_are_named_with_the_reason(tmp_path: Path) -> N
         with pytest.raises(CatalogError) as info:
             read_catalog_file(path, limit)
         assert (info.value.path, info.value.problems) == (str(path), [problem])
+
+
+class Blocked(Exception):
+    """The guard timer fired: an open() blocked."""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(signal, "setitimer"), reason="needs POSIX FIFOs")
+def test_a_fifo_swapped_in_after_the_check_is_refused_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is checked, then opened: a FIFO put there in between must not block the open
+    (O_NONBLOCK), and the check on the opened descriptor names it."""
+    fifo = tmp_path / "prices.csv"
+    os.mkfifo(fifo)
+    regular, real_stat = os.stat(__file__), os.stat  # what the name was when it was checked
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: regular if str(p) == str(fifo) else real_stat(p, *a, **k))
+
+    def blocked(signum: int, frame: object) -> None:
+        raise Blocked  # only a bound on a broken build: the open returns at once
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.setitimer(signal.ITIMER_REAL, 10.0)
+    try:
+        with pytest.raises(CatalogError) as info:
+            read_catalog_file(fifo)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (info.value.path, info.value.problems) == (str(fifo), ["not a regular file (a FIFO); a catalog must be one"])
