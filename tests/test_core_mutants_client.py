@@ -291,3 +291,99 @@ def test_a_recovery_counts_when_the_last_transmission_was_answered() -> None:
     assert (ld.reorder.recoveries_left, ld.reorder.last_recovery_at) == (16, float("-inf"))
     ld.on_recovered(sent(0.0, 0.5), 2)
     assert (ld.reorder.recoveries_left, ld.reorder.last_recovery_at) == (15, 0.5)
+
+
+def test_later_samples_have_their_gains_divided_by_the_requests_in_flight() -> None:
+    ld = detector()
+    ld.on_reply(sent(0.0), 1, 0.25, 1, True)  # SRTT 0.25, RTTVAR 0.125
+    ld.on_reply(sent(1.0), 1, 1.5, 2, True)  # two per round trip: gains 1/16 and 1/8
+    assert (ld.rtt.srtt, ld.rtt.rttvar) == (0.265625, 0.140625)
+
+
+def test_racks_reference_point_is_the_transmission_the_reply_echoes() -> None:
+    ld = detector()
+    ld.on_sent(7, sent(0.25))
+    ld.on_reply(sent(0.0, 0.5), 2, 0.75, 1, True)  # answers the resend of 0.5, not the first send
+    assert ld.detect(5.0, False) == [7], "request 7 went out before the answered transmission"
+
+
+def test_a_zero_min_rtt_is_a_measurement_not_an_unknown() -> None:
+    ld = detector()
+    ld.on_reply(sent(0.0), 1, 0.0, 1, True)  # answered within the clock's resolution
+    assert ld.on_reply(sent(1.0, 1.5, why=("first", "rack")), 1, 2.0, 1, False)
+    assert ld.reorder.extent_s == 1.0, "1 s late against a 0 s min_RTT"
+
+
+def test_only_the_first_reply_after_a_timeout_restarts_the_timer() -> None:
+    ld = detector()
+    for rid in (1, 2, 3):
+        ld.on_sent(rid, sent(0.0))
+    assert ld.on_rto(0.5, False) == [1]
+    ld.on_reply(sent(0.0), 1, 0.75, 1, True)
+    assert ld.rto_at() == 0.75 + ld.rtt.rto, "restarted by the first answer after the timeout"
+    ld.on_reply(sent(0.5), 1, 1.0, 1, True)
+    assert ld.rto_at() == 0.75 + ld.rtt.rto == 2.84375, "a second answer does not restart it again"
+
+
+def test_each_rack_resend_of_a_request_waits_twice_as_long() -> None:
+    ld = LossDetection(RttEstimator(), initial_rto_s=0.25, backoff_cap_s=4.0, now=0.0)
+    ld.on_sent(3, sent(0.5))
+    ld.on_sent(4, sent(0.0, 0.5, why=("first", "rack")))
+    ld.on_reply(sent(0.5), 1, 0.75, 1, True)  # SRTT 0.25, RTO 0.75, learned from 1.0
+    # wait = max(0.25, 9/8 x 0.25) + min_RTT / 4 = 0.34375: request 3 is lost at 0.5 + 0.34375;
+    # request 4's wait is doubled for its earlier RACK resend (0.6875, below the RTO): lost at 1.1875.
+    assert ld.detect(0.8125, False) == [] and ld.reorder_at == 0.84375, "the earliest of the two"
+    assert ld.detect(0.84375, False) == [3] and ld.reorder_at == 1.1875
+    assert ld.detect(1.125, False) == [] and ld.reorder_at == 1.1875
+    assert ld.detect(1.1875, False) == [4]
+
+
+def test_a_zero_srtt_makes_rack_wait_only_the_window() -> None:
+    ld = detector()
+    ld.on_sent(7, sent(0.0))
+    ld.on_reply(sent(0.0), 1, 0.0, 1, True)  # SRTT 0: wait = 0 + the 1 ms floor of the window
+    assert ld.detect(0.5, False) == [7], "lost once learning (the initial RTO, 0.5 s) is over"
+
+
+def test_a_recovery_is_timed_by_the_last_of_several_transmissions() -> None:
+    ld = detector()
+    ld.reorder.on_spurious(0.25)
+    ld.on_recovered(sent(0.0, 0.5, 1.0), 3)
+    assert (ld.reorder.recoveries_left, ld.reorder.last_recovery_at) == (15, 1.0)
+
+
+def test_in_silence_the_rto_resends_every_request_whose_own_timer_expired() -> None:
+    ld = detector()
+    ld.rtt.on_sample(0.125)  # RTO 0.375 before this timeout's backoff
+    for rid, at in ((1, 0.0), (2, 0.25), (3, 1.625), (4, 1.75)):
+        ld.on_sent(rid, sent(at))
+    assert ld.on_rto(2.0, False) == [1, 2, 3], "sent at most 0.375 s before 2.0 (3 exactly then)"
+    assert list(ld.in_flight) == [4]
+
+
+def test_in_silence_with_many_in_flight_the_rto_sends_only_probes() -> None:
+    ld = detector()
+    ld.rtt.on_sample(0.125)
+    for rid in range(1, 18):  # 17 in flight: more than TAIL_REQUESTS
+        ld.on_sent(rid, sent(0.0))
+    assert ld.on_rto(2.0, False) == [1, 2], "PTO_PROBES of them"
+    assert len(ld.in_flight) == 15
+    tail = detector()
+    tail.rtt.on_sample(0.125)
+    for rid in range(1, 17):  # exactly TAIL_REQUESTS: every overdue one
+        tail.on_sent(rid, sent(0.0))
+    assert tail.on_rto(2.0, False) == list(range(1, 17))
+
+
+def test_backoff_stops_at_the_last_doubling_within_the_cap() -> None:
+    rtt = RttEstimator()  # base RTO 0.25
+    for _ in range(3):
+        rtt.on_timeout(1.5)
+    assert (rtt.backoff, rtt.rto) == (2, 1.0), "0.5, 1.0; 2.0 would pass the 1.5 s cap"
+
+
+def test_the_budget_counts_every_spend_and_every_denial() -> None:
+    budget = RetryBudget(tokens=2.0)
+    budget.start(0.0)
+    assert [budget.try_spend(0.0) for _ in range(5)] == [True, True, False, False, False]
+    assert (budget.spent, budget.denied) == (2, 3)

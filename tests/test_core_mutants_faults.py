@@ -184,3 +184,22 @@ def test_shape_boundaries() -> None:
     assert shape(LinkState(0.0, (1.0,)), 1.0, 100, 0.0, 0.0, 1) == (0.0, LinkState(0.0, ())), "left at 1.0: not held"
     assert shape(LinkState(), 0.0, 1, 0.0, 0.5, 0) == (16.0, LinkState(16.0, (16.0,))), "8 bits at 0.5 bit/s"
     assert shape(LinkState(0.0, (5.0,)), 1.0, 100, 0.0, 0.0, 0) == (0.0, LinkState(0.0, (5.0,)))
+
+
+def test_gilbert_step_draws_equal_to_the_probability_are_not_hits() -> None:
+    """As for every fault: a transition of probability p takes a draw in [0, p). With loss 0.5 and
+    mean burst 2, leaving the bad state and entering it both have probability exactly 0.5."""
+    assert gilbert_step(True, 0.5, 0.5, 2.0) is True, "u = 1 / burst_len: stays bad"
+    assert gilbert_step(True, 0.5 - 2**-53, 0.5, 2.0) is False
+    assert gilbert_step(False, 0.5, 0.5, 2.0) is False, "u = loss / (1 - loss) / burst_len: stays good"
+    assert gilbert_step(False, 0.5 - 2**-53, 0.5, 2.0) is True
+
+
+def test_with_a_reorder_gap_a_draw_equal_to_the_probability_is_not_a_hit() -> None:
+    u = draws(3)[3]
+
+    def tags(p: float) -> tuple[str, ...]:
+        plan = FaultPlan(up=Faults(reorder=p, reorder_gap=1, delay_s=0.5))
+        return decide_step(plan, Direction.UP, 0, 3, DATA, 0.0, ChannelState())[0].tags
+
+    assert tags(u) == () and tags(min(1.0, u + 1e-12)) == ("reorder",)

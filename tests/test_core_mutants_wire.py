@@ -49,7 +49,14 @@ from udp_price.wire import (
     encode_request,
     parse_quantity,
 )
-from udp_price.wire.framing import is_sealed, peek_header, seal
+from udp_price.wire.framing import (
+    FLAG_OVERLOADED,
+    is_sealed,
+    mark_overloaded,
+    peek_header,
+    seal,
+    split_overload_mark,
+)
 from udp_price.wire.items import (
     check_quantity,
     decode_item,
@@ -367,3 +374,15 @@ def test_reply_decoding_errors_carry_the_request_id() -> None:
     with pytest.raises(MalformedDatagram) as info:
         decode_list_reply(reseal(listed, 12, b"\xc8"))
     assert (info.value.reason, info.value.request_id) == ("unknown_status", rid)
+
+
+def test_the_overloaded_flag_is_set_and_taken_off_only_on_an_intact_datagram() -> None:
+    reply = encode_reply(QUOTE_REPLY)
+    marked = mark_overloaded(reply)
+    assert marked == reseal(reply, 3, bytes([reply[3] | FLAG_OVERLOADED])), "the flag bit, a new seal, nothing else"
+    assert split_overload_mark(marked) == (reply, True)
+    assert split_overload_mark(reply) == (reply, False), "an unmarked reply is not a mark"
+    noisy = reply[:3] + bytes([reply[3] | FLAG_OVERLOADED]) + reply[4:]  # the bit flipped in transit
+    assert split_overload_mark(noisy) == (noisy, False), "noise is never resealed into a reply"
+    for short in (b"", b"\x55\x50\x02", b"\x55\x50\x02\x41"):
+        assert split_overload_mark(short) == (short, False)
