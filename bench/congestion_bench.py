@@ -197,9 +197,7 @@ def parse_summary(stderr: str, run: ClientRun) -> None:
         run.reductions = dict(zip(("mark", "busy", "delay", "seen"), map(int, c.groups()), strict=True))
 
 
-def start(
-    args: list[str], marker: str, preexec: Callable[[], None] | None = None
-) -> tuple[subprocess.Popen[str], str]:
+def start(args: list[str], marker: str, preexec: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec
     )
@@ -396,8 +394,8 @@ def server_rows(n: int, rows: int, rounds: int, server_cpu: float) -> None:
     """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
     runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
     for _ in range(rounds):
-        capacity = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, server_cpu=server_cpu)
-        runs["capacity"].append(run_scenario(capacity))
+        saturating = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, server_cpu=server_cpu)
+        runs["capacity"].append(run_scenario(saturating))
         for cc in ("auto", "none"):
             runs[cc].append(run_scenario(Scenario("server", n, rows, cc, window=SERVER_WINDOW, server_cpu=server_cpu)))
     capacity = median_run(runs["capacity"]).goodput
