@@ -11,15 +11,19 @@ Scenarios:
   bytes per second of single-quote requests) with a tail-drop queue of ``--limit`` datagrams.
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
-- ``server``: straight at the server, more offered load than it can serve. One server's capacity
-  is measured on its own, by a saturating run that is not in the table (the same N clients,
-  ``--cc none --window 128``): the ratio shows how much of it each mode keeps. On a shared host single
-  runs move by +-30%, so this scenario runs ``--rounds`` rounds of (capacity, auto, none),
-  interleaved, and each figure is the median of its runs (its row shows the median run).
+- ``server``: straight at the server, more offered load than it can serve. The server runs under
+  a CPU quota (``--server-cpu``, a cgroup; 0.05 CPU: about 3,000 quotes/s where one client sends
+  about 6,000/s), so the server and not the host is the bottleneck; both modes run with
+  ``--window 128`` (see SERVER_WINDOW). One server's capacity is measured on its own, by a
+  saturating run that is not in the table (the same N clients, ``--cc none --window 256``): the
+  ratio shows how much of it each mode keeps. The scenario runs ``--rounds`` rounds of (capacity,
+  auto, none), interleaved, and each figure is the median of its runs (its row shows the median
+  run).
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
   congestion (its goodput is compared with ``--cc none``'s).
 
-    python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario (~4 min)
+    python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario
+    python bench/congestion_bench.py --only server --rounds 3   # 10.5 min here
     python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
 
 Bounded: every client process has a time limit, every file a row count.
