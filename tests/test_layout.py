@@ -20,6 +20,7 @@ PURE_CORE = (
     "udp_price.auth",
     "udp_price.server.core",
     "udp_price.server.guards",
+    "udp_price.server.filewatch",
     "udp_price.client.session",
     "udp_price.client.recovery",
     "udp_price.client.loss_detection",
