@@ -22,6 +22,7 @@ PURE_CORE = (
     "udp_price.server.guards",
     "udp_price.server.filewatch",
     "udp_price.client.session",
+    "udp_price.client.events",
     "udp_price.client.recovery",
     "udp_price.client.loss_detection",
     "udp_price.client.reply_checks",
