@@ -34,10 +34,10 @@ if os.environ.get("CI") == "true":
 def _forget_memoized_items() -> None:
     """Under mutmut, each mutant runs in a process forked after the unmutated code filled the item
     codec's memos: clear them, or a mutant in item coding would answer from a memo and survive."""
-    from udp_price.wire import codec
+    from udp_price.wire import structs
 
-    codec._item_or_reason.cache_clear()
-    codec._item_field.cache_clear()
+    structs._item_or_reason.cache_clear()
+    structs._item_field.cache_clear()
 
 
 @pytest.fixture

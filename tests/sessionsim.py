@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udp_price.catalog import Catalog
+from udp_price.client.events import Answered, Event, Failed
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import Answered, ClientSession, Event, Failed
+from udp_price.client.session import ClientSession
 from udp_price.server.core import QuoteServer
 from udp_price.wire import Request
 

@@ -26,8 +26,9 @@ from udp_price.auth.trailer import AuthFailure
 from udp_price.catalog import Catalog, load_catalog
 from udp_price.client.api import QuoteClient
 from udp_price.client.congestion import CongestionConfig, CongestionController
+from udp_price.client.events import Answered
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import Answered, ClientSession
+from udp_price.client.session import ClientSession
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter, ReplyCache
 from udp_price.wire import (

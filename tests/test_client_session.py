@@ -13,10 +13,11 @@ from helpers import expected_prices
 from sessionsim import Fate, Sim, drop, pair, roundtrip, steady
 
 from udp_price.catalog import Catalog
+from udp_price.client.events import Answered, Failed
 from udp_price.client.recovery import ReorderWindow, RetryBudget, RttEstimator
 from udp_price.client.reply_checks import violation
 from udp_price.client.retry import Outcome, RetryPolicy
-from udp_price.client.session import Answered, ClientSession, Failed
+from udp_price.client.session import ClientSession
 from udp_price.server.core import QuoteServer
 from udp_price.wire import (
     BatchReply,

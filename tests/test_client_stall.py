@@ -8,9 +8,10 @@ from helpers import expected_prices
 from sessionsim import Fate, Sim
 
 from udp_price.catalog import Catalog
+from udp_price.client.events import Answered
 from udp_price.client.loss_detection import PTO_PROBES, TAIL_REQUESTS
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import Answered, ClientSession
+from udp_price.client.session import ClientSession
 from udp_price.server.core import QuoteServer
 from udp_price.wire import QuoteReply, QuoteRequest, Status
 

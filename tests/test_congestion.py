@@ -12,8 +12,9 @@ from sessionsim import Sim, steady
 
 from udp_price.catalog import Catalog
 from udp_price.client.congestion import BUSY, MARK, CongestionConfig, CongestionController
+from udp_price.client.events import Answered
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import Answered, ClientSession
+from udp_price.client.session import ClientSession
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter

@@ -249,7 +249,7 @@ def test_watch_never_loads_a_file_without_a_final_newline(tmp_path: Path) -> Non
 
 
 def test_watch_decision_is_a_pure_policy() -> None:
-    from udp_price.server.ops import FileState, watch_decision
+    from udp_price.server.filewatch import FileState, watch_decision
 
     loaded = FileState((1, 10), 100, 5, b"a", 5)
     edited = FileState((1, 10), 120, 6, b"b", 6)

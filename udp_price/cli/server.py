@@ -25,17 +25,12 @@ from udp_price.cli.common import (
     verbosity,
 )
 from udp_price.errors import CatalogError, KeyFileError
+from udp_price.server.filewatch import WATCH_POLL_S, WATCH_SETTLE_S, FileState
 from udp_price.server.logs import announce, setup_logging
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
 from udp_price.server.memory import return_freed_memory
 from udp_price.server.metrics import start_metrics
-from udp_price.server.ops import (
-    WATCH_POLL_S,
-    WATCH_SETTLE_S,
-    FileState,
-    build_server,
-    operations,
-)
+from udp_price.server.ops import build_server, operations
 from udp_price.server.timing import DurationHistogram
 from udp_price.server.workers import run_workers
 

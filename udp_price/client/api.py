@@ -22,10 +22,11 @@ from typing import Any
 from udp_price.address import Address
 from udp_price.auth import ClientAuth, Key
 from udp_price.client.congestion import CongestionConfig, CongestionController
+from udp_price.client.events import Answered, Event, Failed
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.results import BatchResult, NoAnswer, QuoteResult, describe_status
 from udp_price.client.retry import RetryPolicy
-from udp_price.client.session import Answered, ClientSession, Event, Failed
+from udp_price.client.session import ClientSession
 from udp_price.client.stream import LineQuote, Pair, stream_quotes, wire_line
 from udp_price.errors import EncodeError, QuoteError
 from udp_price.wire import (

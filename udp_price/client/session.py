@@ -9,18 +9,18 @@ In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping
     events = session.handle_timer(now)           # at or after session.timer()
     for data in session.datagrams_to_send(): sock.send(data)
 
-and resolves each ``Answered`` / ``Failed`` event. Which requests are lost is decided in
-udp_price.client.loss_detection (RACK, RTO, RTT samples); this module keeps the pending requests, the retry
-budget (it only delays), BUSY, ICMP (before any reply: nothing listens; after: a restart, so
-pause and probe) and every give-up decision. The README's client section has the rules.
+and resolves each ``Answered`` / ``Failed`` event (udp_price.client.events). Which requests are
+lost is decided in udp_price.client.loss_detection (RACK, RTO, RTT samples); this module keeps the
+pending requests, the retry budget (it only delays), BUSY, ICMP (before any reply: nothing
+listens; after: a restart, so pause and probe) and every give-up decision. The README's client section has the rules.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
 
 from udp_price.client.congestion import CongestionController
+from udp_price.client.events import Answered, Event, Failed, Pending
 from udp_price.client.loss_detection import LossDetection, Transmissions
 from udp_price.client.recovery import RetryBudget, RttEstimator
 from udp_price.client.reply_checks import UNREADABLE, violation
@@ -49,41 +49,6 @@ REFUSED_LIMIT = 2
 """ICMP port-unreachable errors, with no reply ever, that mean nothing listens there."""
 RECENT_IDS = 4096
 """Finished requests remembered, to count late replies and prove retransmissions spurious."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answered:
-    request_id: int
-    reply: Reply
-    attempts: int
-    latency_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    request_id: int
-    outcome: Outcome
-    attempts: int
-    elapsed_s: float
-    refused: bool
-    """ICMP port-unreachable errors were seen since the last reply."""
-    status: Status | None = None
-    """The error status the server kept answering (MALFORMED, UNSUPPORTED_VERSION), if any."""
-
-
-Event = Answered | Failed
-
-
-@dataclass(slots=True, kw_only=True)
-class _Pending(Transmissions):
-    request: Request
-    datagram: bytes
-    """The request encoded once, as transmission 0; each datagram sent renumbers a copy."""
-    digest: int
-    started_at: float
-    deadline: float
-    not_before: float = 0.0
-    error_status: Status | None = None
 
 
 def _predates_lists(request: Request, reply: Reply) -> bool:
@@ -120,7 +85,7 @@ class ClientSession:
         self.probing = False
         """A server that answered sent ICMP errors (a restart): hold new requests, probe with the oldest."""
         self.icmp_since_answer = 0
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._lost: OrderedDict[int, str] = OrderedDict()  # request id -> why it is to be sent again
         self._held: deque[int] = deque()
         self.congestion = congestion  # None: every request goes at once (the caller bounds them)
@@ -171,7 +136,7 @@ class ClientSession:
         digest = lines_digest(datagram) if isinstance(request, BatchRequest) else 0
         if not self._pending:
             self._outstanding_since = now
-        p = _Pending(request=request, datagram=datagram, digest=digest, started_at=now, deadline=float("inf"))
+        p = Pending(request=request, datagram=datagram, digest=digest, started_at=now, deadline=float("inf"))
         self._pending[request.request_id] = p
         self.budget.on_request(now)
         if self.congestion is None:
@@ -181,7 +146,7 @@ class ClientSession:
             self._admit_queued(now)
         return []
 
-    def _start(self, p: _Pending, now: float) -> None:
+    def _start(self, p: Pending, now: float) -> None:
         """Admit a request: its deadline and latency run from here (docs/congestion.md says why)."""
         p.started_at = now
         p.deadline = now + self.policy.deadline_s if self.policy.deadline_s is not None else float("inf")
@@ -280,7 +245,7 @@ class ClientSession:
 
     # ------------------------------------------------------------ sending
 
-    def _transmit(self, p: _Pending, now: float, why: str) -> None:
+    def _transmit(self, p: Pending, now: float, why: str) -> None:
         # List pages are not numbered (Karn's rule applies); the rest say which transmission they are.
         data = p.datagram if isinstance(p.request, ListRequest) else renumbered(p.datagram, len(p.sent_at) + 1)
         p.sent_at.append(now)
@@ -348,7 +313,7 @@ class ClientSession:
         self.stats["spurious"] += 1
         self.budget.refund()
 
-    def _on_busy(self, p: _Pending, reply: Reply, now: float) -> None:
+    def _on_busy(self, p: Pending, reply: Reply, now: float) -> None:
         self.stats["busy"] += 1
         retry_after_s = getattr(reply, "retry_after_ms", 0) / 1000
         p.not_before = now + retry_after_s

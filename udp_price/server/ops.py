@@ -7,14 +7,14 @@ neither holds the server's GIL nor leaves its temporaries in the server's heap. 
 only asks for a reload and, when the worker has a prepared catalog ready, swaps it in with one
 reference assignment between two datagrams; the old catalog answers until then. At most one reload
 runs at a time: requests during a reload make it run once more afterwards. A file whose content
-hash equals the loaded one is a logged no-op.
+hash equals the loaded one is a logged no-op. When --watch loads a changed file is decided by the
+pure policy in udp_price.server.filewatch.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import logging
 import os
 import threading
@@ -29,17 +29,12 @@ from udp_price.catalog import Catalog, parse_catalog_bytes, read_catalog_file
 from udp_price.errors import CatalogError
 from udp_price.server.catalog_child import CHILD_MIN_BYTES, parse_in_child
 from udp_price.server.core import QuoteServer
+from udp_price.server.filewatch import WATCH_POLL_S, WATCH_SETTLE_S, FileState, watch_decision
 from udp_price.server.guards import RateLimiter, ReplyCache
 from udp_price.server.keyring import KeyReloads
 from udp_price.server.memory import return_freed_memory
 
 log = logging.getLogger("udp_price.server")
-
-WATCH_POLL_S = 0.5
-"""How often --watch looks at the catalog file (a stat; the file is read only when it changed)."""
-WATCH_SETTLE_S = 2.0
-"""Default --watch-settle: a file written in place (or created and written) must stay unchanged this
-long before it is loaded."""
 
 
 class Served(Protocol):
@@ -53,64 +48,6 @@ class Served(Protocol):
     def summary(self) -> str: ...
 
     def counters(self) -> dict[str, int]: ...
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What --watch compares: the file's identity, size, mtime and ctime, and (once read) its content hash."""
-
-    inode: tuple[int, int]
-    size: int
-    mtime_ns: int
-    digest: bytes = b""
-    ctime_ns: int = 0
-
-    @classmethod
-    def of(cls, st: os.stat_result, raw: bytes | None = None) -> FileState:
-        digest = hashlib.blake2b(raw, digest_size=16).digest() if raw is not None else b""
-        return cls((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns, digest, st.st_ctime_ns)
-
-    def same_stat(self, other: FileState) -> bool:
-        return (self.inode, self.size, self.mtime_ns, self.ctime_ns) == (
-            other.inode,
-            other.size,
-            other.mtime_ns,
-            other.ctime_ns,
-        )
-
-    @property
-    def looks_renamed(self) -> bool:
-        """rename(2) updates the file's ctime, not its mtime; a file created and written by its
-        writer has ctime == mtime (every write sets both). So ctime later than mtime means the
-        file was complete before it got this name. (Renamed within the same clock tick as its
-        last write, it looks fresh and simply waits for the settle interval.)"""
-        return self.ctime_ns > self.mtime_ns
-
-
-def watch_decision(
-    loaded: FileState | None,
-    seen: FileState,
-    last_inode: tuple[int, int] | None,
-    pending: tuple[FileState, float] | None,
-    now: float,
-    settle_s: float,
-) -> str:
-    """Pure --watch policy: "idle" (nothing new), "wait" (changed, not settled yet) or "load".
-
-    ``seen`` is the file now, content hashed; ``last_inode`` the file's identity at the previous
-    look; ``pending`` a changed version and when it was first seen. Another inode that looks renamed
-    in (ctime later than mtime, see FileState.looks_renamed) is complete by construction and is
-    loaded at once. Anything else - rewritten in place, or unlinked and created anew the way
-    vim (backupcopy=no), install or cp --remove-destination do - may be caught between two writes,
-    so it is loaded only after size, mtime, ctime and content hash stayed the same for ``settle_s``
-    seconds. (The caller also never loads a file whose last byte is not a newline.)"""
-    if loaded is not None and loaded.digest == seen.digest:
-        return "idle"
-    if seen.inode != last_inode and seen.looks_renamed:
-        return "load"
-    if pending is None or pending[0] != seen:
-        return "wait"
-    return "load" if now - pending[1] >= settle_s else "wait"
 
 
 @dataclass

@@ -13,9 +13,10 @@ import time
 from collections import Counter
 
 from udp_price.catalog import Catalog
+from udp_price.server.filewatch import FileState
 from udp_price.server.logs import announce
 from udp_price.server.loop import Control, bind_socket, handle_signals, serve
-from udp_price.server.ops import FileState, build_server, operations
+from udp_price.server.ops import build_server, operations
 
 EXIT_OK = 0
 

@@ -10,14 +10,10 @@ from udp_price.wire.codec import (
     decode_any_request,
     decode_batch_reply,
     decode_batch_request,
-    decode_list_reply,
-    decode_list_request,
     decode_reply,
     decode_request,
     encode_batch_reply,
     encode_batch_request,
-    encode_list_reply,
-    encode_list_request,
     encode_ok_reply,
     encode_reply,
     encode_request,
@@ -46,6 +42,7 @@ from udp_price.wire.items import (
     normalize_prefix,
     parse_quantity,
 )
+from udp_price.wire.lists import decode_list_reply, decode_list_request, encode_list_reply, encode_list_request
 from udp_price.wire.messages import (
     REQUEST_KINDS,
     BatchReply,

@@ -1,6 +1,7 @@
-"""The fast codec: every message encoded and decoded with struct.Struct formats derived at import
-time from the construct definitions in ``wire_format``, so construct stays the single definition
-of the layout.
+"""The fast codec: quote and batch messages encoded and decoded with struct.Struct formats derived
+at import time from the construct definitions in ``wire_format`` (``udp_price.wire.structs``), so
+construct stays the single definition of the layout; any message decoded by its kind byte. The
+catalog listing messages are ``udp_price.wire.lists``.
 
 Profiling the server showed construct's compiled code at ~14 us per request (parse + build) of
 the ~21 us spent per datagram. These functions do the same work with plain struct formats;
@@ -14,23 +15,18 @@ cannot be encoded raise EncodeError (a ValueError) naming the field.
 from __future__ import annotations
 
 import functools
-import re
 import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-from construct import Array, Bytes, Const, FormatField, Struct
-
 from udp_price.errors import EncodeError, MalformedDatagram
 from udp_price.wire.framing import ZERO_RESERVED, check_batch_frame, check_frame, check_unsigned, kind_of, seal
-from udp_price.wire.items import decode_item, decode_prefix, encode_item, encode_prefix
+from udp_price.wire.lists import decode_list_reply, decode_list_request
 from udp_price.wire.messages import (
     BatchReply,
     BatchRequest,
     LineResult,
-    ListReply,
-    ListRequest,
     MessageKind,
     QuoteReply,
     QuoteRequest,
@@ -39,6 +35,15 @@ from udp_price.wire.messages import (
     Status,
     batch_reply_size,
     batch_request_size,
+)
+from udp_price.wire.structs import (
+    _HDR,
+    _STATUS,
+    _array_element,
+    _derive,
+    _item,
+    _item_field,
+    _pack,
 )
 from wire_format import (
     BATCH_REPLY_DEF,
@@ -49,13 +54,6 @@ from wire_format import (
     BATCH_REQUEST_LINE,
     CRC_SIZE,
     ITEM_SIZE,
-    LIST_PAGE_SIZE,
-    LIST_REPLY_DEF,
-    LIST_REPLY_ENTRY,
-    LIST_REPLY_FIXED,
-    LIST_REQUEST_DEF,
-    LIST_REQUEST_RESERVED,
-    LIST_REQUEST_SIZE,
     MAGIC,
     MAX_BATCH,
     MESSAGE_SIZE,
@@ -64,50 +62,6 @@ from wire_format import (
     VERSION,
 )
 
-
-# The three functions below run once, at import, to derive the struct formats from construct's
-# layout: mutmut activates a mutant only in a worker forked after the import, so a mutant of them
-# never runs and no test can kill it (had one run, _derive's own check and every golden-bytes
-# test would fail). Hence "no mutate": they are not counted as survivors.
-def _fixed_format(definition: Struct) -> tuple[str, tuple[str, ...]]:  # pragma: no mutate block
-    """(struct format, field names) for the fixed-size fields of a construct Struct, up to any Array."""
-    fmt, names = ">", []
-    for field in definition.subcons:
-        sub = field.subcon
-        if isinstance(sub, Array):
-            break
-        if isinstance(sub, Const):
-            fmt += f"{len(sub.value)}s"
-        elif isinstance(sub, Bytes) and isinstance(sub.length, int):
-            fmt += f"{sub.length}s"
-        elif isinstance(sub, FormatField) and sub.fmtstr[0] == ">":
-            fmt += sub.fmtstr[1:]
-        else:
-            raise TypeError(f"field {field.name!r} has no fixed struct format")
-        names.append(field.name)
-    return fmt, tuple(names)
-
-
-def _array_element(definition: Struct) -> Struct:  # pragma: no mutate block
-    arrays = [f.subcon for f in definition.subcons if isinstance(f.subcon, Array)]
-    assert len(arrays) == 1, "batch messages end in exactly one Array"
-    element: Struct = arrays[0].subcon
-    return element
-
-
-_FIELD_NAMES: dict[str, tuple[str, ...]] = {}
-
-
-def _derive(definition: Struct, expected: tuple[str, ...]) -> struct.Struct:  # pragma: no mutate block
-    fmt, names = _fixed_format(definition)
-    # The fast functions below unpack by position: refuse to start if the definition moved on.
-    if names != expected:
-        raise RuntimeError(f"fast codec out of date: {names} != {expected}")
-    _FIELD_NAMES[fmt] = names
-    return struct.Struct(fmt)
-
-
-_HDR = ("magic", "version", "kind", "request_id")
 _F_REQUEST = _derive(QUOTE_REQUEST_DEF, (*_HDR, "quantity", "item", "transmission", "reserved"))
 _F_REPLY = _derive(
     QUOTE_REPLY_DEF,
@@ -119,52 +73,10 @@ _F_BATCH_REPLY = _derive(
     BATCH_REPLY_DEF, (*_HDR, "status", "count", "retry_after_ms", "catalog_version", "lines_digest", "transmission")
 )
 _F_BATCH_RESULT = _derive(_array_element(BATCH_REPLY_DEF), ("status", "unit_price", "total"))
-_F_LIST_REQUEST = _derive(LIST_REQUEST_DEF, (*_HDR, "page", "prefix", "reserved"))
-_F_LIST_REPLY = _derive(LIST_REPLY_DEF, (*_HDR, "status", "count", "page", "pages", "catalog_version"))
-_F_LIST_ENTRY = _derive(_array_element(LIST_REPLY_DEF), ("item", "unit_price"))
-_LIST_RESERVED = bytes(LIST_REQUEST_RESERVED)
 _F_CRC = struct.Struct(">I")
-_STATUS = {s.value: s for s in Status}
 _QUOTE_REPLY = int(MessageKind.QUOTE_REPLY)
 """The reply kinds as plain ints: ``kind | flags`` is then one int operation per reply."""
 _BATCH_REPLY = int(MessageKind.BATCH_REPLY)
-_LIST_REPLY = int(MessageKind.LIST_REPLY)
-
-
-@functools.lru_cache(maxsize=4096)
-def _item_field(name: str) -> bytes:
-    """encode_item, remembered: a catalog's few names are encoded over and over."""
-    return encode_item(name)
-
-
-@functools.lru_cache(maxsize=4096)
-def _item_or_reason(raw: bytes) -> str | tuple[str, str]:
-    """The item in a 32-byte field, or (reason, detail) for MalformedDatagram; remembered."""
-    try:
-        return decode_item(raw, 0)
-    except MalformedDatagram as e:
-        return e.reason, str(e.__cause__ or "")
-
-
-def _item(raw: bytes, request_id: int) -> str:
-    found = _item_or_reason(raw)
-    if isinstance(found, tuple):
-        raise MalformedDatagram(found[0], found[1], request_id=request_id)
-    return found
-
-
-def _pack(fmt: struct.Struct, *values: Any) -> bytes:
-    """fmt.pack; when struct refuses a value, the one range check (check_unsigned) names the field
-    (run only on this error path, so the common path stays fast)."""
-    try:
-        return fmt.pack(*values)
-    except struct.error:
-        names = _FIELD_NAMES[fmt.format]
-        codes = re.findall(r"\d*[a-zA-Z]", fmt.format[1:])
-        for name, code, value in zip(names, codes, values, strict=True):
-            if code in ("B", "H", "I", "L", "Q"):  # the unsigned integer codes construct uses
-                check_unsigned(value, struct.calcsize(">" + code) * 8, name)
-        raise
 
 
 def encode_request(req: QuoteRequest) -> bytes:
@@ -361,64 +273,6 @@ def decode_batch_reply(data: bytes) -> BatchReply:
     if (status == Status.OK) != bool(results):
         raise MalformedDatagram("status_count_mismatch", request_id=request_id)
     return BatchReply(request_id, _STATUS[status], digest, results, version, retry, transmission)
-
-
-def encode_list_request(req: ListRequest) -> bytes:
-    """Bytes of a list request (always LIST_REQUEST_SIZE). Raises a ValueError for a bad page number or prefix."""
-    prefix = encode_prefix(req.prefix)
-    return seal(
-        _pack(
-            _F_LIST_REQUEST, MAGIC, VERSION, MessageKind.LIST_REQUEST, req.request_id, req.page, prefix, _LIST_RESERVED
-        )
-    )
-
-
-def decode_list_request(data: bytes) -> ListRequest:
-    """Decode untrusted bytes into a ListRequest; raises MalformedDatagram on any defect."""
-    request_id = check_frame(data, MessageKind.LIST_REQUEST, LIST_REQUEST_SIZE)
-    page, prefix, reserved = _F_LIST_REQUEST.unpack_from(data)[4:]
-    if reserved != _LIST_RESERVED:
-        raise MalformedDatagram("reserved_not_zero", request_id=request_id)
-    return ListRequest(request_id, page, decode_prefix(prefix, request_id))
-
-
-def encode_list_reply(rep: ListReply, flags: int = 0) -> bytes:
-    """Bytes of one catalog page. Raises EncodeError (a ValueError) for values that cannot be
-    encoded; ``flags`` as for encode_reply."""
-    if len(rep.entries) > LIST_PAGE_SIZE:
-        raise EncodeError(f"a list page holds at most {LIST_PAGE_SIZE} entries")
-    parts = [
-        _pack(
-            _F_LIST_REPLY,
-            MAGIC,
-            VERSION,
-            _LIST_REPLY | flags,
-            rep.request_id,
-            rep.status,
-            len(rep.entries),
-            rep.page,
-            rep.pages,
-            rep.catalog_version,
-        )
-    ]
-    parts += [_pack(_F_LIST_ENTRY, _item_field(item), price) for item, price in rep.entries]
-    return seal(b"".join(parts))
-
-
-def decode_list_reply(data: bytes) -> ListReply:
-    """Decode untrusted bytes into a ListReply; raises MalformedDatagram on any defect."""
-    count, extra = divmod(len(data) - LIST_REPLY_FIXED, LIST_REPLY_ENTRY)
-    if len(data) < LIST_REPLY_FIXED or extra or count > LIST_PAGE_SIZE:
-        raise MalformedDatagram("bad_length", f"{len(data)} bytes is no valid list page size")
-    request_id = check_frame(data, MessageKind.LIST_REPLY, len(data))
-    status, n, page, pages, version = _F_LIST_REPLY.unpack_from(data)[4:]
-    if n != count:
-        raise MalformedDatagram("count_mismatch", request_id=request_id)
-    if status not in _STATUS:
-        raise MalformedDatagram("unknown_status", str(status), request_id=request_id)
-    body = memoryview(data)[_F_LIST_REPLY.size : -CRC_SIZE]
-    entries = tuple((_item(bytes(item), request_id), price) for item, price in _F_LIST_ENTRY.iter_unpack(body))
-    return ListReply(request_id, _STATUS[status], page, pages, entries, version)
 
 
 _REQUEST_DECODERS: dict[int, Callable[[bytes], Request]] = {}

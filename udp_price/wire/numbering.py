@@ -8,16 +8,11 @@ import dataclasses
 import re
 import struct
 
-from udp_price.wire.codec import (
-    _F_BATCH_REQUEST,
-    _F_REQUEST,
-    _FIELD_NAMES,
-    encode_batch_request,
-    encode_list_request,
-    encode_request,
-)
+from udp_price.wire.codec import _F_BATCH_REQUEST, _F_REQUEST, encode_batch_request, encode_request
 from udp_price.wire.framing import KIND_OFFSET, check_unsigned, seal
+from udp_price.wire.lists import encode_list_request
 from udp_price.wire.messages import BatchRequest, MessageKind, QuoteRequest, Request
+from udp_price.wire.structs import _FIELD_NAMES
 from wire_format import CRC_SIZE
 
 
