@@ -116,8 +116,18 @@ def test_another_version_is_told_so_in_our_version(make: Callable[[], bytes], de
 def test_counters_include_the_guards() -> None:
     core = core_with(limiter=RateLimiter(rate=1, burst=1, slip=0), cache=ReplyCache(max_entries=1))
     assert "cache_evictions" in core.counters() and core.counters()["cache_evictions"] == 0
-    for rid in range(3):
-        core.handle_datagram(encode_request(replace(QUOTE_REQUEST, request_id=rid)), CORE_ADDR, 0.0)
+    answered = [
+        core.handle_datagram(encode_request(replace(QUOTE_REQUEST, request_id=rid)), CORE_ADDR, 0.0) is not None
+        for rid in range(3)
+    ]
+    assert answered == [True, False, False], "a burst of 1: the limiter passes one, drops two"
+    assert core.counters() == {
+        "requests": 3,
+        "replies": 1,
+        "status.OK": 1,
+        "rate_limited.dropped": 2,
+        "cache_evictions": 0,  # one reply, one entry: nothing evicted (test_review20_server counts evictions)
+    }
     assert core_with().counters() == {}
     assert core.summary().split() == sorted(core.summary().split())
 

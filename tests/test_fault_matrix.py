@@ -67,6 +67,23 @@ def cases() -> list[Any]:
     return out
 
 
+ATTEMPTS = {
+    "loss 10% each way": 1 / 0.9**2,
+    "loss 30% each way": 1 / 0.7**2,
+    "burst loss 30%, mean burst 3": 1 / 0.7**2,
+    "duplication 30%": 1.0,
+    "reorder / late delivery 30%": 1.0,
+    "corruption 10%, truncation 5%": 1 / 0.85**2,  # a damaged datagram fails its CRC: a loss
+    "delay 20 ms + jitter 0-60 ms": 1.0,
+    "one way: 40% loss up only": 1 / 0.6,
+    "everything at once": 1 / 0.85**2,
+}
+"""Mean attempts per request a sound client needs: one over the chance that a round trip gets
+through. Measured means sit within 10% of these, under a CPU burner too; 1.5 times as many
+would be a client resending what was not lost (a spurious-retransmission bug, say every request
+sent twice), which exactness alone does not catch."""
+assert ATTEMPTS.keys() == COMPLETE.keys()
+
 PATIENT = RetryPolicy(max_attempts=40, deadline_s=40.0)
 """Enough attempts that completing is certain on any machine. At 30% loss each way a round trip
 fails with p = 0.51, so a request fails after k lost attempts with p = 0.51**k. The default policy
@@ -83,6 +100,7 @@ def test_every_request_completes_exactly(name: str, offset: int, server: Running
     report = asyncio.run(run_scenario(name, server.address, plan, policy=PATIENT, settled=counters_agree(server)))
     assert report.wrong == 0, report.problems[:5]
     assert report.completed == report.sent, report.line()
+    assert report.mean_attempts < 1.5 * ATTEMPTS[name], report.line()
     check_server_matches_proxy(report, server)
 
 
@@ -171,9 +189,10 @@ def test_scripted_drop_of_attempts_one_and_two(server: RunningServer) -> None:
     attempts, stats, proxy_stats = asyncio.run(run())
     assert proxy_stats["up.drop:scripted"] == 2
     # The first request needs a third attempt; on a loaded machine the timer may also fire for
-    # any request before its answer arrives: every attempt is one the client counted as sent.
-    assert attempts[0] >= 3 and min(attempts[1:]) >= 1
-    assert sum(attempts) == stats["sent"] == 4 + stats["retransmissions"]
+    # any request before its answer arrives (so not exactly 3 and 1): every attempt is one the
+    # client counted as sent, and the server saw each but the two dropped.
+    assert attempts[0] >= 3
+    assert sum(attempts) == stats["sent"]
     assert server.core.stats["requests"] == stats["sent"] - 2, "the server saw all but the two dropped"
 
 
