@@ -10,14 +10,14 @@ import json
 import sys
 import zlib
 
-from faultlib import Report, judge_all, orders, quote_all
+from faultlib import PATIENT, Report, judge_all, orders, quote_all
 
 from udp_price.client.api import QuoteClient
 
 
 async def main(host: str, port: int, n: int, name: str) -> Report:
     work = orders(n, seed=zlib.crc32(name.encode()))
-    async with QuoteClient((host, port)) as client:
+    async with QuoteClient((host, port), PATIENT) as client:
         outcomes = await quote_all(client, work)
         report = Report(name, sent=n)
         report.client.update(client.stats)

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from faultlib import run_scenario
+from faultlib import PATIENT, run_scenario
 from helpers import CATALOG, PY, ROOT, RunningServer, expected_prices, run_cli, serving, start_server
-from test_fault_matrix import COMPLETE, check_server_matches_proxy
+from test_fault_matrix import ATTEMPTS, COMPLETE, check_server_matches_proxy
 
 from udp_price.auth import Key, ServerAuth, new_key_line, sign
 from udp_price.catalog import load_catalog
@@ -46,9 +46,10 @@ def keyed() -> Iterator[RunningServer]:
 
 @pytest.mark.parametrize("name", list(COMPLETE))
 def test_fault_matrix_with_keys_on(name: str, keyed: RunningServer) -> None:
-    report = asyncio.run(run_scenario(name, keyed.address, COMPLETE[name], key=KEY))
+    report = asyncio.run(run_scenario(name, keyed.address, COMPLETE[name], policy=PATIENT, key=KEY))
     assert report.wrong == 0, report.problems[:5]
     assert report.completed == report.sent, report.line()
+    assert report.mean_attempts < 1.5 * ATTEMPTS[name], report.line()
     check_server_matches_proxy(report, keyed)
     stats = keyed.core.stats
     assert stats["auth.verified"] >= report.sent

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from faultlib import PATIENT
 from helpers import ROOT, RunningServer, expected_prices, run_cli, wait_until
 
 from udp_price.bulk.pipeline import BulkOptions, read_rows, run_bulk
@@ -150,13 +151,16 @@ def test_bulk_through_loss_duplication_and_reordering(server: RunningServer) -> 
 
     async def run() -> tuple[str, Summary, dict[str, int]]:
         async with FaultProxy(plan, upstream=server.address) as proxy:
-            return await bulk_via(proxy.address, orders, BulkOptions(window=32, batch=8))
+            return await bulk_via(proxy.address, orders, BulkOptions(window=32, batch=8), PATIENT)
 
     text, summary, stats = asyncio.run(run())
     counts = check_output(text, orders, bad, allow_failed=True)
     assert summary.rows == 2000
     print(f"bulk at 30% loss: {counts}, {stats}")
     assert stats["retransmissions"] > 50 and stats["ignored.duplicate"] > 10
+    # The patient policy hides no waste: a round trip gets through with p = 0.7**2, so a sound
+    # client sends about 1 / 0.49 datagrams per request; 1.5 times that would be resending the answered.
+    assert stats["sent"] < 1.5 * stats["accepted"] / 0.7**2, stats
     assert counts["OK"] == 2000 - len(bad), "a live server answers every row, however lossy the path"
     assert counts["BAD_ROW"] == len(bad)
 

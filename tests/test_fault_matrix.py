@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultlib import PRICES, Report, run_scenario, wait_for
+from faultlib import PATIENT, PRICES, Report, run_scenario, wait_for
 from helpers import ROOT, RunningServer
 
 from udp_price.client.api import NoAnswer, QuoteClient
@@ -83,15 +83,6 @@ through. Measured means sit within 10% of these, under a CPU burner too; 1.5 tim
 would be a client resending what was not lost (a spurious-retransmission bug, say every request
 sent twice), which exactness alone does not catch."""
 assert ATTEMPTS.keys() == COMPLETE.keys()
-
-PATIENT = RetryPolicy(max_attempts=40, deadline_s=40.0)
-"""Enough attempts that completing is certain on any machine. At 30% loss each way a round trip
-fails with p = 0.51, so a request fails after k lost attempts with p = 0.51**k. The default policy
-gives k = 20 on an idle host (RTO 50 ms), but its 10 s deadline holds only about ten when a loaded
-host's RTTs push the RTO toward its 1 s ceiling: 0.51**10 = 1e-3 per request, several failed rows a
-day across the matrix's 1,800 lossy quotes (seen under a CPU burner). 0.51**40 = 2e-12. The
-deadline only bounds a broken client; requests starved at the end of a run by a stuck RTO are
-test_client_session.py's test_the_last_requests_of_a_run_escape_a_loss_burst_counted_in_datagrams."""
 
 
 @pytest.mark.parametrize(("name", "offset"), cases())
