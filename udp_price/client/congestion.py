@@ -105,6 +105,11 @@ class CongestionController:
     """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
     _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     """(when, RTT) of the latest samples, oldest first."""
+    _minima: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
+    """(sample number, RTT) of the samples in ``_recent`` that no later sample undercuts, RTTs
+    rising: the first is the standing RTT, in O(1) per sample instead of a scan of the 50 ms
+    horizon (150 samples at 3,000 answers/s) on every answer."""
+    _samples: int = 0
     _base: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     """(interval start, minimum RTT in it), oldest first; the last one is the current interval."""
 
@@ -177,7 +182,7 @@ class CongestionController:
 
     def _rtt(self) -> float:
         """The current (standing) RTT; 0 before any sample."""
-        return min(rtt for _, rtt in self._recent) if self._recent else 0.0
+        return self._minima[0][1] if self._recent else 0.0
 
     def _slowing_down(self, now: float) -> bool:
         """Periodic slowdowns (LEDBAT++, draft-irtf-iccrg-ledbat-plus-plus section 4.4): every so
@@ -205,11 +210,18 @@ class CongestionController:
         rtt_s = max(rtt_s, 0.0)
         self._update_base(now, rtt_s)
         self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
-        recent = self._recent
+        recent, minima = self._recent, self._minima
         recent.append((now, rtt_s))
+        self._samples += 1
+        while minima and minima[-1][1] >= rtt_s:
+            minima.pop()
+        minima.append((self._samples, rtt_s))
         horizon = now - max(self.config.standing_s, self.srtt / 2)
         while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
             recent.popleft()
+        oldest = self._samples - len(recent) + 1
+        while minima[0][0] < oldest:
+            minima.popleft()
 
     def _update_base(self, now: float, rtt_s: float) -> None:
         """RFC 6817 2.4.1's base-delay history with short intervals: a minimum per interval, the
