@@ -4,6 +4,7 @@ OVERLOADED mark (bit 0x40 of the reply's kind byte) and where the server sets it
 from __future__ import annotations
 
 import socket
+import time
 import zlib
 
 import pytest
@@ -18,7 +19,7 @@ from udp_price.client.session import ClientSession
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter
-from udp_price.server.overload import OverloadDetector
+from udp_price.server.overload import CLOCK_STEP_S, DEEP_BACKLOG, DEEP_WAIT_S, OverloadDetector
 from udp_price.wire import (
     FLAG_OVERLOADED,
     QuoteRequest,
@@ -266,29 +267,71 @@ def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
 
 
 def drain(sock: socket.socket, core: QuoteServer, marking: bool) -> tuple[int, int | None]:
-    return loop._drain(sock, core, loop.Control(), lambda: 0.0, None, marking)
+    handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: 0.0, None, marking)
+    return handled, drops
 
 
-def test_a_deep_backlog_marks_the_next_burst_s_replies() -> None:
+def drain_burst(sock: socket.socket, core: QuoteServer, detector: OverloadDetector) -> int:
+    """One wake-up of the loop: handle what waits, marking as the detector says, then tell it."""
+    handled, drops, waited = loop._drain(sock, core, loop.Control(), lambda: 0.0, None, detector.overloaded(0.0))
+    detector.after_burst(handled, drops, 0.0, waited)
+    return handled
+
+
+@pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
+def test_a_queue_whose_oldest_request_waited_100_ms_marks_the_next_burst_s_replies() -> None:
+    server, client = pair_of_sockets()
+    core = QuoteServer(Catalog.from_prices(PRICES))
+    detector = OverloadDetector(stats=core.stats)
+    with server, client:
+        send_quotes(client, 10)
+        queued = time.monotonic()
+        while time.monotonic() < queued + 1.5 * detector.deep_wait_s:  # (the condition is the age itself)
+            time.sleep(detector.deep_wait_s / 2)
+        assert drain_burst(server, core, detector) == 10
+        first = replies(client)
+        assert len(first) == 10 and not any(r[3] & FLAG_OVERLOADED for r in first)
+        assert detector.overloaded(0.0) and core.stats["overload.deep_backlog"] == 1
+        send_quotes(client, 10, first=100)
+        assert drain_burst(server, core, detector) == 10
+        second = replies(client)
+        assert len(second) == 10 and all(split_overload_mark(r)[1] for r in second)
+        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in second)
+        assert not detector.overloaded(0.0), "that burst's first request was fresh"
+        assert core.stats["overload.marked"] == 10 and core.stats["overload.deep_backlog"] == 1
+
+
+@pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
+def test_a_busy_server_with_a_fresh_queue_is_not_marked() -> None:
+    """A full burst (DRAIN_LIMIT datagrams, the socket still not empty) whose first request had
+    just arrived is a busy server, not a deep backlog: delay-based clients keep a short standing
+    queue on purpose, so the server never idles, and must not be halved for it."""
     server, client = pair_of_sockets()
     core = QuoteServer(Catalog.from_prices(PRICES))
     detector = OverloadDetector(stats=core.stats)
     with server, client:
         send_quotes(client, loop.DRAIN_LIMIT + 10)
-        handled, drops = drain(server, core, detector.overloaded(0.0))
-        detector.after_burst(handled, drops, 0.0)
-        first = replies(client)
-        assert handled == loop.DRAIN_LIMIT and len(first) == loop.DRAIN_LIMIT
-        assert not any(r[3] & FLAG_OVERLOADED for r in first)
+        assert drain_burst(server, core, detector) == loop.DRAIN_LIMIT
+        assert not detector.overloaded(0.0) and core.stats["overload.deep_backlog"] == 0
+        assert drain_burst(server, core, detector) == 10
+        assert not any(r[3] & FLAG_OVERLOADED for r in replies(client))
+
+
+def test_without_timestamps_a_full_burst_counts_as_a_deep_backlog() -> None:
+    detector = OverloadDetector()
+    detector.after_burst(DEEP_BACKLOG, None, 0.0)  # no timestamp read: the count decides
+    assert detector.overloaded(0.0)
+    detector.after_burst(DEEP_BACKLOG - 1, None, 0.0)
+    assert not detector.overloaded(0.0)
+    for step in (-0.5, CLOCK_STEP_S, 3600.0):  # the wall clock stepped: not a queue's age
+        detector.after_burst(1, None, 0.0, step)
+        assert not detector.overloaded(0.0)
+        detector.after_burst(DEEP_BACKLOG, None, 0.0, step)
         assert detector.overloaded(0.0)
-        handled, drops = drain(server, core, detector.overloaded(0.0))
-        detector.after_burst(handled, drops, 0.0)
-        second = replies(client)
-        assert handled == 10 and len(second) == 10
-        assert all(split_overload_mark(r)[1] for r in second)
-        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in second)
-        assert not detector.overloaded(0.0)  # that burst emptied the socket
-        assert core.stats["overload.marked"] == 10 and core.stats["overload.deep_backlog"] == 1
+    detector.after_burst(DEEP_BACKLOG, None, 0.0, DEEP_WAIT_S - 0.001)  # a timestamp decides over the count
+    assert not detector.overloaded(0.0)
+    detector.after_burst(1, None, 0.0, DEEP_WAIT_S)
+    assert detector.overloaded(0.0)
 
 
 @pytest.mark.skipif(loop.SO_RXQ_OVFL is None, reason="SO_RXQ_OVFL is Linux-only")

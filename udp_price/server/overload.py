@@ -7,8 +7,14 @@ per wake-up (never per datagram) and feeds in what it sees:
 
 - the kernel's count of datagrams this socket dropped for lack of buffer space (``SO_RXQ_OVFL``,
   Linux): any growth means requests were already lost; the mark is then held ``hold_s``;
-- a deep backlog: the previous wake-up handled ``deep_backlog`` datagrams or more without
-  emptying the socket, so requests wait in the queue longer than they take to answer.
+- a deep backlog: the first datagram of the previous wake-up, the oldest in the socket's queue,
+  had waited ``deep_wait_s`` (100 ms) or more (its kernel timestamp, SO_TIMESTAMPNS), as CoDel
+  (RFC 8289) judges a queue by the time its packets spend in it. A server that is merely busy,
+  never finding its socket empty while clients keep a short standing queue (which is what
+  delay-based congestion control aims for: the server never idles), is not marked; 100 ms is
+  above the clients' delay target and the ~20 ms by which a CPU quota's slices delay a queue
+  (docs/congestion.md). Without timestamps (not Linux), a wake-up that handled
+  ``deep_backlog`` datagrams without emptying the socket counts instead.
 
 The third signal, a source close to its rate limit, is per source and comes from the rate
 limiter itself (``RateLimiter.near_limit``).
@@ -28,6 +34,12 @@ is building; a socket with a 4 MB buffer overflows only after thousands)..."""
 READ_DROPS_EVERY = 64
 """...and at every 64th wake-up anyway. recvmsg costs about a microsecond more than recvfrom, and
 on a lightly loaded server every wake-up handles a single datagram."""
+DEEP_WAIT_S = 0.1
+"""Time the oldest queued datagram has waited that means a standing queue: CoDel's interval
+(RFC 8289), LEDBAT's most tolerated delay (RFC 6817 2.5: TARGET <= 100 ms)."""
+CLOCK_STEP_S = 10.0
+"""A longer wait is a wall-clock step between the kernel's timestamp and ours, not a queue (a 4 MB
+socket buffer holds about two seconds of requests at the rates this server reaches)."""
 HOLD_S = 0.1
 """How long kernel drops keep the mark on: drops come in bursts, and clients need a round trip
 or two of marked replies to react."""
@@ -36,6 +48,7 @@ or two of marked replies to react."""
 @dataclass
 class OverloadDetector:
     deep_backlog: int = DEEP_BACKLOG
+    deep_wait_s: float = DEEP_WAIT_S
     hold_s: float = HOLD_S
     stats: Counter[str] = field(default_factory=Counter)
     kernel_drops: int = 0
@@ -51,16 +64,20 @@ class OverloadDetector:
         wants = self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
         return self._deep or now < self._until, wants
 
-    def after_burst(self, handled: int, kernel_drops: int | None, now: float) -> None:
+    def after_burst(self, handled: int, kernel_drops: int | None, now: float, waited: float | None = None) -> None:
         """One wake-up of the loop handled ``handled`` datagrams; ``kernel_drops`` is the socket's
-        SO_RXQ_OVFL counter read during it (None: not available)."""
+        SO_RXQ_OVFL counter read during it, ``waited`` how long its first datagram had been queued
+        (None: not read or not available)."""
         if kernel_drops is not None and kernel_drops != self.kernel_drops:
             if kernel_drops > self.kernel_drops:
                 self.stats["overload.kernel_drops"] += kernel_drops - self.kernel_drops
                 self._until = now + self.hold_s
             self.kernel_drops = kernel_drops  # (a smaller value: the 32-bit counter wrapped)
         self._last_burst = handled
-        self._deep = handled >= self.deep_backlog
+        if waited is not None and 0.0 <= waited < CLOCK_STEP_S:
+            self._deep = waited >= self.deep_wait_s
+        else:
+            self._deep = handled >= self.deep_backlog
         if self._deep:
             self.stats["overload.deep_backlog"] += 1
 
