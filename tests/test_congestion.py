@@ -108,12 +108,12 @@ def test_queueing_delay_above_the_target_shrinks_the_window() -> None:
     for k in range(3):
         answer_round(c, k * RTT)
     assert c.window == 32
-    # RTT 10 ms -> 30 ms: 20 ms of queue is under the 25 ms target, the window still grows.
-    answer_round(c, 0.1, rtt=0.03)
+    # RTT 10 ms -> 49 ms: 39 ms of queue is under the 40 ms target, the window still grows.
+    answer_round(c, 0.1, rtt=0.049)
     assert c.window == 64
-    # 10 ms -> 40 ms: 30 ms of queue for every latest sample, over the target.
+    # 10 ms -> 51 ms: 41 ms of queue for every latest sample, over the target.
     for i in range(4):
-        c.on_answered(0.3 + i * 0.001, 0.26 + i * 0.001, 0.04, in_flight=64)
+        c.on_answered(0.3 + i * 0.001, 0.249 + i * 0.001, 0.051, in_flight=64)
     assert c.window == 32 and c.stats["cc.reductions.delay"] == 1
 
 

@@ -40,7 +40,7 @@ class CongestionConfig:
     min_window: int = 1
     beta: float = 0.5
     """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
-    target_floor_s: float = 0.025
+    target_floor_s: float = 0.04
     """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
     most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
     target_rtt_factor: float = 0.0
@@ -52,7 +52,7 @@ class CongestionConfig:
     """Window held during a periodic slowdown (LEDBAT++'s 2 packets)."""
     slowdown_rtts: float = 2.0
     """A slowdown lasts this many RTTs: long enough for the bottleneck's queue to drain."""
-    slowdown_gap: float = 9.0
+    slowdown_gap: float = 19.0
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
     slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
     base_interval_s: float = 1.0
