@@ -42,7 +42,10 @@ class CongestionConfig:
     """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
     target_floor_s: float = 0.04
     """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
-    most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
+    most 100 ms (RFC 6817 2.5; LEDBAT++ uses 60). 40 ms stays above the scheduling noise of a busy
+    Python host and above the ~20 ms by which a server whose service comes in bursts (a CPU
+    quota's 1 ms slice every 20 ms) delays the queue that just keeps it busy: halving keeps a
+    bottleneck busy only if the queue tolerated before it covers one burst (25 ms did not)."""
     target_rtt_factor: float = 0.0
     """...and at least this many minimum RTTs, if larger (a long path tolerates proportionally more
     queue). 0 by default: a sender that starts while a queue stands takes it for the path's base
@@ -54,7 +57,8 @@ class CongestionConfig:
     """A slowdown lasts this many RTTs: long enough for the bottleneck's queue to drain."""
     slowdown_gap: float = 19.0
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
-    slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
+    slowdowns cost about a twentieth of the time (LEDBAT++'s factor 9 costs a tenth, too much of
+    the 0.9x of a server's capacity a lone bulk client must keep)."""
     base_interval_s: float = 1.0
     """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
     smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
@@ -62,10 +66,11 @@ class CongestionConfig:
     base_history: int = 4
     """...for the current interval and this many before it: a base delay that rose for good (a
     route change, a proxy added) is accepted 4-5 intervals later instead of being read as queue
-    forever; 5 intervals of at least 16 RTTs outlast two periodic slowdowns (about 36 RTTs
-    apart). A slowdown drains the queue only if the other senders sharing it slow down too:
-    with several unsynchronised senders a standing queue can outlive the history and creep into
-    each one's base (LEDBAT's base drift, docs/congestion.md says how far)."""
+    forever; 5 intervals of at least 16 RTTs (and 1 s) span at least one periodic slowdown
+    (about 76 RTTs apart), two on paths under about 30 ms. A slowdown drains the queue only if
+    the other senders sharing it slow down too: with several unsynchronised senders a standing
+    queue can outlive the history and creep into each one's base (LEDBAT's base drift,
+    docs/congestion.md says how far)."""
     delay_filter: int = 4
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
