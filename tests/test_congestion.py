@@ -19,7 +19,7 @@ from udp_price.client.session import ClientSession
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter
-from udp_price.server.overload import CLOCK_STEP_S, DEEP_BACKLOG, DEEP_WAIT_S, OverloadDetector
+from udp_price.server.overload import CLOCK_STEP_S, DEEP_BACKLOG, DEEP_WAIT_S, READ_DROPS_BURST, OverloadDetector
 from udp_price.wire import (
     FLAG_OVERLOADED,
     QuoteRequest,
@@ -271,67 +271,84 @@ def drain(sock: socket.socket, core: QuoteServer, marking: bool) -> tuple[int, i
     return handled, drops
 
 
-def drain_burst(sock: socket.socket, core: QuoteServer, detector: OverloadDetector) -> int:
-    """One wake-up of the loop: handle what waits, marking as the detector says, then tell it."""
-    handled, drops, waited = loop._drain(sock, core, loop.Control(), lambda: 0.0, None, detector.overloaded(0.0))
-    detector.after_burst(handled, drops, 0.0, waited)
+def wake_up(sock: socket.socket, core: QuoteServer, detector: OverloadDetector, now: float = 0.0) -> int:
+    """One wake-up exactly as serve() runs it: the detector decides the mark and whether the first
+    datagram is read with recvmsg (drop counter, queueing time), and judges that time."""
+    marking, want_drops = detector.next_burst(now)
+    handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: now, None, marking, want_drops, detector)
+    detector.after_burst(handled, drops, now)
     return handled
 
 
+def timestamped(core: QuoteServer, sock: socket.socket) -> OverloadDetector:
+    assert loop.reports_queueing_time(sock)
+    return OverloadDetector(stats=core.stats, timestamps=True)
+
+
 @pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
-def test_a_queue_whose_oldest_request_waited_100_ms_marks_the_next_burst_s_replies() -> None:
+def test_a_queue_whose_oldest_request_waited_100_ms_marks_the_replies_of_its_wake_up() -> None:
     server, client = pair_of_sockets()
     core = QuoteServer(Catalog.from_prices(PRICES))
-    detector = OverloadDetector(stats=core.stats)
     with server, client:
-        send_quotes(client, 10)
+        detector = timestamped(core, server)
+        send_quotes(client, READ_DROPS_BURST)  # a queue building: the next wake-up reads the timestamp
+        assert wake_up(server, core, detector) == READ_DROPS_BURST
+        assert not any(split_overload_mark(r)[1] for r in replies(client))
+        send_quotes(client, 10, first=100)
         queued = time.monotonic()
         while time.monotonic() < queued + 1.5 * detector.deep_wait_s:  # (the condition is the age itself)
             time.sleep(detector.deep_wait_s / 2)
-        assert drain_burst(server, core, detector) == 10
-        first = replies(client)
-        assert len(first) == 10 and not any(r[3] & FLAG_OVERLOADED for r in first)
-        assert detector.overloaded(0.0) and core.stats["overload.deep_backlog"] == 1
-        send_quotes(client, 10, first=100)
-        assert drain_burst(server, core, detector) == 10
-        second = replies(client)
-        assert len(second) == 10 and all(split_overload_mark(r)[1] for r in second)
-        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in second)
-        assert not detector.overloaded(0.0), "that burst's first request was fresh"
+        assert wake_up(server, core, detector) == 10
+        aged = replies(client)
+        assert len(aged) == 10 and all(split_overload_mark(r)[1] for r in aged), "they waited: all marked"
+        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in aged)
+        assert core.stats["overload.deep_backlog"] == 1 and core.stats["overload.marked"] == 10
+        send_quotes(client, 5, first=200)  # fresh: the queue was emptied by the wake-up before
+        assert wake_up(server, core, detector) == 5
+        assert not any(split_overload_mark(r)[1] for r in replies(client))
         assert core.stats["overload.marked"] == 10 and core.stats["overload.deep_backlog"] == 1
 
 
 @pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
-def test_a_busy_server_with_a_fresh_queue_is_not_marked() -> None:
-    """A full burst (DRAIN_LIMIT datagrams, the socket still not empty) whose first request had
-    just arrived is a busy server, not a deep backlog: delay-based clients keep a short standing
-    queue on purpose, so the server never idles, and must not be halved for it."""
+@pytest.mark.parametrize("before", [1, READ_DROPS_BURST])
+def test_a_busy_server_with_a_fresh_queue_is_not_marked(before: int) -> None:
+    """A full burst (DRAIN_LIMIT datagrams, the socket still not empty) of requests that had just
+    arrived is a busy server, not a deep backlog: delay-based clients keep a short standing queue
+    on purpose, so the server never idles, and must not be halved for it. After a light load the
+    burst's first datagram is read without a timestamp (recvfrom): not marked either."""
     server, client = pair_of_sockets()
     core = QuoteServer(Catalog.from_prices(PRICES))
-    detector = OverloadDetector(stats=core.stats)
     with server, client:
-        send_quotes(client, loop.DRAIN_LIMIT + 10)
-        assert drain_burst(server, core, detector) == loop.DRAIN_LIMIT
-        assert not detector.overloaded(0.0) and core.stats["overload.deep_backlog"] == 0
-        assert drain_burst(server, core, detector) == 10
-        assert not any(r[3] & FLAG_OVERLOADED for r in replies(client))
+        detector = timestamped(core, server)
+        send_quotes(client, before)
+        assert wake_up(server, core, detector) == before
+        got = replies(client)
+        send_quotes(client, loop.DRAIN_LIMIT + 10, first=1000)
+        assert wake_up(server, core, detector) == loop.DRAIN_LIMIT
+        got += replies(client)  # (read as they come: the client's own buffer is small)
+        assert wake_up(server, core, detector) == 10
+        got += replies(client)
+        assert len(got) == before + loop.DRAIN_LIMIT + 10
+        assert not any(split_overload_mark(r)[1] for r in got) and core.stats["overload.deep_backlog"] == 0
 
 
 def test_without_timestamps_a_full_burst_counts_as_a_deep_backlog() -> None:
     detector = OverloadDetector()
-    detector.after_burst(DEEP_BACKLOG, None, 0.0)  # no timestamp read: the count decides
-    assert detector.overloaded(0.0)
+    detector.after_burst(DEEP_BACKLOG, None, 0.0)
+    assert detector.overloaded(0.0) and detector.next_burst(0.0)[0]
     detector.after_burst(DEEP_BACKLOG - 1, None, 0.0)
     assert not detector.overloaded(0.0)
-    for step in (-0.5, CLOCK_STEP_S, 3600.0):  # the wall clock stepped: not a queue's age
-        detector.after_burst(1, None, 0.0, step)
-        assert not detector.overloaded(0.0)
-        detector.after_burst(DEEP_BACKLOG, None, 0.0, step)
-        assert detector.overloaded(0.0)
-    detector.after_burst(DEEP_BACKLOG, None, 0.0, DEEP_WAIT_S - 0.001)  # a timestamp decides over the count
-    assert not detector.overloaded(0.0)
-    detector.after_burst(1, None, 0.0, DEEP_WAIT_S)
-    assert detector.overloaded(0.0)
+    with_timestamps = OverloadDetector(timestamps=True)
+    with_timestamps.after_burst(DEEP_BACKLOG, None, 0.0)  # a socket with timestamps: the wait decides
+    assert not with_timestamps.overloaded(0.0)
+
+
+def test_a_wait_decides_a_deep_backlog_and_a_clock_step_is_no_queue() -> None:
+    detector = OverloadDetector(timestamps=True)
+    for waited in (None, 0.0, DEEP_WAIT_S - 0.001, -0.5, CLOCK_STEP_S, 3600.0):
+        assert not detector.queue_waited(waited), waited
+    assert detector.queue_waited(DEEP_WAIT_S) and detector.queue_waited(CLOCK_STEP_S - 0.001)
+    assert detector.stats["overload.deep_backlog"] == 2
 
 
 @pytest.mark.skipif(loop.SO_RXQ_OVFL is None, reason="SO_RXQ_OVFL is Linux-only")

@@ -63,14 +63,16 @@ class CongestionConfig:
     """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
     smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
     base_interval_rtts: float = 16.0
-    base_history: int = 4
+    base_history: int = 6
     """...for the current interval and this many before it: a base delay that rose for good (a
-    route change, a proxy added) is accepted 4-5 intervals later instead of being read as queue
-    forever; 5 intervals of at least 16 RTTs (and 1 s) span at least one periodic slowdown
-    (about 76 RTTs apart), two on paths under about 30 ms. A slowdown drains the queue only if
-    the other senders sharing it slow down too: with several unsynchronised senders a standing
-    queue can outlive the history and creep into each one's base (LEDBAT's base drift,
-    docs/congestion.md says how far)."""
+    route change, a proxy added) is accepted 6-7 intervals later instead of being read as queue
+    forever; 7 intervals of at least 16 RTTs (and 1 s) span a whole cycle of periodic slowdowns
+    (19 slowdown lengths apart, a slowdown timed by the standing RTT), so the base a slowdown
+    measured is still there at the next one (with 5, on 20-80 ms paths behind a standing queue,
+    it was not for 1-8 s a minute). A slowdown drains the queue only if the other senders
+    sharing it slow down too: with several unsynchronised senders a standing queue can outlive
+    the history and creep into each one's base (LEDBAT's base drift, docs/congestion.md says
+    how far)."""
     delay_filter: int = 4
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one

@@ -128,6 +128,16 @@ def queued_at(ancdata: list[tuple[int, int, bytes]]) -> float | None:
     return None
 
 
+def reports_queueing_time(sock: socket.socket) -> bool:
+    """Whether recvmsg on ``sock`` brings each datagram's kernel receive timestamp."""
+    if SO_TIMESTAMPNS is None:
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) != 0
+    except OSError:
+        return False
+
+
 def serve(
     sock: socket.socket,
     server: QuoteServer,
@@ -138,7 +148,7 @@ def serve(
 ) -> None:
     """Answer datagrams on ``sock`` until ``control.stop()``; the datagram in hand is finished first.
     ``timing``: where to record how long handling each datagram takes (None: not measured)."""
-    overload = OverloadDetector(stats=server.stats)
+    overload = OverloadDetector(stats=server.stats, timestamps=reports_queueing_time(sock))
     next_tick = duties.tick(clock()) if duties else None
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
@@ -157,8 +167,8 @@ def serve(
                 duties.swap_in_ready()
             now = clock()
             marking, want_drops = overload.next_burst(now)
-            handled, drops, waited = _drain(sock, server, control, clock, timing, marking, want_drops)
-            overload.after_burst(handled, drops, now, waited)
+            handled, drops, _ = _drain(sock, server, control, clock, timing, marking, want_drops, overload)
+            overload.after_burst(handled, drops, now)
             if duties is not None and next_tick is not None and clock() >= next_tick:
                 try:
                     next_tick = duties.tick(clock())
@@ -175,13 +185,15 @@ def _drain(
     timing: DurationHistogram | None,
     marking: bool = False,
     want_drops: bool = True,
+    overload: OverloadDetector | None = None,
 ) -> tuple[int, int | None, float | None]:
     """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, the socket's
     SO_RXQ_OVFL drop counter and how long the first datagram waited in the socket's queue, in
     seconds (None: not read or not available). ``marking``: the server is overloaded, so
     every reply carries the OVERLOADED flag (replies to a source near its rate limit always do);
     the core sets it as it encodes each reply (QuoteServer.overloaded), never here after the fact.
-    ``want_drops``: read the first datagram with recvmsg for the drop counter and its queueing time."""
+    ``want_drops``: read the first datagram with recvmsg for the drop counter and its queueing time,
+    which ``overload`` judges: if that request waited too long, this burst's replies are marked."""
     server.overloaded = marking
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
@@ -198,6 +210,8 @@ def _drain(
                 data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, ANC_SPACE)
                 drops, arrived = kernel_drops(ancdata), queued_at(ancdata)
                 waited = None if arrived is None else time.time() - arrived  # the head of the queue: the oldest
+                if overload is not None and overload.queue_waited(waited):
+                    server.overloaded = True
         except (BlockingIOError, InterruptedError):
             return i, drops, waited
         except OSError as e:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED: not fatal

@@ -7,14 +7,16 @@ per wake-up (never per datagram) and feeds in what it sees:
 
 - the kernel's count of datagrams this socket dropped for lack of buffer space (``SO_RXQ_OVFL``,
   Linux): any growth means requests were already lost; the mark is then held ``hold_s``;
-- a deep backlog: the first datagram of the previous wake-up, the oldest in the socket's queue,
-  had waited ``deep_wait_s`` (100 ms) or more (its kernel timestamp, SO_TIMESTAMPNS), as CoDel
-  (RFC 8289) judges a queue by the time its packets spend in it. A server that is merely busy,
-  never finding its socket empty while clients keep a short standing queue (which is what
-  delay-based congestion control aims for: the server never idles), is not marked; 100 ms is
-  above the clients' delay target and the ~20 ms by which a CPU quota's slices delay a queue
-  (docs/congestion.md). Without timestamps (not Linux), a wake-up that handled
-  ``deep_backlog`` datagrams without emptying the socket counts instead.
+- a deep backlog: the first datagram of a wake-up, the oldest in the socket's queue, had waited
+  ``deep_wait_s`` (100 ms) or more (its kernel timestamp, SO_TIMESTAMPNS), as CoDel (RFC 8289)
+  judges a queue by the time its packets spend in it. The replies of that wake-up are marked,
+  from the first on: they answer the requests that waited, and a queue gone by the next wake-up
+  marks nothing more. A server that is merely busy, never finding its socket empty while
+  clients keep a short standing queue (what delay-based congestion control aims for: the server
+  never idles), is not marked; 100 ms is above the clients' delay target and the ~20 ms by which
+  a CPU quota's slices delay a queue (docs/congestion.md). Only on a socket without timestamps
+  (not Linux) does a wake-up that handled ``deep_backlog`` datagrams without emptying the socket
+  count instead, and mark the next one.
 
 The third signal, a source close to its rate limit, is per source and comes from the rate
 limiter itself (``RateLimiter.near_limit``).
@@ -50,6 +52,9 @@ class OverloadDetector:
     deep_backlog: int = DEEP_BACKLOG
     deep_wait_s: float = DEEP_WAIT_S
     hold_s: float = HOLD_S
+    timestamps: bool = False
+    """The socket reports when each datagram was queued: the deep backlog is then judged by that
+    wait alone (``queue_waited``), never by the count of a burst read without one."""
     stats: Counter[str] = field(default_factory=Counter)
     kernel_drops: int = 0
     """The socket's drop counter as last read (SO_RXQ_OVFL is cumulative per socket)."""
@@ -59,28 +64,34 @@ class OverloadDetector:
     _wakeups: int = 0
 
     def next_burst(self, now: float) -> tuple[bool, bool]:
-        """For the next wake-up: (mark its replies?, read SO_RXQ_OVFL with its first datagram?)."""
+        """For the next wake-up: (mark its replies?, read its first datagram with recvmsg, for the
+        drop counter and the time it was queued?)."""
         self._wakeups += 1
         wants = self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
-        return self._deep or now < self._until, wants
+        return self.overloaded(now), wants
 
-    def after_burst(self, handled: int, kernel_drops: int | None, now: float, waited: float | None = None) -> None:
+    def queue_waited(self, waited: float | None) -> bool:
+        """The first datagram of this wake-up had been queued ``waited`` seconds (None: unknown):
+        True if the replies of this wake-up are to be marked (a deep backlog). A wait below zero
+        or of CLOCK_STEP_S or more is a step of the wall clock, not a queue."""
+        deep = waited is not None and self.deep_wait_s <= waited < CLOCK_STEP_S
+        if deep:
+            self.stats["overload.deep_backlog"] += 1
+        return deep
+
+    def after_burst(self, handled: int, kernel_drops: int | None, now: float) -> None:
         """One wake-up of the loop handled ``handled`` datagrams; ``kernel_drops`` is the socket's
-        SO_RXQ_OVFL counter read during it, ``waited`` how long its first datagram had been queued
-        (None: not read or not available)."""
+        SO_RXQ_OVFL counter read during it (None: not read or not available)."""
         if kernel_drops is not None and kernel_drops != self.kernel_drops:
             if kernel_drops > self.kernel_drops:
                 self.stats["overload.kernel_drops"] += kernel_drops - self.kernel_drops
                 self._until = now + self.hold_s
             self.kernel_drops = kernel_drops  # (a smaller value: the 32-bit counter wrapped)
         self._last_burst = handled
-        if waited is not None and 0.0 <= waited < CLOCK_STEP_S:
-            self._deep = waited >= self.deep_wait_s
-        else:
-            self._deep = handled >= self.deep_backlog
+        self._deep = not self.timestamps and handled >= self.deep_backlog
         if self._deep:
             self.stats["overload.deep_backlog"] += 1
 
     def overloaded(self, now: float) -> bool:
-        """Mark the replies of the next burst?"""
+        """Mark the replies of the next burst (before its first datagram says how long it waited)?"""
         return self._deep or now < self._until
