@@ -11,19 +11,19 @@ Scenarios:
   bytes per second of single-quote requests) with a tail-drop queue of ``--limit`` datagrams.
   Goodput (distinct requests answered per second, all clients together) is compared with the
   bottleneck rate; queueing delay is read from the proxy's decision log.
-- ``server``: straight at the server, more offered load than it can serve. The server runs under
-  a CPU quota (``--server-cpu``, a cgroup; 0.05 CPU: about 3,000 quotes/s where one client sends
-  about 6,000/s), so the server and not the host is the bottleneck; both modes run with
-  ``--window 128`` (see SERVER_WINDOW). One server's capacity is measured on its own, by a
-  saturating run that is not in the table (the same N clients, ``--cc none --window 256``): the
-  ratio shows how much of it each mode keeps. The scenario runs ``--rounds`` rounds of (capacity,
-  auto, none), interleaved, and each figure is the median of its runs (its row shows the median
-  run).
+- ``server``: straight at the server, more offered load than it can serve. The server has a
+  fixed service time per request (``--service-us``, bench/slow_server.py; 300 us: about 2,500
+  quotes/s where one client sends about 6,000/s), so the server and not the host is the
+  bottleneck, and its capacity does not depend on its queue's depth. One server's capacity is
+  measured on its own, by a saturating run that is not in the table (the same N clients,
+  ``--cc none --window 256``): the ratio shows how much of it each mode keeps. The scenario runs
+  ``--rounds`` rounds of (capacity, auto, none), interleaved, and each figure is the median of
+  its runs (its row shows the median run).
 - ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
   congestion (its goodput is compared with ``--cc none``'s).
 
     python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario
-    python bench/congestion_bench.py --only server --rounds 3   # 10.5 min here
+    python bench/congestion_bench.py --only server --rounds 3   # 7 min here
     python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
 
 Bounded: every client process has a time limit, every file a row count.
@@ -32,10 +32,8 @@ Bounded: every client process has a time limit, every file a row count.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import random
 import re
 import signal
@@ -44,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -54,17 +51,10 @@ PY = sys.executable
 REQUEST_BYTES = 76
 """A single quote request (--batch 1): what the bottleneck's rate is counted in."""
 CLIENT_LIMIT_S = 120.0
-SERVER_CPU = 0.05
-"""Default CPU quota of the server in the ``server`` scenario, in CPUs: about 3,000 single quotes
-per second on this host, where one bulk client alone offers 5,000-6,000, so the server and not
-the host is the bottleneck at every N (docs/congestion.md)."""
-QUOTA_PERIOD_US = 10_000
-"""CFS period of the quota: 10 ms rather than the kernel's 100 ms default, so a throttled server
-stalls for at most 9 ms at a time instead of 90 ms (a 90 ms stall reads as queueing delay)."""
-MIN_QUOTA_US = 1000
-"""The kernel refuses a quota under 1 ms: smaller fractions get a longer period."""
-CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
-CGROUP_V2 = Path("/sys/fs/cgroup")
+SERVICE_US = 300.0
+"""Default service time per request of the server in the ``server`` scenario (bench/slow_server.py):
+about 2,500 single quotes per second, where one bulk client alone offers 5,000-6,000, so the
+server and not the host is the bottleneck at every N (docs/congestion.md)."""
 
 with (ROOT / "catalog.csv").open(encoding="utf-8", newline="") as _f:
     PRICES = {r["item"]: int(Decimal(r["price"]) * 100) for r in csv.DictReader(_f)}
@@ -88,8 +78,8 @@ class Scenario:
     client_flags: tuple[str, ...] = ()
     proxy: tuple[str, ...] | None = None
     """Proxy flags of a scenario of one's own (kind "custom")."""
-    server_cpu: float = 0.0
-    """The server's CPU quota in CPUs (0: none); applied when cgroups allow it (see cpu_quota)."""
+    service_us: float = 0.0
+    """The server's fixed service time per request (bench/slow_server.py; 0: the plain server)."""
 
     def proxy_flags(self) -> list[str] | None:
         if self.proxy is not None:
@@ -201,10 +191,8 @@ def parse_summary(stderr: str, run: ClientRun) -> None:
         run.reductions = dict(zip(("mark", "busy", "delay", "seen"), map(int, c.groups()), strict=True))
 
 
-def start(args: list[str], marker: str, preexec: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec
-    )
+def start(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if marker not in line:
@@ -252,85 +240,14 @@ def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
     return runs
 
 
-class CpuQuota:
-    """A cgroup holding the server to a fraction of one CPU (CFS bandwidth control), so that
-    straight at the server its capacity, not the clients' share of a busy host, is the bottleneck.
-    cgroup v1 (cpu.cfs_quota_us, cpu.cfs_period_us) or v2 (cpu.max); needs root. Removed on exit,
-    its processes moved back to the root group first if any are left."""
-
-    def __init__(self, fraction: float, period_us: int = QUOTA_PERIOD_US) -> None:
-        self.period_us = max(period_us, round(MIN_QUOTA_US / fraction))
-        self.quota_us = round(fraction * self.period_us)
-        self.path: Path | None = None
-        self.root: Path | None = None
-
-    def __enter__(self) -> CpuQuota:
-        name = f"udp_price_ccbench_{os.getpid()}"
-        if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
-            self.root, self.path = CGROUP_V1, CGROUP_V1 / name
-            self.path.mkdir()
-            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
-            (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
-        elif "cpu" in (CGROUP_V2 / "cgroup.subtree_control").read_text().split():
-            self.root, self.path = CGROUP_V2, CGROUP_V2 / name
-            self.path.mkdir()
-            (self.path / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
-        else:
-            raise OSError("no cgroup cpu controller (v1 cpu.cfs_quota_us or v2 cpu.max)")
-        return self
-
-    def join(self) -> None:
-        """Put the calling process in the group (a Popen preexec_fn: the server starts inside)."""
-        assert self.path is not None
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.path is None or self.root is None:
-            return
-        with contextlib.suppress(OSError):
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    (self.root / "cgroup.procs").write_text(pid)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
-        self.path = None
-
-
-def quota_for(fraction: float) -> contextlib.AbstractContextManager[CpuQuota | None]:
-    """A CpuQuota, or None (with one line on stderr) where cgroups cannot be used."""
-    return contextlib.nullcontext() if fraction <= 0 else _entered(CpuQuota(fraction))
-
-
-@contextlib.contextmanager
-def _entered(quota: CpuQuota) -> Iterator[CpuQuota | None]:
-    try:
-        quota.__enter__()
-    except OSError as e:
-        quota.__exit__()
-        warn_once(f"congestion_bench: no CPU quota for the server ({e}); it runs unrestricted")
-        yield None
-        return
-    try:
-        yield quota
-    finally:
-        quota.__exit__()
-
-
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        print(message, file=sys.stderr, flush=True)
-
-
 def run_scenario(s: Scenario) -> Result:
     """One scenario on a fresh server (and proxy): every process is stopped before it returns."""
-    with tempfile.TemporaryDirectory(prefix="ccbench") as tmp, quota_for(s.server_cpu) as quota:
+    with tempfile.TemporaryDirectory(prefix="ccbench") as tmp:
         work = Path(tmp)
         server_cmd = ["udp_server.py", "--listen", "127.0.0.1:0", "--catalog", "catalog.csv"]
-        server, line = start(server_cmd, "listening on", quota.join if quota is not None else None)
+        if s.service_us:
+            server_cmd[:1] = ["bench/slow_server.py", f"--service-us={s.service_us}"]
+        server, line = start(server_cmd, "listening on")
         proxy = None
         try:
             target = line.split("listening on ")[1].split()[0]
@@ -380,12 +297,8 @@ HEADER = (
 )
 
 
-SERVER_WINDOW = 128
-"""--window (the controller's maximum) of both modes straight at the server. Under the CPU quota
-the server runs in slices of 1 ms (the kernel's least quota) every 20 ms and answers about 60
-requests per slice, so keeping it busy takes about 60 requests queued when a slice starts: a
-path whose bandwidth-delay product is about 60 requests, which a maximum of 64 barely covers
-(at N = 1 the fixed window of 64 reached 0.88x the capacity)."""
+SERVER_WINDOW = 64
+"""--window (the controller's maximum) of both modes straight at the server: the default."""
 CAPACITY_WINDOW = 256
 """--window of the --cc none runs that saturate the server to measure its capacity."""
 
@@ -394,14 +307,14 @@ def median_run(results: list[Result]) -> Result:
     return sorted(results, key=lambda r: r.goodput)[len(results) // 2]
 
 
-def server_rows(n: int, rows: int, rounds: int, server_cpu: float) -> None:
+def server_rows(n: int, rows: int, rounds: int, service_us: float) -> None:
     """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
     runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
     for _ in range(rounds):
-        saturating = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, server_cpu=server_cpu)
+        saturating = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, service_us=service_us)
         runs["capacity"].append(run_scenario(saturating))
         for cc in ("auto", "none"):
-            runs[cc].append(run_scenario(Scenario("server", n, rows, cc, window=SERVER_WINDOW, server_cpu=server_cpu)))
+            runs[cc].append(run_scenario(Scenario("server", n, rows, cc, window=SERVER_WINDOW, service_us=service_us)))
     capacity = median_run(runs["capacity"]).goodput
     for cc in ("auto", "none"):
         print(row(median_run(runs[cc]), capacity), flush=True)
@@ -423,33 +336,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the server scenario (medians)")
     p.add_argument(
-        "--server-cpu",
+        "--service-us",
         type=float,
-        default=SERVER_CPU,
-        metavar="CPUS",
-        help=f"server scenario: the server's CPU quota, a fraction of one CPU (cgroup; default {SERVER_CPU}; 0: none)",
+        default=SERVICE_US,
+        metavar="US",
+        help=f"server scenario: the server's service time per request, microseconds (default {SERVICE_US:g}; 0: none)",
     )
     args = p.parse_args(argv)
-    if not 0 <= args.server_cpu <= (os.cpu_count() or 1):
-        p.error("--server-cpu must be between 0 and the number of CPUs")
-    # SIGTERM ends the run like Ctrl-C does: through the finally blocks that stop every process
-    # and remove the server's cgroup.
+    if not 0 <= args.service_us <= 100_000:
+        p.error("--service-us must be between 0 and 100000")
+    # SIGTERM ends the run like Ctrl-C does: through the finally blocks that stop every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
         f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
     )
     if "server" in args.only:
-        quota = f"a CPU quota of {args.server_cpu} CPU (cgroup)" if args.server_cpu else "no CPU quota"
         print(
-            f"server: the server runs under {quota}; --window {SERVER_WINDOW}; "
+            f"server: {args.service_us:g} us of service time per request (bench/slow_server.py); "
+            f"--window {SERVER_WINDOW}; "
             f"capacity = N x --cc none --window {CAPACITY_WINDOW}"
         )
     print(HEADER)
     for kind in args.only:
         if kind == "server":
             for n in args.clients:
-                server_rows(n, max(100, 3 * args.rows // n), args.rounds, args.server_cpu)
+                server_rows(n, max(100, 3 * args.rows // n), args.rounds, args.service_us)
             continue
         for n in args.clients if kind != "loss30" else [1]:
             rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)

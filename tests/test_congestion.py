@@ -108,12 +108,12 @@ def test_queueing_delay_above_the_target_shrinks_the_window() -> None:
     for k in range(3):
         answer_round(c, k * RTT)
     assert c.window == 32
-    # RTT 10 ms -> 49 ms: 39 ms of queue is under the 40 ms target, the window still grows.
-    answer_round(c, 0.1, rtt=0.049)
+    # RTT 10 ms -> 30 ms: 20 ms of queue is under the 25 ms target, the window still grows.
+    answer_round(c, 0.1, rtt=0.03)
     assert c.window == 64
-    # 10 ms -> 51 ms: 41 ms of queue for every latest sample, over the target.
+    # 10 ms -> 40 ms: 30 ms of queue for every latest sample, over the target.
     for i in range(4):
-        c.on_answered(0.3 + i * 0.001, 0.249 + i * 0.001, 0.051, in_flight=64)
+        c.on_answered(0.3 + i * 0.001, 0.26 + i * 0.001, 0.04, in_flight=64)
     assert c.window == 32 and c.stats["cc.reductions.delay"] == 1
 
 
@@ -416,7 +416,7 @@ def closed_loop(c: CongestionController, start: float, base_rtt: float, seconds:
 
 def test_a_permanent_rise_of_the_base_rtt_is_accepted_within_seconds_not_read_as_queue() -> None:
     """A route change or an added proxy takes the path from 10 ms to 60 ms for good (a rise above
-    the 40 ms target). Reading the whole 50 ms as queue forever pinned the window at 1-2; the
+    the 25 ms target). Reading the whole 50 ms as queue forever pinned the window at 1-2; the
     base-delay history forgets the old minimum and the window comes back near the maximum."""
     c = cc(max_window=64)
     assert c.target() < 0.050

@@ -40,12 +40,9 @@ class CongestionConfig:
     min_window: int = 1
     beta: float = 0.5
     """Multiplicative decrease on a congestion signal (RFC 9002 kLossReductionFactor)."""
-    target_floor_s: float = 0.04
+    target_floor_s: float = 0.025
     """Queueing delay tolerated before it counts as congestion, at least: LEDBAT's TARGET is at
-    most 100 ms (RFC 6817 2.5; LEDBAT++ uses 60). 40 ms stays above the scheduling noise of a busy
-    Python host and above the ~20 ms by which a server whose service comes in bursts (a CPU
-    quota's 1 ms slice every 20 ms) delays the queue that just keeps it busy: halving keeps a
-    bottleneck busy only if the queue tolerated before it covers one burst (25 ms did not)."""
+    most 100 ms (RFC 6817 2.5); 25 ms stays above the scheduling noise of a busy Python host."""
     target_rtt_factor: float = 0.0
     """...and at least this many minimum RTTs, if larger (a long path tolerates proportionally more
     queue). 0 by default: a sender that starts while a queue stands takes it for the path's base
@@ -55,24 +52,20 @@ class CongestionConfig:
     """Window held during a periodic slowdown (LEDBAT++'s 2 packets)."""
     slowdown_rtts: float = 2.0
     """A slowdown lasts this many RTTs: long enough for the bottleneck's queue to drain."""
-    slowdown_gap: float = 19.0
+    slowdown_gap: float = 9.0
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
-    slowdowns cost about a twentieth of the time (LEDBAT++'s factor 9 costs a tenth, too much of
-    the 0.9x of a server's capacity a lone bulk client must keep)."""
+    slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
     base_interval_s: float = 1.0
     """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
     smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
     base_interval_rtts: float = 16.0
-    base_history: int = 6
+    base_history: int = 4
     """...for the current interval and this many before it: a base delay that rose for good (a
-    route change, a proxy added) is accepted 6-7 intervals later instead of being read as queue
-    forever; 7 intervals of at least 16 RTTs (and 1 s) span a whole cycle of periodic slowdowns
-    (19 slowdown lengths apart, a slowdown timed by the standing RTT), so the base a slowdown
-    measured is still there at the next one (with 5, on 20-80 ms paths behind a standing queue,
-    it was not for 1-8 s a minute). A slowdown drains the queue only if the other senders
-    sharing it slow down too: with several unsynchronised senders a standing queue can outlive
-    the history and creep into each one's base (LEDBAT's base drift, docs/congestion.md says
-    how far)."""
+    route change, a proxy added) is accepted 4-5 intervals later instead of being read as queue
+    forever; 5 intervals of at least 16 RTTs outlast two periodic slowdowns (about 36 RTTs
+    apart). A slowdown drains the queue only if the other senders sharing it slow down too:
+    with several unsynchronised senders a standing queue can outlive the history and creep into
+    each one's base (LEDBAT's base drift, docs/congestion.md says how far)."""
     delay_filter: int = 4
     """The current RTT is the minimum of at least this many latest samples (RFC 6817's
     CURRENT_FILTER) and of every sample of the last half smoothed RTT (Copa's standing RTT): one
