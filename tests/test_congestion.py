@@ -75,7 +75,7 @@ def test_a_mark_or_busy_halves_the_window_once_per_round_trip(why: str) -> None:
     assert not c.on_congestion(1.001, 0.995, why)
     assert c.window == 16
     # A signal about a transmission sent after it: a new episode.
-    assert c.on_congestion(1.015, 1.005, why)  # (before the slowdown due at 1.02)
+    assert c.on_congestion(1.015, 1.005, why)  # (before the slowdown due at 2.0, on the wall-clock grid)
     assert c.window == 8
     assert c.stats[f"cc.reductions.{why}"] == 2
 

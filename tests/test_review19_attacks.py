@@ -180,7 +180,7 @@ def shared_queue_run(base: float, gap: float, seconds: float = 60.0) -> float:
     slowdown window and drains during a slowdown (the case slowdowns exist for). Returns for how
     many seconds, after the first 10, the base RTT measured in a slowdown had left the history
     (min_rtt = base + queue: that queue is then tolerated on top of the target)."""
-    queue = 0.8 * CongestionConfig().target_floor_s  # below the target: no delay signal, only slowdowns measure the base
+    queue = 0.8 * CongestionConfig().target_floor_s  # under the target: only slowdowns measure the base
     c = CongestionController(CongestionConfig(max_window=64, slowdown_gap=gap))
     c.on_congestion(0.0, -1.0, MARK)  # a first reduction: periodic slowdowns begin
     in_flight: list[tuple[float, float]] = []
