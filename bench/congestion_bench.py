@@ -1,29 +1,21 @@
 """Congestion control, measured: N bulk clients (separate processes) sharing one bottleneck.
 
-Each scenario starts a fresh server, optionally a fault proxy in front of it, and N
-``udp_client.py bulk`` processes, each with its own file, all at once; every scenario runs with
-the congestion controller (``--cc auto``) and with today's fixed window (``--cc none``) in the
-same run, so the difference is measured on the same machine at the same moment. Every OK row's
-total is checked against catalog.csv (a wrong total counts as a failed row).
+Each scenario starts a fresh server, optionally the fault proxy in front of it, and N
+``udp_client.py bulk`` processes, each with its own file; every scenario runs with the controller
+(``--cc auto``) and with the fixed window (``--cc none``) in interleaved rounds (``--rounds``),
+and each row is the median run, the line under it every run. Every OK row's total is checked
+against catalog.csv (a wrong total counts as a failed row). Scenarios (docs/congestion.md):
 
-Scenarios:
-- ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s (netem rate, in
-  bytes per second of single-quote requests) with a tail-drop queue of ``--limit`` datagrams.
-  Goodput (distinct requests answered per second, all clients together) is compared with the
-  bottleneck rate; queueing delay is read from the proxy's decision log.
-- ``server``: straight at the server, more offered load than it can serve. The server has a
-  fixed service time per request (``--service-us``, bench/slow_server.py; 300 us: about 2,500
-  quotes/s where one client sends about 6,000/s), so the server and not the host is the
-  bottleneck, and its capacity does not depend on its queue's depth. One server's capacity is
-  measured on its own, by a saturating run that is not in the table (the same N clients,
-  ``--cc none --window 256``): the ratio shows how much of it each mode keeps. The scenario runs
-  ``--rounds`` rounds of (capacity, auto, none), interleaved, and each figure is the median of
-  its runs (its row shows the median run).
-- ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
-  congestion (its goodput is compared with ``--cc none``'s).
+- ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s with a tail-drop
+  queue of ``--limit`` datagrams; goodput against that rate, queueing from the proxy's log.
+- ``latecomers``: the same, the clients started 0.5 s apart (each joins a standing queue).
+- ``server``: straight at a server with a fixed service time per request (``--service-us``,
+  bench/slow_server.py), more offered load than it serves; against its capacity, measured by
+  the same N clients with ``--cc none --window 256`` in the same rounds.
+- ``loss30``: 30% random loss each way, no bottleneck, 3x the rows; against ``--cc none``.
 
-    python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario
-    python bench/congestion_bench.py --only server --rounds 3   # 7 min here
+    python bench/congestion_bench.py                      # every scenario, N = 1 2 4 8
+    python bench/congestion_bench.py --only server --rounds 3
     python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
 
 Bounded: every client process has a time limit, every file a row count.
@@ -63,7 +55,7 @@ with (ROOT / "catalog.csv").open(encoding="utf-8", newline="") as _f:
 @dataclass(frozen=True)
 class Scenario:
     kind: str
-    """bottleneck | server | loss30"""
+    """One of KINDS, or "custom" (the proxy flags given)."""
     clients: int
     rows: int
     """Rows per client."""
@@ -78,13 +70,15 @@ class Scenario:
     client_flags: tuple[str, ...] = ()
     proxy: tuple[str, ...] | None = None
     """Proxy flags of a scenario of one's own (kind "custom")."""
+    stagger_s: float = 0.0
+    """Seconds between the clients' starts (kind latecomers: each joins a queue the others keep)."""
     service_us: float = 0.0
     """The server's fixed service time per request (bench/slow_server.py; 0: the plain server)."""
 
     def proxy_flags(self) -> list[str] | None:
         if self.proxy is not None:
             return list(self.proxy)
-        if self.kind == "bottleneck":
+        if self.kind in ("bottleneck", "latecomers"):
             return [f"--rate-up={self.rate * REQUEST_BYTES}bps", f"--limit-up={self.limit}"]
         if self.kind == "loss30":
             return ["--drop", "30%", "--seed", str(self.seed)]
@@ -216,6 +210,8 @@ def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
     for i in range(s.clients):
         write_orders(work / f"orders{i}.csv", s.rows, s.seed * 100 + i)
     for i in range(s.clients):
+        if i and s.stagger_s:
+            time.sleep(s.stagger_s)
         cmd = [PY, "udp_client.py", "bulk", str(work / f"orders{i}.csv"), "-o", str(work / f"out{i}.csv")]
         cmd += ["--server", target, "--batch", str(s.batch), "--window", str(s.window), "--cc", s.cc, "--no-progress"]
         cmd += s.client_flags
@@ -262,7 +258,7 @@ def run_scenario(s: Scenario) -> Result:
             if proxy is not None:
                 stop(proxy)
             stop(server)
-        if flags is not None and s.kind != "loss30":
+        if flags is not None and s.kind in ("bottleneck", "latecomers"):
             read_queue(work / "decisions.jsonl", result)
         return result
 
@@ -283,7 +279,7 @@ def read_queue(log: Path, result: Result) -> None:
 def row(result: Result, reference: float) -> str:
     s = result.scenario
     failed = sum(c.rows - c.ok for c in result.clients) + sum(s.rows - c.rows for c in result.clients)
-    queue = f"{result.queue_p99_ms():7.1f}" if s.kind == "bottleneck" else "      -"
+    queue = f"{result.queue_p99_ms():7.1f}" if s.kind in ("bottleneck", "latecomers") else "      -"
     return (
         f"| {s.kind:10} | {s.clients} | {s.cc:4} | {result.goodput:8,.0f} | {result.goodput / reference:5.2f} "
         f"| {result.fairness:5.3f} | {100 * result.retransmit_ratio:6.1f}% | {queue} | {result.tail_drops:6} "
@@ -297,44 +293,79 @@ HEADER = (
 )
 
 
+LATECOMER_STAGGER_S = 0.5
+"""Seconds between the clients' starts in the latecomers scenario."""
 SERVER_WINDOW = 64
 """--window (the controller's maximum) of both modes straight at the server: the default."""
 CAPACITY_WINDOW = 256
 """--window of the --cc none runs that saturate the server to measure its capacity."""
 
 
+KINDS = ("bottleneck", "latecomers", "server", "loss30")
+CCS = ("auto", "none")
+
+
 def median_run(results: list[Result]) -> Result:
     return sorted(results, key=lambda r: r.goodput)[len(results) // 2]
 
 
+def rounds_of(scenarios: dict[str, Scenario], rounds: int) -> dict[str, list[Result]]:
+    """Every scenario once per round, in order, round after round (interleaved, so a slow spell
+    of the shared host touches every mode alike)."""
+    runs: dict[str, list[Result]] = {name: [] for name in scenarios}
+    for _ in range(rounds):
+        for name, scenario in scenarios.items():
+            runs[name].append(run_scenario(scenario))
+    return runs
+
+
+def print_rows(n: int, runs: dict[str, list[Result]], reference: float, what: str) -> None:
+    """The median run of auto and of none, then a line with every run and auto's reductions."""
+    for cc in CCS:
+        print(row(median_run(runs[cc]), reference), flush=True)
+    every = " ".join(f"{k}=" + "/".join(run_figures(r) for r in v) for k, v in runs.items())
+    auto = median_run(runs["auto"]).reductions()
+    line = f"{what}; every run: {every}; auto's reductions mark/busy/delay: {auto}"
+    print(f"|            | {n} | {line} |||||||", flush=True)
+
+
+def run_figures(r: Result) -> str:
+    """A run in a few characters: goodput, and through a bottleneck Jain's index, queue p99, tail drops."""
+    if r.scenario.kind in ("bottleneck", "latecomers"):
+        return f"{r.goodput:,.0f} (J {r.fairness:.3f}, p99 {r.queue_p99_ms():.0f} ms, {r.tail_drops} drops)"
+    return f"{r.goodput:,.0f}"
+
+
 def server_rows(n: int, rows: int, rounds: int, service_us: float) -> None:
     """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
-    runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
-    for _ in range(rounds):
-        saturating = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, service_us=service_us)
-        runs["capacity"].append(run_scenario(saturating))
-        for cc in ("auto", "none"):
-            runs[cc].append(run_scenario(Scenario("server", n, rows, cc, window=SERVER_WINDOW, service_us=service_us)))
+    capacity_run = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, service_us=service_us)
+    modes = {cc: Scenario("server", n, rows, cc, window=SERVER_WINDOW, service_us=service_us) for cc in CCS}
+    runs = rounds_of({"capacity": capacity_run, **modes}, rounds)
     capacity = median_run(runs["capacity"]).goodput
-    for cc in ("auto", "none"):
-        print(row(median_run(runs[cc]), capacity), flush=True)
-    every = " ".join(f"{k}=" + "/".join(f"{r.goodput:,.0f}" for r in v) for k, v in runs.items())
-    print(
-        f"|            | {n} | capacity {capacity:,.0f}/s (median; {n} x --cc none --window "
-        f"{CAPACITY_WINDOW}); every run: {every}; auto's reductions mark/busy/delay: "
-        f"{median_run(runs['auto']).reductions()} |||||||",
-        flush=True,
-    )
+    what = f"capacity {capacity:,.0f}/s (median; {n} x --cc none --window {CAPACITY_WINDOW})"
+    print_rows(n, runs, capacity, what)
+
+
+def path_rows(kind: str, n: int, rows: int, rounds: int, rate: int, limit: int) -> None:
+    """Through the bottleneck (bottleneck, latecomers) or 30% random loss (loss30): rounds of
+    (auto, none), interleaved; medians."""
+    stagger = LATECOMER_STAGGER_S if kind == "latecomers" else 0.0
+    runs = rounds_of({cc: Scenario(kind, n, rows, cc, rate=rate, limit=limit, stagger_s=stagger) for cc in CCS}, rounds)
+    if kind == "loss30":
+        reference, what = median_run(runs["none"]).goodput, "reference: the median --cc none run"
+    else:
+        reference, what = float(rate), f"reference: the bottleneck's {rate:,}/s"
+    print_rows(n, runs, reference, what)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--only", nargs="+", default=["bottleneck", "server", "loss30"])
+    p.add_argument("--only", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--rows", type=int, default=8000, help="rows per scenario, shared among the clients")
     p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the server scenario (medians)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (medians)")
     p.add_argument(
         "--service-us",
         type=float,
@@ -359,20 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(HEADER)
     for kind in args.only:
-        if kind == "server":
-            for n in args.clients:
+        for n in [1] if kind == "loss30" else [c for c in args.clients if c > 1 or kind != "latecomers"]:
+            if kind == "server":
                 server_rows(n, max(100, 3 * args.rows // n), args.rounds, args.service_us)
-            continue
-        for n in args.clients if kind != "loss30" else [1]:
-            rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
-            pair = [
-                run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
-            ]
-            reference = float(args.rate)
-            if kind == "loss30":
-                reference = pair[1].goodput
-            for r in pair:
-                print(row(r, reference), flush=True)
+            else:
+                # At 30% loss the last requests' RTOs, not the rate, set a short run's time.
+                rows = 3 * args.rows if kind == "loss30" else args.rows
+                path_rows(kind, n, max(100, rows // n), args.rounds, args.rate, args.limit)
     return 0
 
 
