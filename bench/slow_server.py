@@ -16,6 +16,7 @@ The sleep uses no CPU, so the clients keep both cores; the process's timer slack
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import sys
@@ -49,27 +50,41 @@ def slow_down(service_s: float) -> None:
     QuoteServer.handle_datagram = handle_slowly  # type: ignore[method-assign]
 
 
+def service_time_us(text: str) -> float:
+    """--service-us: a number of microseconds from 0 to 1,000,000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000000, not {text}")
+    return value
+
+
+PARSER = argparse.ArgumentParser(
+    prog="slow_server.py",
+    description="The quote server with a fixed service time per request; every other flag goes to "
+    "udp_server.py (its help follows).",
+    add_help=False,
+)
+PARSER.add_argument("--service-us", type=service_time_us, default=300.0, metavar="US", help="default 300")
+
+
 def split_service_time(argv: list[str]) -> tuple[float, list[str]]:
-    """(service time in seconds, the rest of argv); --service-us N or --service-us=N."""
-    rest, service_us = [], 300.0
-    args = iter(argv)
-    for arg in args:
-        if arg == "--service-us":
-            service_us = float(next(args, "nan"))
-        elif arg.startswith("--service-us="):
-            service_us = float(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    if not 0 <= service_us <= 1_000_000:
-        raise SystemExit("slow_server: --service-us must be between 0 and 1000000")
-    return service_us / 1e6, rest
+    """(service time in seconds, the rest of argv); a bad --service-us exits 2 with one line."""
+    known, rest = PARSER.parse_known_args(argv)
+    return float(known.service_us) / 1e6, rest
 
 
 def main(argv: list[str] | None = None) -> int:
-    service_s, rest = split_service_time(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        PARSER.print_help()
+        print()
+    service_s, rest = split_service_time(args)
     tighten_timer_slack()
     slow_down(service_s)
-    return server_main(rest)
+    return server_main(rest, prog="slow_server.py")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ class QuoteClient:
         keep_verdict = self.session.keep_verdict
         controller = None
         if self.congestion is not None:  # periodic slowdowns keep to the wall clock, shared with other senders
-            controller = CongestionController(self.congestion, clock_offset=time.time() - loop.time())
+            controller = CongestionController(self.congestion, clock_offset=lambda: time.time() - loop.time())
         self.session = ClientSession(self.policy, loop.time(), self.session.budget, controller)
         self.session.keep_verdict = keep_verdict
         return self

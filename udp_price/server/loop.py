@@ -210,7 +210,7 @@ def _drain(
                 data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, ANC_SPACE)
                 drops, arrived = kernel_drops(ancdata), queued_at(ancdata)
                 waited = None if arrived is None else time.time() - arrived  # the head of the queue: the oldest
-                if overload is not None and overload.queue_waited(waited):
+                if overload is not None and overload.queue_waited(waited, clock()):
                     server.overloaded = True
         except (BlockingIOError, InterruptedError):
             return i, drops, waited

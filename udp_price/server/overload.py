@@ -40,8 +40,12 @@ DEEP_WAIT_S = 0.1
 """Time the oldest queued datagram has waited that means a standing queue: CoDel's interval
 (RFC 8289), LEDBAT's most tolerated delay (RFC 6817 2.5: TARGET <= 100 ms)."""
 CLOCK_STEP_S = 10.0
-"""A longer wait is a wall-clock step between the kernel's timestamp and ours, not a queue (a 4 MB
-socket buffer holds about two seconds of requests at the rates this server reaches)."""
+"""Before the loop has once found its socket empty, a longer wait is taken for a wall-clock step
+between the kernel's timestamp and ours, not a queue. Afterwards the monotonic clock bounds it:
+every datagram now queued arrived after the socket was last found empty."""
+STAMP_SLACK_S = 0.05
+"""What a wait may exceed that bound by: the kernel stamps a datagram before the loop reads its
+clock, and the two clocks are read at different moments."""
 HOLD_S = 0.1
 """How long kernel drops keep the mark on: drops come in bursts, and clients need a round trip
 or two of marked replies to react."""
@@ -62,19 +66,31 @@ class OverloadDetector:
     _deep: bool = False
     _last_burst: int = 0
     _wakeups: int = 0
+    _emptied_at: float | None = None
+    """When (the loop's monotonic clock) a wake-up last began that went on to empty the socket."""
 
     def next_burst(self, now: float) -> tuple[bool, bool]:
         """For the next wake-up: (mark its replies?, read its first datagram with recvmsg, for the
-        drop counter and the time it was queued?)."""
+        drop counter and the time it was queued?). Read after a wake-up of READ_DROPS_BURST or
+        more, on every READ_DROPS_EVERY-th, and after a pause of ``deep_wait_s`` since the socket
+        was last emptied (a loop that stalled at light load: its queue may be old)."""
         self._wakeups += 1
         wants = self._last_burst >= READ_DROPS_BURST or self._wakeups % READ_DROPS_EVERY == 0
+        if self._emptied_at is not None and now - self._emptied_at >= self.deep_wait_s:
+            wants = True
         return self.overloaded(now), wants
 
-    def queue_waited(self, waited: float | None) -> bool:
-        """The first datagram of this wake-up had been queued ``waited`` seconds (None: unknown):
-        True if the replies of this wake-up are to be marked (a deep backlog). A wait below zero
-        or of CLOCK_STEP_S or more is a step of the wall clock, not a queue."""
-        deep = waited is not None and self.deep_wait_s <= waited < CLOCK_STEP_S
+    def queue_waited(self, waited: float | None, now: float | None = None) -> bool:
+        """The first datagram of this wake-up had been queued ``waited`` seconds (None: unknown)
+        by the wall clock, read at ``now`` by the loop's monotonic one: True if the replies of
+        this wake-up are to be marked (a deep backlog). A wait below zero, or longer than the
+        socket can have held anything (since it was last found empty; before that, CLOCK_STEP_S),
+        is a step of the wall clock, not a queue."""
+        if now is not None and self._emptied_at is not None:
+            bound = now - self._emptied_at + STAMP_SLACK_S
+        else:
+            bound = CLOCK_STEP_S
+        deep = waited is not None and self.deep_wait_s <= waited < bound
         if deep:
             self.stats["overload.deep_backlog"] += 1
         return deep
@@ -88,6 +104,8 @@ class OverloadDetector:
                 self._until = now + self.hold_s
             self.kernel_drops = kernel_drops  # (a smaller value: the 32-bit counter wrapped)
         self._last_burst = handled
+        if handled < self.deep_backlog:  # the burst ended on an empty socket (DRAIN_LIMIT not reached)
+            self._emptied_at = now
         self._deep = not self.timestamps and handled >= self.deep_backlog
         if self._deep:
             self.stats["overload.deep_backlog"] += 1
