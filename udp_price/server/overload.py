@@ -13,8 +13,8 @@ per wake-up (never per datagram) and feeds in what it sees:
   from the first on: they answer the requests that waited, and a queue gone by the next wake-up
   marks nothing more. A server that is merely busy, never finding its socket empty while
   clients keep a short standing queue (what delay-based congestion control aims for: the server
-  never idles), is not marked; 100 ms is above the clients' delay target and the ~20 ms by which
-  a CPU quota's slices delay a queue (docs/congestion.md). Only on a socket without timestamps
+  never idles), is not marked; 100 ms is four times the clients' 25 ms delay target
+  (docs/congestion.md). Only on a socket without timestamps
   (not Linux) does a wake-up that handled ``deep_backlog`` datagrams without emptying the socket
   count instead, and mark the next one.
 
