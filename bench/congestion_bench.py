@@ -1,29 +1,21 @@
 """Congestion control, measured: N bulk clients (separate processes) sharing one bottleneck.
 
-Each scenario starts a fresh server, optionally a fault proxy in front of it, and N
-``udp_client.py bulk`` processes, each with its own file, all at once; every scenario runs with
-the congestion controller (``--cc auto``) and with today's fixed window (``--cc none``) in the
-same run, so the difference is measured on the same machine at the same moment. Every OK row's
-total is checked against catalog.csv (a wrong total counts as a failed row).
+Each scenario starts a fresh server, optionally the fault proxy in front of it, and N
+``udp_client.py bulk`` processes, each with its own file; every scenario runs with the controller
+(``--cc auto``) and with the fixed window (``--cc none``) in interleaved rounds (``--rounds``),
+and each row is the median run, the line under it every run. Every OK row's total is checked
+against catalog.csv (a wrong total counts as a failed row). Scenarios (docs/congestion.md):
 
-Scenarios:
-- ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s (netem rate, in
-  bytes per second of single-quote requests) with a tail-drop queue of ``--limit`` datagrams.
-  Goodput (distinct requests answered per second, all clients together) is compared with the
-  bottleneck rate; queueing delay is read from the proxy's decision log.
-- ``server``: straight at the server, more offered load than it can serve. The server runs under
-  a CPU quota (``--server-cpu``, a cgroup; 0.05 CPU: about 3,000 quotes/s where one client sends
-  about 6,000/s), so the server and not the host is the bottleneck; both modes run with
-  ``--window 128`` (see SERVER_WINDOW). One server's capacity is measured on its own, by a
-  saturating run that is not in the table (the same N clients, ``--cc none --window 256``): the
-  ratio shows how much of it each mode keeps. The scenario runs ``--rounds`` rounds of (capacity,
-  auto, none), interleaved, and each figure is the median of its runs (its row shows the median
-  run).
-- ``loss30``: 30% random loss each way, no bottleneck: the controller must not read it as
-  congestion (its goodput is compared with ``--cc none``'s).
+- ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s with a tail-drop
+  queue of ``--limit`` datagrams; goodput against that rate, queueing from the proxy's log.
+- ``latecomers``: the same, the clients started 0.5 s apart (each joins a standing queue).
+- ``server``: straight at a server with a fixed service time per request (``--service-us``,
+  bench/slow_server.py), more offered load than it serves; against its capacity, measured by
+  the same N clients with ``--cc none --window 256`` in the same rounds.
+- ``loss30``: 30% random loss each way, no bottleneck, 3x the rows; against ``--cc none``.
 
-    python bench/congestion_bench.py                      # N = 1 2 4 8, every scenario
-    python bench/congestion_bench.py --only server --rounds 3   # 10.5 min here
+    python bench/congestion_bench.py                      # every scenario, N = 1 2 4 8
+    python bench/congestion_bench.py --only server --rounds 3
     python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
 
 Bounded: every client process has a time limit, every file a row count.
@@ -32,10 +24,8 @@ Bounded: every client process has a time limit, every file a row count.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import random
 import re
 import signal
@@ -44,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -54,17 +43,10 @@ PY = sys.executable
 REQUEST_BYTES = 76
 """A single quote request (--batch 1): what the bottleneck's rate is counted in."""
 CLIENT_LIMIT_S = 120.0
-SERVER_CPU = 0.05
-"""Default CPU quota of the server in the ``server`` scenario, in CPUs: about 3,000 single quotes
-per second on this host, where one bulk client alone offers 5,000-6,000, so the server and not
-the host is the bottleneck at every N (docs/congestion.md)."""
-QUOTA_PERIOD_US = 10_000
-"""CFS period of the quota: 10 ms rather than the kernel's 100 ms default, so a throttled server
-stalls for at most 9 ms at a time instead of 90 ms (a 90 ms stall reads as queueing delay)."""
-MIN_QUOTA_US = 1000
-"""The kernel refuses a quota under 1 ms: smaller fractions get a longer period."""
-CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
-CGROUP_V2 = Path("/sys/fs/cgroup")
+SERVICE_US = 300.0
+"""Default service time per request of the server in the ``server`` scenario (bench/slow_server.py):
+about 2,500 single quotes per second, where one bulk client alone offers 5,000-6,000, so the
+server and not the host is the bottleneck at every N (docs/congestion.md)."""
 
 with (ROOT / "catalog.csv").open(encoding="utf-8", newline="") as _f:
     PRICES = {r["item"]: int(Decimal(r["price"]) * 100) for r in csv.DictReader(_f)}
@@ -73,7 +55,7 @@ with (ROOT / "catalog.csv").open(encoding="utf-8", newline="") as _f:
 @dataclass(frozen=True)
 class Scenario:
     kind: str
-    """bottleneck | server | loss30"""
+    """One of KINDS, or "custom" (the proxy flags given)."""
     clients: int
     rows: int
     """Rows per client."""
@@ -88,13 +70,15 @@ class Scenario:
     client_flags: tuple[str, ...] = ()
     proxy: tuple[str, ...] | None = None
     """Proxy flags of a scenario of one's own (kind "custom")."""
-    server_cpu: float = 0.0
-    """The server's CPU quota in CPUs (0: none); applied when cgroups allow it (see cpu_quota)."""
+    stagger_s: float = 0.0
+    """Seconds between the clients' starts (kind latecomers: each joins a queue the others keep)."""
+    service_us: float = 0.0
+    """The server's fixed service time per request (bench/slow_server.py; 0: the plain server)."""
 
     def proxy_flags(self) -> list[str] | None:
         if self.proxy is not None:
             return list(self.proxy)
-        if self.kind == "bottleneck":
+        if self.kind in ("bottleneck", "latecomers"):
             return [f"--rate-up={self.rate * REQUEST_BYTES}bps", f"--limit-up={self.limit}"]
         if self.kind == "loss30":
             return ["--drop", "30%", "--seed", str(self.seed)]
@@ -201,10 +185,8 @@ def parse_summary(stderr: str, run: ClientRun) -> None:
         run.reductions = dict(zip(("mark", "busy", "delay", "seen"), map(int, c.groups()), strict=True))
 
 
-def start(args: list[str], marker: str, preexec: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec
-    )
+def start(args: list[str], marker: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([PY, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if marker not in line:
@@ -228,6 +210,8 @@ def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
     for i in range(s.clients):
         write_orders(work / f"orders{i}.csv", s.rows, s.seed * 100 + i)
     for i in range(s.clients):
+        if i and s.stagger_s:
+            time.sleep(s.stagger_s)
         cmd = [PY, "udp_client.py", "bulk", str(work / f"orders{i}.csv"), "-o", str(work / f"out{i}.csv")]
         cmd += ["--server", target, "--batch", str(s.batch), "--window", str(s.window), "--cc", s.cc, "--no-progress"]
         cmd += s.client_flags
@@ -252,85 +236,14 @@ def run_clients(s: Scenario, target: str, work: Path) -> list[ClientRun]:
     return runs
 
 
-class CpuQuota:
-    """A cgroup holding the server to a fraction of one CPU (CFS bandwidth control), so that
-    straight at the server its capacity, not the clients' share of a busy host, is the bottleneck.
-    cgroup v1 (cpu.cfs_quota_us, cpu.cfs_period_us) or v2 (cpu.max); needs root. Removed on exit,
-    its processes moved back to the root group first if any are left."""
-
-    def __init__(self, fraction: float, period_us: int = QUOTA_PERIOD_US) -> None:
-        self.period_us = max(period_us, round(MIN_QUOTA_US / fraction))
-        self.quota_us = round(fraction * self.period_us)
-        self.path: Path | None = None
-        self.root: Path | None = None
-
-    def __enter__(self) -> CpuQuota:
-        name = f"udp_price_ccbench_{os.getpid()}"
-        if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
-            self.root, self.path = CGROUP_V1, CGROUP_V1 / name
-            self.path.mkdir()
-            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
-            (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
-        elif "cpu" in (CGROUP_V2 / "cgroup.subtree_control").read_text().split():
-            self.root, self.path = CGROUP_V2, CGROUP_V2 / name
-            self.path.mkdir()
-            (self.path / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
-        else:
-            raise OSError("no cgroup cpu controller (v1 cpu.cfs_quota_us or v2 cpu.max)")
-        return self
-
-    def join(self) -> None:
-        """Put the calling process in the group (a Popen preexec_fn: the server starts inside)."""
-        assert self.path is not None
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.path is None or self.root is None:
-            return
-        with contextlib.suppress(OSError):
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    (self.root / "cgroup.procs").write_text(pid)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
-        self.path = None
-
-
-def quota_for(fraction: float) -> contextlib.AbstractContextManager[CpuQuota | None]:
-    """A CpuQuota, or None (with one line on stderr) where cgroups cannot be used."""
-    return contextlib.nullcontext() if fraction <= 0 else _entered(CpuQuota(fraction))
-
-
-@contextlib.contextmanager
-def _entered(quota: CpuQuota) -> Iterator[CpuQuota | None]:
-    try:
-        quota.__enter__()
-    except OSError as e:
-        quota.__exit__()
-        warn_once(f"congestion_bench: no CPU quota for the server ({e}); it runs unrestricted")
-        yield None
-        return
-    try:
-        yield quota
-    finally:
-        quota.__exit__()
-
-
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        print(message, file=sys.stderr, flush=True)
-
-
 def run_scenario(s: Scenario) -> Result:
     """One scenario on a fresh server (and proxy): every process is stopped before it returns."""
-    with tempfile.TemporaryDirectory(prefix="ccbench") as tmp, quota_for(s.server_cpu) as quota:
+    with tempfile.TemporaryDirectory(prefix="ccbench") as tmp:
         work = Path(tmp)
         server_cmd = ["udp_server.py", "--listen", "127.0.0.1:0", "--catalog", "catalog.csv"]
-        server, line = start(server_cmd, "listening on", quota.join if quota is not None else None)
+        if s.service_us:
+            server_cmd[:1] = ["bench/slow_server.py", f"--service-us={s.service_us}"]
+        server, line = start(server_cmd, "listening on")
         proxy = None
         try:
             target = line.split("listening on ")[1].split()[0]
@@ -345,7 +258,7 @@ def run_scenario(s: Scenario) -> Result:
             if proxy is not None:
                 stop(proxy)
             stop(server)
-        if flags is not None and s.kind != "loss30":
+        if flags is not None and s.kind in ("bottleneck", "latecomers"):
             read_queue(work / "decisions.jsonl", result)
         return result
 
@@ -366,7 +279,7 @@ def read_queue(log: Path, result: Result) -> None:
 def row(result: Result, reference: float) -> str:
     s = result.scenario
     failed = sum(c.rows - c.ok for c in result.clients) + sum(s.rows - c.rows for c in result.clients)
-    queue = f"{result.queue_p99_ms():7.1f}" if s.kind == "bottleneck" else "      -"
+    queue = f"{result.queue_p99_ms():7.1f}" if s.kind in ("bottleneck", "latecomers") else "      -"
     return (
         f"| {s.kind:10} | {s.clients} | {s.cc:4} | {result.goodput:8,.0f} | {result.goodput / reference:5.2f} "
         f"| {result.fairness:5.3f} | {100 * result.retransmit_ratio:6.1f}% | {queue} | {result.tail_drops:6} "
@@ -380,87 +293,110 @@ HEADER = (
 )
 
 
-SERVER_WINDOW = 128
-"""--window (the controller's maximum) of both modes straight at the server. Under the CPU quota
-the server runs in slices of 1 ms (the kernel's least quota) every 20 ms and answers about 60
-requests per slice, so keeping it busy takes about 60 requests queued when a slice starts: a
-path whose bandwidth-delay product is about 60 requests, which a maximum of 64 barely covers
-(at N = 1 the fixed window of 64 reached 0.88x the capacity)."""
+LATECOMER_STAGGER_S = 0.5
+"""Seconds between the clients' starts in the latecomers scenario."""
+SERVER_WINDOW = 64
+"""--window (the controller's maximum) of both modes straight at the server: the default."""
 CAPACITY_WINDOW = 256
 """--window of the --cc none runs that saturate the server to measure its capacity."""
+
+
+KINDS = ("bottleneck", "latecomers", "server", "loss30")
+CCS = ("auto", "none")
 
 
 def median_run(results: list[Result]) -> Result:
     return sorted(results, key=lambda r: r.goodput)[len(results) // 2]
 
 
-def server_rows(n: int, rows: int, rounds: int, server_cpu: float) -> None:
-    """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
-    runs: dict[str, list[Result]] = {"capacity": [], "auto": [], "none": []}
+def rounds_of(scenarios: dict[str, Scenario], rounds: int) -> dict[str, list[Result]]:
+    """Every scenario once per round, in order, round after round (interleaved, so a slow spell
+    of the shared host touches every mode alike)."""
+    runs: dict[str, list[Result]] = {name: [] for name in scenarios}
     for _ in range(rounds):
-        saturating = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, server_cpu=server_cpu)
-        runs["capacity"].append(run_scenario(saturating))
-        for cc in ("auto", "none"):
-            runs[cc].append(run_scenario(Scenario("server", n, rows, cc, window=SERVER_WINDOW, server_cpu=server_cpu)))
+        for name, scenario in scenarios.items():
+            runs[name].append(run_scenario(scenario))
+    return runs
+
+
+def print_rows(n: int, runs: dict[str, list[Result]], reference: float, what: str) -> None:
+    """The median run of auto and of none, then a line with every run and auto's reductions."""
+    for cc in CCS:
+        print(row(median_run(runs[cc]), reference), flush=True)
+    every = " ".join(f"{k}=" + "/".join(run_figures(r) for r in v) for k, v in runs.items())
+    auto = median_run(runs["auto"]).reductions()
+    line = f"{what}; every run: {every}; auto's reductions mark/busy/delay: {auto}"
+    print(f"|            | {n} | {line} |||||||", flush=True)
+
+
+def run_figures(r: Result) -> str:
+    """A run in a few characters: goodput, and through a bottleneck Jain's index, queue p99, tail drops."""
+    if r.scenario.kind in ("bottleneck", "latecomers"):
+        return f"{r.goodput:,.0f} (J {r.fairness:.3f}, p99 {r.queue_p99_ms():.0f} ms, {r.tail_drops} drops)"
+    return f"{r.goodput:,.0f}"
+
+
+def server_rows(n: int, rows: int, rounds: int, service_us: float) -> None:
+    """Straight at the server: rounds of (capacity, auto, none), interleaved; medians."""
+    capacity_run = Scenario("server", n, rows, "none", window=CAPACITY_WINDOW, service_us=service_us)
+    modes = {cc: Scenario("server", n, rows, cc, window=SERVER_WINDOW, service_us=service_us) for cc in CCS}
+    runs = rounds_of({"capacity": capacity_run, **modes}, rounds)
     capacity = median_run(runs["capacity"]).goodput
-    for cc in ("auto", "none"):
-        print(row(median_run(runs[cc]), capacity), flush=True)
-    every = " ".join(f"{k}=" + "/".join(f"{r.goodput:,.0f}" for r in v) for k, v in runs.items())
-    print(
-        f"|            | {n} | capacity {capacity:,.0f}/s (median; {n} x --cc none --window "
-        f"{CAPACITY_WINDOW}); every run: {every}; auto's reductions mark/busy/delay: "
-        f"{median_run(runs['auto']).reductions()} |||||||",
-        flush=True,
-    )
+    what = f"capacity {capacity:,.0f}/s (median; {n} x --cc none --window {CAPACITY_WINDOW})"
+    print_rows(n, runs, capacity, what)
+
+
+def path_rows(kind: str, n: int, rows: int, rounds: int, rate: int, limit: int) -> None:
+    """Through the bottleneck (bottleneck, latecomers) or 30% random loss (loss30): rounds of
+    (auto, none), interleaved; medians."""
+    stagger = LATECOMER_STAGGER_S if kind == "latecomers" else 0.0
+    runs = rounds_of({cc: Scenario(kind, n, rows, cc, rate=rate, limit=limit, stagger_s=stagger) for cc in CCS}, rounds)
+    if kind == "loss30":
+        reference, what = median_run(runs["none"]).goodput, "reference: the median --cc none run"
+    else:
+        reference, what = float(rate), f"reference: the bottleneck's {rate:,}/s"
+    print_rows(n, runs, reference, what)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--only", nargs="+", default=["bottleneck", "server", "loss30"])
+    p.add_argument("--only", nargs="+", choices=KINDS, default=list(KINDS))
     p.add_argument("--rows", type=int, default=8000, help="rows per scenario, shared among the clients")
     p.add_argument("--rate", type=int, default=1000, help="bottleneck requests per second")
     p.add_argument("--limit", type=int, default=200, help="bottleneck queue in datagrams")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the server scenario (medians)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (medians)")
     p.add_argument(
-        "--server-cpu",
+        "--service-us",
         type=float,
-        default=SERVER_CPU,
-        metavar="CPUS",
-        help=f"server scenario: the server's CPU quota, a fraction of one CPU (cgroup; default {SERVER_CPU}; 0: none)",
+        default=SERVICE_US,
+        metavar="US",
+        help=f"server scenario: the server's service time per request, microseconds (default {SERVICE_US:g}; 0: none)",
     )
     args = p.parse_args(argv)
-    if not 0 <= args.server_cpu <= (os.cpu_count() or 1):
-        p.error("--server-cpu must be between 0 and the number of CPUs")
-    # SIGTERM ends the run like Ctrl-C does: through the finally blocks that stop every process
-    # and remove the server's cgroup.
+    if not 0 <= args.service_us <= 100_000:
+        p.error("--service-us must be between 0 and 100000")
+    # SIGTERM ends the run like Ctrl-C does: through the finally blocks that stop every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"bottleneck: {args.rate} requests/s, tail drop at {args.limit} datagrams "
         f"({1000 * args.limit / args.rate:.0f} ms of queue); batch 1, --window 64"
     )
     if "server" in args.only:
-        quota = f"a CPU quota of {args.server_cpu} CPU (cgroup)" if args.server_cpu else "no CPU quota"
         print(
-            f"server: the server runs under {quota}; --window {SERVER_WINDOW}; "
+            f"server: {args.service_us:g} us of service time per request (bench/slow_server.py); "
+            f"--window {SERVER_WINDOW}; "
             f"capacity = N x --cc none --window {CAPACITY_WINDOW}"
         )
     print(HEADER)
     for kind in args.only:
-        if kind == "server":
-            for n in args.clients:
-                server_rows(n, max(100, 3 * args.rows // n), args.rounds, args.server_cpu)
-            continue
-        for n in args.clients if kind != "loss30" else [1]:
-            rows = max(100, args.rows // n) if kind != "server" else max(100, 3 * args.rows // n)
-            pair = [
-                run_scenario(Scenario(kind, n, rows, cc, rate=args.rate, limit=args.limit)) for cc in ("auto", "none")
-            ]
-            reference = float(args.rate)
-            if kind == "loss30":
-                reference = pair[1].goodput
-            for r in pair:
-                print(row(r, reference), flush=True)
+        for n in [1] if kind == "loss30" else [c for c in args.clients if c > 1 or kind != "latecomers"]:
+            if kind == "server":
+                server_rows(n, max(100, 3 * args.rows // n), args.rounds, args.service_us)
+            else:
+                # At 30% loss the last requests' RTOs, not the rate, set a short run's time.
+                rows = 3 * args.rows if kind == "loss30" else args.rows
+                path_rows(kind, n, max(100, rows // n), args.rounds, args.rate, args.limit)
     return 0
 
 

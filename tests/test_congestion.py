@@ -4,6 +4,7 @@ OVERLOADED mark (bit 0x40 of the reply's kind byte) and where the server sets it
 from __future__ import annotations
 
 import socket
+import time
 import zlib
 
 import pytest
@@ -18,7 +19,7 @@ from udp_price.client.session import ClientSession
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.guards import RateLimiter
-from udp_price.server.overload import OverloadDetector
+from udp_price.server.overload import CLOCK_STEP_S, DEEP_BACKLOG, DEEP_WAIT_S, READ_DROPS_BURST, OverloadDetector
 from udp_price.wire import (
     FLAG_OVERLOADED,
     QuoteRequest,
@@ -74,7 +75,7 @@ def test_a_mark_or_busy_halves_the_window_once_per_round_trip(why: str) -> None:
     assert not c.on_congestion(1.001, 0.995, why)
     assert c.window == 16
     # A signal about a transmission sent after it: a new episode.
-    assert c.on_congestion(1.015, 1.005, why)  # (before the slowdown due at 1.02)
+    assert c.on_congestion(1.015, 1.005, why)  # (before the slowdown due at 2.0, on the wall-clock grid)
     assert c.window == 8
     assert c.stats[f"cc.reductions.{why}"] == 2
 
@@ -266,29 +267,89 @@ def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
 
 
 def drain(sock: socket.socket, core: QuoteServer, marking: bool) -> tuple[int, int | None]:
-    return loop._drain(sock, core, loop.Control(), lambda: 0.0, None, marking)
+    handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: 0.0, None, marking)
+    return handled, drops
 
 
-def test_a_deep_backlog_marks_the_next_burst_s_replies() -> None:
+def wake_up(sock: socket.socket, core: QuoteServer, detector: OverloadDetector, now: float | None = None) -> int:
+    """One wake-up exactly as serve() runs it: the detector decides the mark and whether the first
+    datagram is read with recvmsg (drop counter, queueing time), and judges that time."""
+    began = time.monotonic() if now is None else now  # the loop's clock, as in serve()
+    marking, want_drops = detector.next_burst(began)
+    handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: began, None, marking, want_drops, detector)
+    detector.after_burst(handled, drops, began)
+    return handled
+
+
+def timestamped(core: QuoteServer, sock: socket.socket) -> OverloadDetector:
+    assert loop.reports_queueing_time(sock)
+    return OverloadDetector(stats=core.stats, timestamps=True)
+
+
+@pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
+def test_a_queue_whose_oldest_request_waited_100_ms_marks_the_replies_of_its_wake_up() -> None:
     server, client = pair_of_sockets()
     core = QuoteServer(Catalog.from_prices(PRICES))
-    detector = OverloadDetector(stats=core.stats)
     with server, client:
-        send_quotes(client, loop.DRAIN_LIMIT + 10)
-        handled, drops = drain(server, core, detector.overloaded(0.0))
-        detector.after_burst(handled, drops, 0.0)
-        first = replies(client)
-        assert handled == loop.DRAIN_LIMIT and len(first) == loop.DRAIN_LIMIT
-        assert not any(r[3] & FLAG_OVERLOADED for r in first)
-        assert detector.overloaded(0.0)
-        handled, drops = drain(server, core, detector.overloaded(0.0))
-        detector.after_burst(handled, drops, 0.0)
-        second = replies(client)
-        assert handled == 10 and len(second) == 10
-        assert all(split_overload_mark(r)[1] for r in second)
-        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in second)
-        assert not detector.overloaded(0.0)  # that burst emptied the socket
+        detector = timestamped(core, server)
+        send_quotes(client, READ_DROPS_BURST)  # a queue building: the next wake-up reads the timestamp
+        assert wake_up(server, core, detector) == READ_DROPS_BURST
+        assert not any(split_overload_mark(r)[1] for r in replies(client))
+        send_quotes(client, 10, first=100)
+        queued = time.monotonic()
+        while time.monotonic() < queued + 1.5 * detector.deep_wait_s:  # (the condition is the age itself)
+            time.sleep(detector.deep_wait_s / 2)
+        assert wake_up(server, core, detector) == 10
+        aged = replies(client)
+        assert len(aged) == 10 and all(split_overload_mark(r)[1] for r in aged), "they waited: all marked"
+        assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in aged)
+        assert core.stats["overload.deep_backlog"] == 1 and core.stats["overload.marked"] == 10
+        send_quotes(client, 5, first=200)  # fresh: the queue was emptied by the wake-up before
+        assert wake_up(server, core, detector) == 5
+        assert not any(split_overload_mark(r)[1] for r in replies(client))
         assert core.stats["overload.marked"] == 10 and core.stats["overload.deep_backlog"] == 1
+
+
+@pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
+@pytest.mark.parametrize("before", [1, READ_DROPS_BURST])
+def test_a_busy_server_with_a_fresh_queue_is_not_marked(before: int) -> None:
+    """A full burst (DRAIN_LIMIT datagrams, the socket still not empty) of requests that had just
+    arrived is a busy server, not a deep backlog: delay-based clients keep a short standing queue
+    on purpose, so the server never idles, and must not be halved for it. After a light load the
+    burst's first datagram is read without a timestamp (recvfrom): not marked either."""
+    server, client = pair_of_sockets()
+    core = QuoteServer(Catalog.from_prices(PRICES))
+    with server, client:
+        detector = timestamped(core, server)
+        send_quotes(client, before)
+        assert wake_up(server, core, detector) == before
+        got = replies(client)
+        send_quotes(client, loop.DRAIN_LIMIT + 10, first=1000)
+        assert wake_up(server, core, detector) == loop.DRAIN_LIMIT
+        got += replies(client)  # (read as they come: the client's own buffer is small)
+        assert wake_up(server, core, detector) == 10
+        got += replies(client)
+        assert len(got) == before + loop.DRAIN_LIMIT + 10
+        assert not any(split_overload_mark(r)[1] for r in got) and core.stats["overload.deep_backlog"] == 0
+
+
+def test_without_timestamps_a_full_burst_counts_as_a_deep_backlog() -> None:
+    detector = OverloadDetector()
+    detector.after_burst(DEEP_BACKLOG, None, 0.0)
+    assert detector.overloaded(0.0) and detector.next_burst(0.0)[0]
+    detector.after_burst(DEEP_BACKLOG - 1, None, 0.0)
+    assert not detector.overloaded(0.0)
+    with_timestamps = OverloadDetector(timestamps=True)
+    with_timestamps.after_burst(DEEP_BACKLOG, None, 0.0)  # a socket with timestamps: the wait decides
+    assert not with_timestamps.overloaded(0.0)
+
+
+def test_a_wait_decides_a_deep_backlog_and_a_clock_step_is_no_queue() -> None:
+    detector = OverloadDetector(timestamps=True)
+    for waited in (None, 0.0, DEEP_WAIT_S - 0.001, -0.5, CLOCK_STEP_S, 3600.0):
+        assert not detector.queue_waited(waited), waited
+    assert detector.queue_waited(DEEP_WAIT_S) and detector.queue_waited(CLOCK_STEP_S - 0.001)
+    assert detector.stats["overload.deep_backlog"] == 2
 
 
 @pytest.mark.skipif(loop.SO_RXQ_OVFL is None, reason="SO_RXQ_OVFL is Linux-only")
@@ -339,37 +400,41 @@ def test_the_drop_counter_is_read_when_a_queue_builds_and_now_and_then() -> None
 # ---------------------------------------------------------------- the base delay can rise
 
 
-def closed_loop(c: CongestionController, start: float, base_rtt: float, seconds: float) -> list[tuple[float, int]]:
-    """A sender with rows to spare on a path with no queue: each reply comes exactly ``base_rtt``
-    after its request, and the window is refilled at once. Returns (time, window) per reply."""
+def closed_loop(
+    c: CongestionController, start: float, base_rtt: float, seconds: float, queue: float = 0.0
+) -> list[tuple[float, int]]:
+    """A sender with rows to spare: each reply comes exactly ``base_rtt`` after its request, plus
+    ``queue`` while the window is above the slowdown's (a queue that drains when the sender slows
+    down); the window is refilled at once. Returns (time, window) per reply."""
     in_flight: list[float] = []
     now, seen = start, []
     while now < start + seconds:
         while len(in_flight) < c.window:
             in_flight.append(now)
         sent = in_flight.pop(0)
-        now = max(now, sent + base_rtt)
+        now = max(now, sent + base_rtt + (queue if c.window > c.config.slowdown_window else 0.0))
         c.on_reply(now, [sent], 1, busy=False, marked=False, in_flight=len(in_flight))
         seen.append((now, c.window))
     return seen
 
 
 def test_a_permanent_rise_of_the_base_rtt_is_accepted_within_seconds_not_read_as_queue() -> None:
-    """A route change or an added proxy takes the path from 10 ms to 50 ms for good. Reading the
-    whole 40 ms as queue forever pinned the window at 1-2 (28 req/s where 1,280/s were possible);
-    the base-delay history forgets the old minimum and the window comes back near the maximum."""
+    """A route change or an added proxy takes the path from 10 ms to 60 ms for good (a rise above
+    the 25 ms target). Reading the whole 50 ms as queue forever pinned the window at 1-2; the
+    base-delay history forgets the old minimum and the window comes back near the maximum."""
     c = cc(max_window=64)
+    assert c.target() < 0.050
     before = closed_loop(c, 0.0, 0.010, 2.0)
     shifted_at = before[-1][0]
-    assert before[-1][1] == 64
-    after = closed_loop(c, shifted_at, 0.050, 20.0)
+    assert max(w for _, w in before) == 64
+    after = closed_loop(c, shifted_at, 0.060, 20.0)
     assert c.stats["cc.reductions.delay"] > 0, "the rise looks like a queue at first"
     pinned = next(i for i, (_, w) in enumerate(after) if w <= 2)
     recovered = next((t for t, w in after[pinned:] if w >= 58), None)
     assert recovered is not None and recovered - shifted_at <= 12.0, "the window came back within 12 s"
     late = [w for t, w in after if t >= shifted_at + 15.0]
     assert sum(late) / len(late) >= 0.9 * 64
-    assert c.min_rtt == pytest.approx(0.050)
+    assert c.min_rtt == pytest.approx(0.060)
 
 
 def test_the_base_rtt_still_falls_at_once_and_a_short_queue_does_not_become_the_base() -> None:
@@ -380,3 +445,12 @@ def test_the_base_rtt_still_falls_at_once_and_a_short_queue_does_not_become_the_
     assert c.min_rtt == pytest.approx(0.005), "a lower RTT is the new base at once"
     closed_loop(c, 2.6, 0.040, 2.0)  # 2 s of a higher RTT: shorter than the history
     assert c.min_rtt == pytest.approx(0.005)
+
+
+def test_a_standing_queue_that_drains_in_the_slowdowns_never_becomes_the_base() -> None:
+    """A queue of 35 ms (over the target) that drains whenever the sender slows down: the
+    slowdowns keep measuring the base, so 20 s of it never become base delay."""
+    c = cc()
+    closed_loop(c, 0.0, 0.005, 2.0)
+    closed_loop(c, 2.0, 0.005, 20.0, queue=0.035)
+    assert c.stats["cc.slowdowns"] >= 5 and c.min_rtt == pytest.approx(0.005)

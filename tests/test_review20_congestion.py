@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from udp_price.client.congestion import CongestionConfig, CongestionController
 
 RTT = 0.002
@@ -28,3 +31,17 @@ def test_an_unnumbered_reply_to_a_retransmitted_request_is_no_rtt_sample() -> No
     assert c.window >= window, "no reduction for an ambiguous reply"
     assert list(c._recent) == samples, "no sample taken from an ambiguous reply"
     assert c.stats["cc.signals.delay"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 0.03), st.floats(0.0, 0.2)), min_size=1, max_size=300))
+def test_the_standing_rtt_is_the_least_sample_still_in_the_horizon(steps: list[tuple[float, float]]) -> None:
+    """The standing RTT is kept incrementally (a queue of rising minima) rather than by scanning the
+    50 ms horizon on every answer: after any sequence of samples it must equal the least RTT among
+    the samples the horizon still holds (RFC 6817's CURRENT_FILTER minimum)."""
+    c = CongestionController(CongestionConfig(max_window=64))
+    now = 0.0
+    for gap, rtt in steps:
+        now += gap
+        c.on_answered(now, now - rtt, rtt, in_flight=0)
+        assert c._rtt() == min(r for _, r in c._recent)

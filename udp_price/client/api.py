@@ -128,7 +128,9 @@ class QuoteClient:
         )
         self._transport, self._loop = transport, loop
         keep_verdict = self.session.keep_verdict
-        controller = CongestionController(self.congestion) if self.congestion is not None else None
+        controller = None
+        if self.congestion is not None:  # periodic slowdowns keep to the wall clock, shared with other senders
+            controller = CongestionController(self.congestion, clock_offset=lambda: time.time() - loop.time())
         self.session = ClientSession(self.policy, loop.time(), self.session.budget, controller)
         self.session.keep_verdict = keep_verdict
         return self

@@ -20,7 +20,9 @@ explains the choices and the measurements.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MARK = "mark"
@@ -54,7 +56,14 @@ class CongestionConfig:
     """A slowdown lasts this many RTTs: long enough for the bottleneck's queue to drain."""
     slowdown_gap: float = 9.0
     """The next slowdown starts this many slowdown-and-ramp durations after the last ended, so
-    slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)."""
+    slowdowns cost about a tenth of the time (LEDBAT++'s factor 9)..."""
+    slowdown_grid_s: float = 1.0
+    """...or, on a wall-clock grid of this many seconds (0: none), on the multiples of the grid
+    times the power of two nearest that cycle. A slowdown drains a shared queue only if every
+    sender sharing it slows down at the same time; on a common clock (one host's, or NTP's to a
+    millisecond) they do, and each measures the path's base RTT instead of the queue the others
+    keep (a sender that started late otherwise took that queue for its base and out-sent the
+    earlier ones: Jain's index 0.86-0.90 in 2 of 11 runs of 8 clients through a bottleneck)."""
     base_interval_s: float = 1.0
     """The base (minimum) RTT is kept per interval of this many seconds, or ``base_interval_rtts``
     smoothed RTTs if longer (RFC 6817 2.4.1 keeps one minimum per minute)..."""
@@ -81,6 +90,8 @@ class CongestionConfig:
             raise ValueError("1 <= min_window <= initial_window and min_window <= max_window are required")
         if not 0 < self.beta < 1 or self.target_floor_s <= 0 or self.delay_filter < 1:
             raise ValueError("0 < beta < 1, target_floor_s > 0 and delay_filter >= 1 are required")
+        if not (self.slowdown_grid_s == 0 or 0.001 <= self.slowdown_grid_s <= 3600):
+            raise ValueError("slowdown_grid_s 0 or 0.001-3600 is required")
 
 
 @dataclass
@@ -88,6 +99,10 @@ class CongestionController:
     """One sender's congestion window. Feed it every answer and every signal; read ``window``."""
 
     config: CongestionConfig = field(default_factory=CongestionConfig)
+    clock_offset: float | Callable[[], float] = 0.0
+    """The wall clock minus the clock of the ``now`` passed in, or a function that reads it
+    (``lambda: time.time() - loop.time()``, read afresh whenever a slowdown is scheduled, so a
+    stepped wall clock is followed): slowdowns are aligned to the wall clock (``slowdown_grid_s``)."""
     cwnd: float = 0.0
     ssthresh: float = float("inf")
     min_rtt: float | None = None
@@ -105,6 +120,11 @@ class CongestionController:
     """The controller's own smoothed RTT (gain 1/8, RFC 6298), for the standing-RTT horizon."""
     _recent: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     """(when, RTT) of the latest samples, oldest first."""
+    _minima: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
+    """(sample number, RTT) of the samples in ``_recent`` that no later sample undercuts, RTTs
+    rising: the first is the standing RTT, in O(1) per sample instead of a scan of the 50 ms
+    horizon (150 samples at 3,000 answers/s) on every answer."""
+    _samples: int = 0
     _base: deque[tuple[float, float]] = field(default_factory=deque, repr=False)
     """(interval start, minimum RTT in it), oldest first; the last one is the current interval."""
 
@@ -156,7 +176,9 @@ class CongestionController:
         if in_flight + 1 < self.window:
             return False  # not using the window: an unused window proves nothing (RFC 7661)
         self.cwnd += 1.0 if self.cwnd < self.ssthresh else 1.0 / self.cwnd
-        self.cwnd = min(self.cwnd, float(self.config.max_window))
+        if self.cwnd >= self.config.max_window:  # slow start ended at the cap, not on a signal
+            self.cwnd = float(self.config.max_window)
+            self._first_slowdown(now)
         return False
 
     def on_congestion(self, now: float, sent_at: float, why: str, rtt_s: float | None = None) -> bool:
@@ -167,8 +189,7 @@ class CongestionController:
         self.stats[f"cc.signals.{why}"] += 1
         if sent_at <= self.recovery_start or self._slowing_down(now):
             return False  # same episode (or a slowdown, which already holds the window minimal)
-        if self.next_slowdown_at is None:
-            self.next_slowdown_at = now + self.config.slowdown_rtts * self._rtt()
+        self._first_slowdown(now)
         self.recovery_start = now
         self.ssthresh = max(float(self.config.min_window), self.cwnd * self.config.beta)
         self.cwnd = self.ssthresh
@@ -177,7 +198,7 @@ class CongestionController:
 
     def _rtt(self) -> float:
         """The current (standing) RTT; 0 before any sample."""
-        return min(rtt for _, rtt in self._recent) if self._recent else 0.0
+        return self._minima[0][1] if self._recent else 0.0
 
     def _slowing_down(self, now: float) -> bool:
         """Periodic slowdowns (LEDBAT++, draft-irtf-iccrg-ledbat-plus-plus section 4.4): every so
@@ -187,10 +208,10 @@ class CongestionController:
         if self.slowdown_until is not None:
             if now < self.slowdown_until:
                 return True
-            duration = now - self._slowdown_began
+            duration = self.slowdown_until - self._slowdown_began  # as scheduled: a pause in replies is no RTT
             self.slowdown_until = None
             self.recovery_start = now  # answers to what was sent during the slowdown are not news
-            self.next_slowdown_at = now + self.config.slowdown_gap * 2 * duration  # slowdown + ramp
+            self.next_slowdown_at = self._after_slowdown(now, duration)
             return False
         if self.next_slowdown_at is None or now < self.next_slowdown_at:
             return False
@@ -201,15 +222,56 @@ class CongestionController:
         self.stats["cc.slowdowns"] += 1
         return True
 
+    def _first_slowdown(self, now: float) -> None:
+        """Slow start has ended (a first signal, or the window reached its maximum): the first
+        slowdown comes two RTTs later, on the grid (LEDBAT++'s initial slowdown). Also at the cap:
+        a sender that joined a standing queue takes it for base delay, and with a maximum window
+        that adds less than the target on top it never sees a signal, so without this it would
+        never slow down."""
+        if self.next_slowdown_at is None:
+            when = now + self.config.slowdown_rtts * self._rtt()
+            self.next_slowdown_at = self._on_grid(when, self.config.slowdown_grid_s)
+
+    def _after_slowdown(self, now: float, duration: float) -> float:
+        """When the next slowdown is due, a slowdown of ``duration`` having just ended: after 9x
+        the slowdown and its ramp (LEDBAT++), or, on the wall-clock grid, on the next multiple of
+        a period of about that length: the grid times the nearest power of two. A sender then
+        slows down on every multiple of its period, and senders with the same period (the same
+        RTT, on a shared queue) on the same instants; different periods still meet on every
+        multiple of the longer. (Rounded up to the grid alone, senders whose cycle is 1.5 s would
+        split for good between odd and even seconds.)"""
+        wait = self.config.slowdown_gap * 2 * duration
+        grid = self.config.slowdown_grid_s
+        if grid <= 0:
+            return now + wait
+        cycle = duration + wait
+        period = grid * 2.0 ** round(math.log2(cycle / grid)) if cycle > grid else grid
+        return self._on_grid(now, period)
+
+    def _on_grid(self, when: float, period: float) -> float:
+        """The first instant at or after ``when`` that is a whole multiple of ``period`` seconds on
+        the wall clock, in the clock of ``now``; ``when`` itself without a grid."""
+        offset = self.clock_offset() if callable(self.clock_offset) else self.clock_offset
+        if self.config.slowdown_grid_s <= 0 or not math.isfinite(offset):
+            return when
+        return math.ceil((when + offset) / period) * period - offset
+
     def _sample(self, now: float, rtt_s: float) -> None:
         rtt_s = max(rtt_s, 0.0)
         self._update_base(now, rtt_s)
         self.srtt = rtt_s if self.srtt is None else self.srtt + (rtt_s - self.srtt) / 8
-        recent = self._recent
+        recent, minima = self._recent, self._minima
         recent.append((now, rtt_s))
+        self._samples += 1
+        while minima and minima[-1][1] >= rtt_s:
+            minima.pop()
+        minima.append((self._samples, rtt_s))
         horizon = now - max(self.config.standing_s, self.srtt / 2)
         while len(recent) > self.config.delay_filter and recent[0][0] < horizon:
             recent.popleft()
+        oldest = self._samples - len(recent) + 1
+        while minima[0][0] < oldest:
+            minima.popleft()
 
     def _update_base(self, now: float, rtt_s: float) -> None:
         """RFC 6817 2.4.1's base-delay history with short intervals: a minimum per interval, the

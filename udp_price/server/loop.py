@@ -9,6 +9,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,10 @@ DRAIN_LIMIT = 256
 """Datagrams handled per wake-up before checking for signals again."""
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
 """Linux: recvmsg reports the socket's count of datagrams dropped for lack of buffer (socket(7))."""
-OVFL_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
+"""Linux: recvmsg reports when the kernel queued the datagram (CLOCK_REALTIME, a struct timespec)."""
+_TIMESPEC = struct.Struct("@qq")
+ANC_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class Control:
@@ -98,9 +102,10 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
                 break
             except OSError:
                 continue
-    if SO_RXQ_OVFL is not None:
-        with contextlib.suppress(OSError):  # without it, the backlog and the limiter still mark
-            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    for option in (SO_RXQ_OVFL, SO_TIMESTAMPNS):
+        if option is not None:
+            with contextlib.suppress(OSError):  # without them, the backlog and the limiter still mark
+                sock.setsockopt(socket.SOL_SOCKET, option, 1)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
@@ -114,6 +119,25 @@ def kernel_drops(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def queued_at(ancdata: list[tuple[int, int, bytes]]) -> float | None:
+    """When the kernel queued the datagram (SO_TIMESTAMPNS, Unix seconds), or None if not there."""
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return float(seconds) + float(nanoseconds) / 1e9
+    return None
+
+
+def reports_queueing_time(sock: socket.socket) -> bool:
+    """Whether recvmsg on ``sock`` brings each datagram's kernel receive timestamp."""
+    if SO_TIMESTAMPNS is None:
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) != 0
+    except OSError:
+        return False
+
+
 def serve(
     sock: socket.socket,
     server: QuoteServer,
@@ -124,7 +148,7 @@ def serve(
 ) -> None:
     """Answer datagrams on ``sock`` until ``control.stop()``; the datagram in hand is finished first.
     ``timing``: where to record how long handling each datagram takes (None: not measured)."""
-    overload = OverloadDetector(stats=server.stats)
+    overload = OverloadDetector(stats=server.stats, timestamps=reports_queueing_time(sock))
     next_tick = duties.tick(clock()) if duties else None
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
@@ -143,7 +167,7 @@ def serve(
                 duties.swap_in_ready()
             now = clock()
             marking, want_drops = overload.next_burst(now)
-            handled, drops = _drain(sock, server, control, clock, timing, marking, want_drops)
+            handled, drops, _ = _drain(sock, server, control, clock, timing, marking, want_drops, overload)
             overload.after_burst(handled, drops, now)
             if duties is not None and next_tick is not None and clock() >= next_tick:
                 try:
@@ -161,29 +185,35 @@ def _drain(
     timing: DurationHistogram | None,
     marking: bool = False,
     want_drops: bool = True,
-) -> tuple[int, int | None]:
-    """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, and the socket's
-    SO_RXQ_OVFL drop counter (None: not available). ``marking``: the server is overloaded, so
+    overload: OverloadDetector | None = None,
+) -> tuple[int, int | None, float | None]:
+    """Handle the datagrams waiting (at most DRAIN_LIMIT); returns how many, the socket's
+    SO_RXQ_OVFL drop counter and how long the first datagram waited in the socket's queue, in
+    seconds (None: not read or not available). ``marking``: the server is overloaded, so
     every reply carries the OVERLOADED flag (replies to a source near its rate limit always do);
     the core sets it as it encodes each reply (QuoteServer.overloaded), never here after the fact.
-    ``want_drops``: read the first datagram with recvmsg for the drop counter."""
+    ``want_drops``: read the first datagram with recvmsg for the drop counter and its queueing time,
+    which ``overload`` judges: if that request waited too long, this burst's replies are marked."""
     server.overloaded = marking
     # Read until the socket is empty: one select() per burst instead of one per datagram.
     # Methods are bound to locals once per burst: this loop runs once per datagram.
     recvfrom, sendto, handle, stats = sock.recvfrom, sock.sendto, server.handle_datagram, server.stats
     observe = timing.observe if timing is not None else None
-    drops, plain = None, SO_RXQ_OVFL is None or not want_drops
+    drops, waited, plain = None, None, SO_RXQ_OVFL is None or not want_drops
     for i in range(DRAIN_LIMIT):
         if control.stopped:
-            return i, drops
+            return i, drops, waited
         try:
             if i or plain:
                 data, addr = recvfrom(RECV_BUFFER)
             else:  # the burst's first datagram brings the drop counter (once per wake-up, not per datagram)
-                data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, OVFL_SPACE)
-                drops = kernel_drops(ancdata)
+                data, ancdata, _, addr = sock.recvmsg(RECV_BUFFER, ANC_SPACE)
+                drops, arrived = kernel_drops(ancdata), queued_at(ancdata)
+                waited = None if arrived is None else time.time() - arrived  # the head of the queue: the oldest
+                if overload is not None and overload.queue_waited(waited, clock()):
+                    server.overloaded = True
         except (BlockingIOError, InterruptedError):
-            return i, drops
+            return i, drops, waited
         except OSError as e:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED: not fatal
             stats["socket_errors"] += 1
             log.debug("recvfrom failed: %s", e)
@@ -205,7 +235,7 @@ def _drain(
                 log.debug("sendto %s failed: %s", addr, e)
                 continue
             stats["bytes_sent"] += len(reply)
-    return DRAIN_LIMIT, drops
+    return DRAIN_LIMIT, drops, waited
 
 
 _logged_errors: set[tuple[str, str, int | None]] = set()
