@@ -1,10 +1,9 @@
 """Congestion control, measured: N bulk clients (separate processes) sharing one bottleneck.
 
-Each scenario starts a fresh server, optionally the fault proxy in front of it, and N
-``udp_client.py bulk`` processes, each with its own file; every scenario runs with the controller
-(``--cc auto``) and with the fixed window (``--cc none``) in interleaved rounds (``--rounds``),
-and each row is the median run, the line under it every run. Every OK row's total is checked
-against catalog.csv (a wrong total counts as a failed row). Scenarios (docs/congestion.md):
+Per run: a fresh server, optionally the fault proxy, and N ``udp_client.py bulk`` processes, each
+with its own file; ``--cc auto`` and ``--cc none`` in interleaved rounds (``--rounds``); each row
+is the median run, the line under it every run. Every OK row's total is checked against
+catalog.csv (a wrong one is a failed row). Scenarios (docs/congestion.md):
 
 - ``bottleneck``: the proxy forwards client -> server at ``--rate`` requests/s with a tail-drop
   queue of ``--limit`` datagrams; goodput against that rate, queueing from the proxy's log.
@@ -14,9 +13,8 @@ against catalog.csv (a wrong total counts as a failed row). Scenarios (docs/cong
   the same N clients with ``--cc none --window 256`` in the same rounds.
 - ``loss30``: 30% random loss each way, no bottleneck, 3x the rows; against ``--cc none``.
 
-    python bench/congestion_bench.py                      # every scenario, N = 1 2 4 8
-    python bench/congestion_bench.py --only server --rounds 3
-    python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000
+    python bench/congestion_bench.py                      # every scenario, N = 1 2 4 8 (16 min)
+    python bench/congestion_bench.py --clients 2 --only bottleneck --rows 2000 --rounds 1
 
 Bounded: every client process has a time limit, every file a row count.
 """
@@ -291,16 +289,12 @@ HEADER = (
     "| scenario   | N | cc   | goodput req/s | x reference | Jain | retrans | queue p99 ms | tail drops "
     "| failed rows |\n|---|---|---|---|---|---|---|---|---|---|"
 )
-
-
 LATECOMER_STAGGER_S = 0.5
 """Seconds between the clients' starts in the latecomers scenario."""
 SERVER_WINDOW = 64
 """--window (the controller's maximum) of both modes straight at the server: the default."""
 CAPACITY_WINDOW = 256
 """--window of the --cc none runs that saturate the server to measure its capacity."""
-
-
 KINDS = ("bottleneck", "latecomers", "server", "loss30")
 CCS = ("auto", "none")
 
