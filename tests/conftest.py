@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from helpers import CATALOG, RunningServer, serving
 from hypothesis import HealthCheck, Phase, settings
+from overloadlib import ShiftedWallClock
 
 from udp_price.catalog import load_catalog
 from udp_price.server.core import QuoteServer
@@ -45,3 +46,15 @@ def server() -> Iterator[RunningServer]:
     """A real udp-price server on 127.0.0.1:<free port>, serving catalog.csv from a thread."""
     with serving(QuoteServer(load_catalog(CATALOG))) as running:
         yield running
+
+
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedWallClock]:
+    """The wall clock as the server's loop and the client's API read it, steppable (``offset``)."""
+    from udp_price.client import api
+    from udp_price.server import loop
+
+    shim = ShiftedWallClock()
+    monkeypatch.setattr(loop, "time", shim)
+    monkeypatch.setattr(api, "time", shim)
+    yield shim

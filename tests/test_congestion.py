@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 from helpers import expected_prices
+from overloadlib import closed_loop, pair_of_sockets, replies, send_quotes, wake_up
 from sessionsim import Sim, steady
 
 from udp_price.catalog import Catalog
@@ -241,44 +242,9 @@ def test_a_request_with_the_overloaded_flag_is_malformed_and_never_answered() ->
 # ---------------------------------------------------------------- where the server marks
 
 
-def pair_of_sockets(rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
-    server = loop.bind_socket("127.0.0.1", 0)
-    if rcvbuf is not None:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.connect(server.getsockname())
-    client.setblocking(False)
-    return server, client
-
-
-def replies(client: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(client.recv(2048))
-        except BlockingIOError:
-            return out
-
-
-def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
-    for i in range(n):
-        client.send(encode_request(QuoteRequest(first + i, "apple", 1, transmission=1)))
-
-
 def drain(sock: socket.socket, core: QuoteServer, marking: bool) -> tuple[int, int | None]:
     handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: 0.0, None, marking)
     return handled, drops
-
-
-def wake_up(sock: socket.socket, core: QuoteServer, detector: OverloadDetector, now: float | None = None) -> int:
-    """One wake-up exactly as serve() runs it: the detector decides the mark and whether the first
-    datagram is read with recvmsg (drop counter, queueing time), and judges that time."""
-    began = time.monotonic() if now is None else now  # the loop's clock, as in serve()
-    marking, want_drops = detector.next_burst(began)
-    handled, drops, _ = loop._drain(sock, core, loop.Control(), lambda: began, None, marking, want_drops, detector)
-    detector.after_burst(handled, drops, began)
-    return handled
 
 
 def timestamped(core: QuoteServer, sock: socket.socket) -> OverloadDetector:
@@ -293,19 +259,19 @@ def test_a_queue_whose_oldest_request_waited_100_ms_marks_the_replies_of_its_wak
     with server, client:
         detector = timestamped(core, server)
         send_quotes(client, READ_DROPS_BURST)  # a queue building: the next wake-up reads the timestamp
-        assert wake_up(server, core, detector) == READ_DROPS_BURST
+        assert wake_up(server, core, detector)[0] == READ_DROPS_BURST
         assert not any(split_overload_mark(r)[1] for r in replies(client))
         send_quotes(client, 10, first=100)
         queued = time.monotonic()
         while time.monotonic() < queued + 1.5 * detector.deep_wait_s:  # (the condition is the age itself)
             time.sleep(detector.deep_wait_s / 2)
-        assert wake_up(server, core, detector) == 10
+        assert wake_up(server, core, detector)[0] == 10
         aged = replies(client)
         assert len(aged) == 10 and all(split_overload_mark(r)[1] for r in aged), "they waited: all marked"
         assert all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in aged)
         assert core.stats["overload.deep_backlog"] == 1 and core.stats["overload.marked"] == 10
         send_quotes(client, 5, first=200)  # fresh: the queue was emptied by the wake-up before
-        assert wake_up(server, core, detector) == 5
+        assert wake_up(server, core, detector)[0] == 5
         assert not any(split_overload_mark(r)[1] for r in replies(client))
         assert core.stats["overload.marked"] == 10 and core.stats["overload.deep_backlog"] == 1
 
@@ -322,12 +288,12 @@ def test_a_busy_server_with_a_fresh_queue_is_not_marked(before: int) -> None:
     with server, client:
         detector = timestamped(core, server)
         send_quotes(client, before)
-        assert wake_up(server, core, detector) == before
+        assert wake_up(server, core, detector)[0] == before
         got = replies(client)
         send_quotes(client, loop.DRAIN_LIMIT + 10, first=1000)
-        assert wake_up(server, core, detector) == loop.DRAIN_LIMIT
+        assert wake_up(server, core, detector)[0] == loop.DRAIN_LIMIT
         got += replies(client)  # (read as they come: the client's own buffer is small)
-        assert wake_up(server, core, detector) == 10
+        assert wake_up(server, core, detector)[0] == 10
         got += replies(client)
         assert len(got) == before + loop.DRAIN_LIMIT + 10
         assert not any(split_overload_mark(r)[1] for r in got) and core.stats["overload.deep_backlog"] == 0
@@ -398,24 +364,6 @@ def test_the_drop_counter_is_read_when_a_queue_builds_and_now_and_then() -> None
 
 
 # ---------------------------------------------------------------- the base delay can rise
-
-
-def closed_loop(
-    c: CongestionController, start: float, base_rtt: float, seconds: float, queue: float = 0.0
-) -> list[tuple[float, int]]:
-    """A sender with rows to spare: each reply comes exactly ``base_rtt`` after its request, plus
-    ``queue`` while the window is above the slowdown's (a queue that drains when the sender slows
-    down); the window is refilled at once. Returns (time, window) per reply."""
-    in_flight: list[float] = []
-    now, seen = start, []
-    while now < start + seconds:
-        while len(in_flight) < c.window:
-            in_flight.append(now)
-        sent = in_flight.pop(0)
-        now = max(now, sent + base_rtt + (queue if c.window > c.config.slowdown_window else 0.0))
-        c.on_reply(now, [sent], 1, busy=False, marked=False, in_flight=len(in_flight))
-        seen.append((now, c.window))
-    return seen
 
 
 def test_a_permanent_rise_of_the_base_rtt_is_accepted_within_seconds_not_read_as_queue() -> None:

@@ -14,105 +14,35 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import expected_prices
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from overloadlib import (
+    ShiftedWallClock,
+    all_ok,
+    marks,
+    pair_of_sockets,
+    replies,
+    send_quotes,
+    wait_until_queued,
+    wake_up,
+)
 
 from udp_price.catalog import Catalog
 from udp_price.client.congestion import BUSY, MARK, CongestionConfig, CongestionController
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.overload import DEEP_WAIT_S, READ_DROPS_BURST, OverloadDetector
-from udp_price.wire import QuoteRequest, Status, decode_any_reply, encode_request, split_overload_mark
+from udp_price.wire import QuoteRequest, encode_request
 
 PRICES = expected_prices()
 needs_timestamps = pytest.mark.skipif(loop.SO_TIMESTAMPNS is None, reason="SO_TIMESTAMPNS is Linux-only")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def pair_of_sockets() -> tuple[socket.socket, socket.socket]:
-    server = loop.bind_socket("127.0.0.1", 0)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.connect(server.getsockname())
-    client.setblocking(False)
-    return server, client
-
-
-def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
-    for i in range(n):
-        client.send(encode_request(QuoteRequest(first + i, "apple", 1, transmission=1)))
-
-
-def replies(client: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(client.recv(2048))
-        except BlockingIOError:
-            return out
-
-
-def wait_until_queued(sock: socket.socket, n: int, timeout: float = 2.0) -> None:
-    """Loopback delivers at once, but wait on the condition (the bytes queued), not a sleep."""
-    import fcntl
-    import termios
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        if int.from_bytes(buf, sys.byteorder) > 0 or n == 0:
-            return
-        time.sleep(0.001)
-    raise AssertionError("datagrams never queued")
-
-
-class ShiftedWallClock:
-    """Stands in for the ``time`` module inside udp_price.server.loop: ``time.time()`` is the real
-    wall clock plus ``offset`` (a wall-clock step, or a datagram that waited ``offset`` seconds,
-    without sleeping), everything else is the real module."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@pytest.fixture
-def wall(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedWallClock]:
-    shim = ShiftedWallClock()
-    monkeypatch.setattr(loop, "time", shim)
-    yield shim
-
-
-def wake_up(
-    sock: Any, core: QuoteServer, detector: OverloadDetector, now: float | None = None
-) -> tuple[int, float | None]:
-    """One wake-up exactly as serve() runs it: the detector decides the mark AND whether the first
-    datagram is read with recvmsg (the existing tests force recvmsg on every wake-up)."""
-    began = time.monotonic() if now is None else now  # the loop's clock, as in serve()
-    marking, want_drops = detector.next_burst(began)
-    handled, drops, waited = loop._drain(sock, core, loop.Control(), lambda: began, None, marking, want_drops, detector)
-    detector.after_burst(handled, drops, began)
-    return handled, waited
-
-
-def marks(got: list[bytes]) -> list[bool]:
-    return [split_overload_mark(r)[1] for r in got]
-
-
-def all_ok(got: list[bytes]) -> bool:
-    return all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in got)
 
 
 # ---------------------------------------------------------------- findings (fail while the bug stands)
@@ -131,11 +61,11 @@ def test_a_queue_emptied_by_its_wake_up_marks_nothing_after_it(wall: ShiftedWall
     detector = OverloadDetector(stats=core.stats, timestamps=loop.reports_queueing_time(server))
     with server, client:
         send_quotes(client, READ_DROPS_BURST)  # moderate load: the next wake-up reads the timestamp
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         assert wake_up(server, core, detector)[0] == READ_DROPS_BURST
         replies(client)
         send_quotes(client, 30, first=100)
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         wall.offset = 0.15  # the head of this queue waited 150 ms
         handled, waited = wake_up(server, core, detector)
         wall.offset = 0.0
@@ -143,7 +73,7 @@ def test_a_queue_emptied_by_its_wake_up_marks_nothing_after_it(wall: ShiftedWall
         assert waited is not None and waited >= DEEP_WAIT_S
         assert all_ok(replies(client))
         send_quotes(client, 5, first=200)  # fresh requests, the queue long gone
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         wake_up(server, core, detector, now=10.0)
         got = replies(client)
         assert len(got) == 5 and all_ok(got)
@@ -162,11 +92,11 @@ def test_the_first_full_burst_after_light_load_does_not_mark_a_merely_busy_serve
     detector = OverloadDetector(stats=core.stats, timestamps=loop.reports_queueing_time(server))
     with server, client:
         send_quotes(client, 1)  # a light load: one datagram per wake-up
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         assert wake_up(server, core, detector)[0] == 1
         replies(client)
         send_quotes(client, loop.DRAIN_LIMIT + 10, first=10)  # a burst arrives, fresh
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         handled, waited = wake_up(server, core, detector)
         assert handled == loop.DRAIN_LIMIT and waited is None, "read with recvfrom: no timestamp"
         replies(client)
@@ -284,11 +214,11 @@ def test_a_wall_clock_step_marks_at_most_one_burst_and_never_forever(wall: Shift
     with server, client:
         for step in (5.0, -30.0, 3600.0):  # forward under CLOCK_STEP_S, backward, far forward
             send_quotes(client, READ_DROPS_BURST)
-            wait_until_queued(server, 1)
+            wait_until_queued(server)
             wake_up(server, core, detector)  # the next wake-up reads the timestamp
             replies(client)
             send_quotes(client, READ_DROPS_BURST, first=100)
-            wait_until_queued(server, 1)
+            wait_until_queued(server)
             wall.offset = step  # the clock stepped while they were queued
             wake_up(server, core, detector)
             stepped = any(marks(replies(client)))
@@ -298,7 +228,7 @@ def test_a_wall_clock_step_marks_at_most_one_burst_and_never_forever(wall: Shift
             seen = []
             for i in range(3):  # the clock stays stepped: later datagrams are stamped after it
                 send_quotes(client, READ_DROPS_BURST, first=1000 + 100 * i)
-                wait_until_queued(server, 1)
+                wait_until_queued(server)
                 wall.offset = 0.0  # (the kernel's stamps now follow the stepped clock too)
                 wake_up(server, core, detector)
                 seen.append(any(marks(replies(client))))
@@ -327,12 +257,12 @@ def test_a_failed_first_recvmsg_reuses_no_earlier_timestamp_or_drop_count(wall: 
     core = QuoteServer(Catalog.from_prices(PRICES))
     with server, client:
         send_quotes(client, 3)
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         wall.offset = 0.5
         _, _, waited = loop._drain(server, core, loop.Control(), lambda: 0.0, None, False, True)
         assert waited is not None and waited >= 0.5
         send_quotes(client, 3, first=10)
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         handled, drops, waited = loop._drain(
             RefusingFirstRecvmsg(server),  # type: ignore[arg-type]
             core,
@@ -361,7 +291,7 @@ def test_a_flood_marks_everyone_while_it_lasts_but_every_legit_row_is_answered_a
         for i in range(600):
             attacker.send(encode_request(QuoteRequest(10_000 + i, "apple", 1, transmission=1)))
         send_quotes(legit, 20)
-        wait_until_queued(server, 1)
+        wait_until_queued(server)
         wall.offset = 0.3  # the flood's head has waited 300 ms
         for _ in range(10):  # bounded: 620 datagrams take 3 full wake-ups
             if wake_up(server, core, detector)[0] < loop.DRAIN_LIMIT:
@@ -373,7 +303,7 @@ def test_a_flood_marks_everyone_while_it_lasts_but_every_legit_row_is_answered_a
         after = []
         for i in range(3):  # the flood is over: fresh requests
             send_quotes(legit, READ_DROPS_BURST, first=500 + 100 * i)
-            wait_until_queued(server, 1)
+            wait_until_queued(server)
             wake_up(server, core, detector, now=100.0)
             after.append(any(marks(replies(legit))))
         assert after[1:] == [False, False], f"the mark outlived the flood: {after}"

@@ -18,13 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import expected_prices, spawn
+from overloadlib import ShiftedWallClock, all_ok, marks, pair_of_sockets, replies, send_quotes, wait_until_queued
 
 from udp_price.catalog import Catalog
 from udp_price.client import api
@@ -32,7 +31,6 @@ from udp_price.client.congestion import MARK, CongestionConfig, CongestionContro
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.overload import CLOCK_STEP_S, READ_DROPS_BURST, OverloadDetector
-from udp_price.wire import QuoteRequest, Status, decode_any_reply, encode_request, split_overload_mark
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICES = expected_prices()
@@ -71,72 +69,6 @@ def slowdown_starts(
 def together(a: list[float], b: list[float], within: float = 0.01) -> list[float]:
     """The slowdowns of ``b`` that began within ``within`` seconds of one of ``a``'s."""
     return [t for t in b if any(abs(t - s) <= within for s in a)]
-
-
-def pair_of_sockets() -> tuple[socket.socket, socket.socket]:
-    server = loop.bind_socket("127.0.0.1", 0)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.connect(server.getsockname())
-    client.setblocking(False)
-    return server, client
-
-
-def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
-    for i in range(n):
-        client.send(encode_request(QuoteRequest(first + i, "apple", 1, transmission=1)))
-
-
-def replies(client: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(client.recv(2048))
-        except BlockingIOError:
-            return out
-
-
-def wait_until_queued(sock: socket.socket, timeout: float = 2.0) -> None:
-    """Wait on the condition (bytes queued on the socket), not a sleep."""
-    import fcntl
-    import termios
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        if int.from_bytes(buf, sys.byteorder) > 0:
-            return
-        time.sleep(0.001)
-    raise AssertionError("datagrams never queued")
-
-
-class ShiftedWallClock:
-    """Stands in for a module's ``time``: ``time.time()`` is the real wall clock plus ``offset``."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@pytest.fixture
-def wall(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedWallClock]:
-    shim = ShiftedWallClock()
-    monkeypatch.setattr(loop, "time", shim)
-    monkeypatch.setattr(api, "time", shim)
-    yield shim
-
-
-def marks(got: list[bytes]) -> list[bool]:
-    return [split_overload_mark(r)[1] for r in got]
-
-
-def all_ok(got: list[bytes]) -> bool:
-    return all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in got)
 
 
 def run_slow_server(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,23 +16,21 @@ from __future__ import annotations
 import heapq
 import math
 import socket
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import expected_prices
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from overloadlib import ShiftedWallClock, all_ok, closed_loop, marks, pair_of_sockets, send_quotes, wait_until_queued
 
 from udp_price.catalog import Catalog
 from udp_price.client.congestion import MARK, CongestionConfig, CongestionController
 from udp_price.server import loop
 from udp_price.server.core import QuoteServer
 from udp_price.server.overload import DEEP_WAIT_S, OverloadDetector
-from udp_price.wire import QuoteRequest, Status, decode_any_reply, encode_request, split_overload_mark
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICES = expected_prices()
@@ -85,20 +83,6 @@ def bottleneck(
             seq += 1
             heapq.heappush(events, (free_at + base, seq, i, t))
     return cs, answers, sorted(waits)
-
-
-def closed_loop(c: CongestionController, start: float, rtt: float, seconds: float) -> list[tuple[float, int]]:
-    """One sender with rows to spare on a path of a flat ``rtt``; (time, window) per reply."""
-    in_flight: list[float] = []
-    now, seen = start, []
-    while now < start + seconds:
-        while len(in_flight) < c.window:
-            in_flight.append(now)
-        sent = in_flight.pop(0)
-        now = max(now, sent + rtt)
-        c.on_reply(now, [sent], 1, busy=False, marked=False, in_flight=len(in_flight))
-        seen.append((now, c.window))
-    return seen
 
 
 def into_a_slowdown(c: CongestionController, start: float, rtt: float) -> tuple[float, list[float]]:
@@ -287,57 +271,6 @@ def test_a_sender_that_never_fills_its_window_never_slows_down_and_never_shrinks
 # ---------------------------------------------------------------- the server's bound
 
 
-class ShiftedWallClock:
-    """Stands in for loop's ``time``: ``time.time()`` is the real wall clock plus ``offset``."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@pytest.fixture
-def wall(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedWallClock]:
-    shim = ShiftedWallClock()
-    monkeypatch.setattr(loop, "time", shim)
-    yield shim
-
-
-def pair_of_sockets() -> tuple[socket.socket, socket.socket]:
-    server = loop.bind_socket("127.0.0.1", 0)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.connect(server.getsockname())
-    client.setblocking(False)
-    return server, client
-
-
-def send_quotes(client: socket.socket, n: int, first: int = 1) -> None:
-    for i in range(n):
-        client.send(encode_request(QuoteRequest(first + i, "apple", 1, transmission=1)))
-
-
-def queued_bytes(sock: socket.socket) -> int:
-    import fcntl
-    import termios
-
-    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    return int.from_bytes(buf, sys.byteorder)
-
-
-def wait_until_queued(sock: socket.socket, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if queued_bytes(sock) > 0:
-            return
-        time.sleep(0.001)
-    raise AssertionError("datagrams never queued")
-
-
 def replies(client: socket.socket, want: int, timeout: float = 2.0) -> list[bytes]:
     """Read replies until ``want`` came or ``timeout`` passed (a condition, not a sleep)."""
     out: list[bytes] = []
@@ -348,14 +281,6 @@ def replies(client: socket.socket, want: int, timeout: float = 2.0) -> list[byte
         except BlockingIOError:
             time.sleep(0.001)
     return out
-
-
-def marks(got: list[bytes]) -> list[bool]:
-    return [split_overload_mark(r)[1] for r in got]
-
-
-def all_ok(got: list[bytes]) -> bool:
-    return all(decode_any_reply(split_overload_mark(r)[0]).status is Status.OK for r in got)
 
 
 class Server:
