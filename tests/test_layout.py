@@ -19,6 +19,7 @@ PURE_CORE = (
     "udp_price.reflectors",
     "udp_price.auth",
     "udp_price.server.core",
+    "udp_price.server.answers",
     "udp_price.server.guards",
     "udp_price.server.filewatch",
     "udp_price.client.session",

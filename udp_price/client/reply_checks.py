@@ -110,3 +110,16 @@ def _list_violation(request: ListRequest, reply: Reply) -> str | None:
     if reply.status is Status.OK:
         return None if reply.page == request.page and reply.page < reply.pages else "page_mismatch"
     return None if not reply.entries else "entries_on_error"
+
+
+def transmission_violation(request: Request, sent: int, tx: int) -> str | None:
+    """A reply must echo a transmission that went out (``sent`` so far; ``tx``: the one it
+    names); only list pages are unnumbered (0)."""
+    if tx <= sent and (tx > 0 or isinstance(request, ListRequest)):
+        return None
+    return "transmission_not_sent"
+
+
+def predates_lists(request: Request, reply: Reply) -> bool:
+    """A quote reply to a list request: a server older than list messages; that is final."""
+    return isinstance(request, ListRequest) and isinstance(reply, QuoteReply)

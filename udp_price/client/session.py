@@ -9,10 +9,10 @@ In the style of aioquic's ``QuicConnection``: no sockets, no clocks, no sleeping
     events = session.handle_timer(now)           # at or after session.timer()
     for data in session.datagrams_to_send(): sock.send(data)
 
-and resolves each ``Answered`` / ``Failed`` event (udp_price.client.events). Which requests are
-lost is decided in udp_price.client.loss_detection (RACK, RTO, RTT samples); this module keeps the
-pending requests, the retry budget (it only delays), BUSY, ICMP (before any reply: nothing
-listens; after: a restart, so pause and probe) and every give-up decision. The README's client section has the rules.
+and resolves each ``Answered`` / ``Failed`` event (udp_price.client.events). Loss is decided in
+udp_price.client.loss_detection, a reply's fit in udp_price.client.reply_checks; this module keeps
+the pending requests, the congestion window's queue, the retry budget (it only delays), BUSY,
+ICMP (before any reply: nothing listens; after: a restart, so pause and probe) and every give-up.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from udp_price.client.congestion import CongestionController
 from udp_price.client.events import Answered, Event, Failed, Pending
 from udp_price.client.loss_detection import LossDetection, Transmissions
 from udp_price.client.recovery import RetryBudget, RttEstimator
-from udp_price.client.reply_checks import UNREADABLE, violation
+from udp_price.client.reply_checks import UNREADABLE, predates_lists, transmission_violation, violation
 from udp_price.client.retry import Outcome, RetryPolicy
 from udp_price.wire import (
     BatchRequest,
     ListRequest,
     MalformedDatagram,
-    QuoteReply,
     Reply,
     Request,
     Status,
@@ -49,11 +48,6 @@ REFUSED_LIMIT = 2
 """ICMP port-unreachable errors, with no reply ever, that mean nothing listens there."""
 RECENT_IDS = 4096
 """Finished requests remembered, to count late replies and prove retransmissions spurious."""
-
-
-def _predates_lists(request: Request, reply: Reply) -> bool:
-    """A quote reply to a list request: a server older than list messages; that is final."""
-    return isinstance(request, ListRequest) and isinstance(reply, QuoteReply)
 
 
 class ClientSession:
@@ -78,10 +72,8 @@ class ClientSession:
         self.unreachable: Outcome | None = None
         """Set when the server is judged gone (REFUSED or UNREACHABLE); cleared by any reply."""
         self.keep_verdict = False
-        """True: once the server is judged gone, new requests fail at once without being sent (bulk
-        runs set it, or every remaining row would wait out a deadline of its own). False: every
-        pending request fails, but the next one is tried afresh (an interactive client outlives
-        an outage)."""
+        """True (bulk): once the server is judged gone, new requests fail at once, unsent, instead of
+        each waiting out its deadline. False: the next request is tried afresh (outlives an outage)."""
         self.probing = False
         """A server that answered sent ICMP errors (a restart): hold new requests, probe with the oldest."""
         self.icmp_since_answer = 0
@@ -211,10 +203,8 @@ class ClientSession:
         if p is None:
             self._on_late(reply, now)
             return []
-        why = violation(p.request, p.digest, reply)
         tx = getattr(reply, "transmission", 0)
-        if why is None and not (tx <= len(p.sent_at) and (tx > 0 or isinstance(p.request, ListRequest))):
-            why = "transmission_not_sent"
+        why = violation(p.request, p.digest, reply) or transmission_violation(p.request, len(p.sent_at), tx)
         if why is not None:
             self.stats[f"ignored.invalid.{why}"] += 1
             return []
@@ -229,7 +219,7 @@ class ClientSession:
         events: list[Event] = []
         if reply.status is Status.BUSY:
             self._on_busy(p, reply, now)
-        elif reply.status in UNREADABLE and not _predates_lists(p.request, reply):
+        elif reply.status in UNREADABLE and not predates_lists(p.request, reply):
             # Our bytes arrived damaged (we never send what the server cannot read): send again.
             self.stats["nacks"] += 1
             p.error_status = reply.status

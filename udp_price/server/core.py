@@ -13,8 +13,9 @@ from typing import Any
 
 from udp_price.address import Address
 from udp_price.auth import ServerAuth, is_signed, sign
-from udp_price.catalog import Catalog, price_total, wire_limit_problems
+from udp_price.catalog import Catalog, wire_limit_problems
 from udp_price.reflectors import REFLECTOR_PORTS
+from udp_price.server.answers import busy_reply, price_line, quote_reply
 from udp_price.server.guards import RateLimiter, ReplyCache, Verdict
 from udp_price.wire import (
     FLAG_OVERLOADED,
@@ -47,7 +48,7 @@ from udp_price.wire import (
     peek_header,
     peek_quote_request,
 )
-from wire_format import AUTH_FLAG, LIST_PAGE_SIZE, MAX_QUANTITY, MAX_RETRY_AFTER_MS, MAX_TOTAL, VERSION
+from wire_format import AUTH_FLAG, LIST_PAGE_SIZE, MAX_QUANTITY, MAX_TOTAL, VERSION
 
 _STATUS_KEY_BY_VALUE = {int(status): f"status.{status.name}" for status in Status}
 _ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
@@ -177,7 +178,8 @@ class QuoteServer:
         if verdict is Verdict.SLIP:
             self.stats["rate_limited.busy"] += 1
             assert self.limiter is not None
-            return self._encoded(self._busy_reply(request, data, self.limiter.retry_after_ms(addr[0])), flags)
+            retry_ms = self.limiter.retry_after_ms(addr[0])
+            return self._encoded(busy_reply(request, data, retry_ms, self.catalog.version), flags)
         key = (addr[0], addr[1], request.request_id)
         cache = self.cache if cached else None
         if cache is not None:
@@ -289,29 +291,6 @@ class QuoteServer:
         chunk = tuple(catalog.entries(first, min(first + LIST_PAGE_SIZE, stop)))
         return ListReply(request.request_id, Status.OK, request.page, pages, chunk, catalog.version)
 
-    def _busy_reply(self, request: Request, data: bytes, retry_after_ms: int) -> Reply:
-        retry = min(retry_after_ms, MAX_RETRY_AFTER_MS)
-        if isinstance(request, ListRequest):
-            return ListReply(request.request_id, Status.BUSY, request.page, 0, catalog_version=self.catalog.version)
-        if isinstance(request, QuoteRequest):
-            return QuoteReply(
-                request.request_id,
-                Status.BUSY,
-                request.item,
-                request.quantity,
-                catalog_version=self.catalog.version,
-                retry_after_ms=retry,
-                transmission=request.transmission,
-            )
-        return BatchReply(
-            request.request_id,
-            Status.BUSY,
-            lines_digest(data),
-            catalog_version=self.catalog.version,
-            retry_after_ms=retry,
-            transmission=request.transmission,
-        )
-
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap in a new, already validated catalog; requests after this see only the new one.
 
@@ -329,29 +308,11 @@ class QuoteServer:
 
     def price(self, item: str, quantity: int) -> LineResult:
         """Price one line against the current catalog: exact integer cents."""
-        unit = self.catalog.prices.get(item)
-        if unit is None:
-            return LineResult(Status.UNKNOWN_ITEM)
-        if not 1 <= quantity <= MAX_QUANTITY:
-            return LineResult(Status.BAD_QUANTITY, unit)
-        total = price_total(unit, quantity)
-        if total is None:
-            return LineResult(Status.OVERFLOW, unit)
-        return LineResult(Status.OK, unit, total)
+        return price_line(self.catalog, item, quantity)
 
     def quote(self, request: QuoteRequest) -> QuoteReply:
         """Answer a well-formed single quote request."""
-        line = self.price(request.item, request.quantity)
-        return QuoteReply(
-            request_id=request.request_id,
-            status=line.status,
-            item=request.item,
-            quantity=request.quantity,
-            unit_price=line.unit_price,
-            total=line.total,
-            catalog_version=self.catalog.version,
-            transmission=request.transmission,
-        )
+        return quote_reply(self.catalog, request)
 
     def quote_batch(self, request: BatchRequest, data: bytes) -> BatchReply:
         """Answer a well-formed batch request, one result per line in order."""
