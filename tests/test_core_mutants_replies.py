@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from udp_price.client.reply_checks import violation
-from udp_price.wire import BatchReply, ListReply, QuoteReply, QuoteRequest, Status
+from udp_price.client.reply_checks import transmission_violation, violation
+from udp_price.wire import BatchReply, ListReply, ListRequest, QuoteReply, QuoteRequest, Status
 
 ASK = QuoteRequest(9, "apple", 3)
 
@@ -35,3 +35,20 @@ ASK = QuoteRequest(9, "apple", 3)
 def test_quote_reply_checks_name_each_violation(reply: Any, why: str | None) -> None:
     """A reply that breaks a check is ignored and counted under its tag: operators read the counter."""
     assert violation(ASK, 0, reply) == why
+
+
+@pytest.mark.parametrize(
+    ("request_", "sent", "tx", "expected"),
+    [
+        (QuoteRequest(1, "apple", 1), 1, 1, None),
+        (QuoteRequest(1, "apple", 1), 2, 2, None),
+        (QuoteRequest(1, "apple", 1), 1, 2, "transmission_not_sent"),  # names one not yet sent
+        (QuoteRequest(1, "apple", 1), 1, 0, "transmission_not_sent"),  # a quote reply is numbered
+        (ListRequest(1, 0), 1, 0, None),  # list pages are not numbered
+        (ListRequest(1, 0), 1, 2, "transmission_not_sent"),
+    ],
+)
+def test_a_reply_must_echo_a_transmission_that_went_out(
+    request_: QuoteRequest | ListRequest, sent: int, tx: int, expected: str | None
+) -> None:
+    assert transmission_violation(request_, sent, tx) == expected
